@@ -1,0 +1,3 @@
+from digest_mailer.cli import main
+
+main()

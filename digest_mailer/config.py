@@ -1,0 +1,373 @@
+"""TOML -> a validated, frozen Config. Every setting's default and help live here, once."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from digest_mailer.errors import ConfigError
+from digest_mailer.models import Subscriber
+
+CONFIG_ENV = "DIGEST_MAILER_CONFIG"
+DEFAULT_CONFIG = "digest-mailer.toml"
+SOURCE_KINDS = ("huggingface", "huggingface-page", "arxiv")
+BACKENDS = ("smtp", "file")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{value!r} contains a line break or control character")
+    return value
+
+
+def _address(value: str) -> str:
+    """A bare address, checked for syntax only: deliverability needs DNS, which a check must not."""
+    _one_line(value)
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as e:
+        raise ValueError(f"{value!r} is not an email address ({e})") from e
+
+
+def _mailbox(value: str) -> str:
+    """`Name <addr@host>` or a bare address."""
+    _one_line(value)
+    addr = parseaddr(value)[1]
+    if not addr or "@" not in addr:
+        raise ValueError(f"{value!r} is not an address like "
+                         "'Daily Papers <papers@example.org>'")
+    _address(addr)
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"{value!r} is not an IANA time zone like 'UTC' or 'Europe/Berlin'") from e
+    return value
+
+
+def _terms(values: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("an empty string matches nothing; remove it")
+        if v.casefold() not in {o.casefold() for o in out}:
+            out.append(v)
+    return tuple(out)
+
+
+def _http_url(value: str) -> str:
+    _one_line(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+Terms = Annotated[list[str], AfterValidator(_terms)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class NewsletterSettings(_Section):
+    name: OneLine = Field("Daily Papers", min_length=1,
+                          description="shown in the email header, the subject and List-Id")
+    from_: Annotated[str, AfterValidator(_mailbox)] = Field(
+        alias="from", description="the From header: 'Name <address>'")
+    reply_to: Annotated[str, AfterValidator(_mailbox)] | None = Field(
+        None, description="an optional Reply-To address")
+    max_papers: int = Field(20, ge=1, le=100, description="default cap of papers per email")
+    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        "UTC", description="IANA zone: decides the run date and the Date header")
+    subject: OneLine | None = Field(
+        None, description="a Jinja template for the subject; variables: newsletter, count, "
+                          "topics, date, name")
+    list_id: OneLine | None = Field(
+        None, description="the List-Id header's id; default: the name's slug at the From domain")
+    templates_dir: str | None = Field(
+        None, description="a folder whose templates override the shipped ones, file by file")
+
+
+class SourceSettings(_Section):
+    kind: Literal["huggingface", "huggingface-page", "arxiv"] = Field(
+        "huggingface",
+        description="huggingface (API JSON) | huggingface-page (HTML) | arxiv (Atom)")
+    location: str = Field(
+        "https://huggingface.co/api/daily_papers",
+        description="a URL or a local file path; '{date}' in a URL is replaced by each day",
+    )
+    lookback_days: int = Field(2, ge=1, le=31,
+                               description="days to pull, ending with the run date")
+    timeout: float = Field(30.0, gt=0, le=600, description="seconds per HTTP request")
+    retries: int = Field(3, ge=0, le=10, description="retries on 429, 5xx and network errors")
+    max_bytes: int = Field(20_000_000, ge=1_000, description="largest response accepted")
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        _one_line(v)
+        if not v:
+            raise ValueError("'' is neither a URL nor a file path")
+        if "://" in v:
+            _http_url(v.replace("{date}", "2000-01-01"))
+        return v
+
+
+class StateSettings(_Section):
+    path: str = Field("digest-state.sqlite3",
+                      description="the ledger (SQLite); relative to the config file")
+
+
+class SmtpSettings(_Section):
+    host: OneLine = Field("localhost", min_length=1, description="the SMTP server")
+    port: int | None = Field(None, ge=1, le=65535,
+                             description="default: 587 for starttls, 465 for ssl, 25 for none")
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls", description="starttls | ssl | none; certificates are always verified")
+    username: OneLine = Field("", description="login name; empty: no login")
+    password_env: OneLine = Field("DIGEST_SMTP_PASSWORD",
+                                  description="the environment variable holding the password")
+    timeout: float = Field(30.0, gt=0, le=600, description="seconds per SMTP command")
+    ca_file: str | None = Field(None, description="extra CA certificates (PEM) to trust")
+    envelope_from: Annotated[str, AfterValidator(_address)] | None = Field(
+        None, description="the envelope sender (bounces); default: the From address")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "ssl": 465, "none": 25}[self.security]
+
+
+class DeliverySettings(_Section):
+    backend: Literal["smtp", "file"] = Field("smtp", description="smtp | file")
+    out_dir: str = Field("preview", description="where the file backend writes; relative to "
+                                                "the config file")
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="the SMTP server")
+
+
+class UnsubscribeSettings(_Section):
+    url: str = Field(description="the one-click unsubscribe URL; must contain {token}")
+    mailto: Annotated[str, AfterValidator(_address)] | None = Field(
+        None, description="an address that takes unsubscribe requests by email")
+    secret_env: OneLine = Field("DIGEST_UNSUBSCRIBE_SECRET",
+                                description="the environment variable holding the HMAC secret")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if "{token}" not in v:
+            raise ValueError(f"{v!r} has no {{token}} placeholder")
+        _http_url(v.replace("{token}", "t"))
+        return v
+
+
+class SubscriberSettings(_Section):
+    email: Annotated[str, AfterValidator(_address)] = Field(description="the address")
+    name: OneLine = Field("", description="used in the greeting and the To header")
+    topics: Terms = Field(default_factory=list,
+                          description="words or phrases; a paper matching any of them is sent")
+    exclude: Terms = Field(default_factory=list, description="a paper matching any is never sent")
+    authors: Terms = Field(default_factory=list, description="a paper by any of them is sent")
+    min_upvotes: int = Field(0, ge=0, description="papers with fewer upvotes are left out")
+    max_papers: int | None = Field(None, ge=1, le=100,
+                                   description="cap per email; default: newsletter.max_papers")
+
+
+class Config(_Section):
+    newsletter: NewsletterSettings
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    unsubscribe: UnsubscribeSettings
+    subscribers: list[SubscriberSettings] = Field(default_factory=list)
+    # Where the file was read from: relative paths in it are relative to this folder.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    path: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_addresses(self) -> Config:
+        seen: dict[str, int] = {}
+        problems = []
+        for i, sub in enumerate(self.subscribers):
+            key = sub.email.lower()
+            if key in seen:
+                problems.append(f"subscribers[{i}].email: {sub.email!r} duplicates "
+                                f"subscribers[{seen[key]}].email (addresses are case-insensitive)")
+            seen.setdefault(key, i)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def state_path(self) -> Path:
+        return self.resolve(self.state.path)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.resolve(self.delivery.out_dir)
+
+    @property
+    def templates_dir(self) -> Path | None:
+        d = self.newsletter.templates_dir
+        return self.resolve(d) if d else None
+
+    @property
+    def source_location(self) -> str:
+        loc = self.source.location
+        return loc if "://" in loc else str(self.resolve(loc))
+
+    @property
+    def from_address(self) -> str:
+        return parseaddr(self.newsletter.from_)[1]
+
+    @property
+    def from_domain(self) -> str:
+        return Address(addr_spec=self.from_address).domain
+
+    def subscribers_view(self) -> tuple[Subscriber, ...]:
+        cap = self.newsletter.max_papers
+        return tuple(
+            Subscriber(email=s.email, name=s.name, topics=tuple(s.topics),
+                       exclude=tuple(s.exclude), authors=tuple(s.authors),
+                       min_upvotes=s.min_upvotes, max_papers=s.max_papers or cap)
+            for s in self.subscribers
+        )
+
+
+def find_config(explicit: str | None) -> Path:
+    """--config, then $DIGEST_MAILER_CONFIG, then ./digest-mailer.toml."""
+    chosen = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    return Path(chosen)
+
+
+def load_config(path: Path) -> Config:
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{name}: no such file",
+                          hint="pass --config PATH, set $DIGEST_MAILER_CONFIG, or copy "
+                               "config.example.toml to ./digest-mailer.toml") from e
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {e.start})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: invalid TOML: {e}",
+                          hint="see config.example.toml for the syntax") from e
+    return parse_config(data, name=name, base_dir=path.resolve().parent)
+
+
+def parse_config(data: dict[str, Any], *, name: str, base_dir: Path) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        problems = tuple(p for err in e.errors() for p in _describe(err, data, name))
+        raise ConfigError(problems[0], hint=_hint(len(problems)), problems=problems) from e
+    return config.model_copy(update={"base_dir": base_dir, "path": name})
+
+
+def _hint(count: int) -> str:
+    more = f"{count - 1} more problem(s) follow; " if count > 1 else ""
+    return more + "every key is documented in config.example.toml"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(err: Any, data: dict[str, Any], name: str) -> list[str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # Annotated validators and unions add their own names to the location; drop them.
+    loc = tuple(p for p in loc if p not in ("str", "int", "list[str]", "constrained-str"))
+    path = _key_path(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return [f"{name}: {path}: unknown key{_did_you_mean(loc)}"]
+    if kind == "missing":
+        return [f"{name}: {path}: missing required key"]
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if not loc:  # a whole-config check: each line already names its key
+            return [f"{name}: {line}" for line in msg.split("\n")]
+        return [f"{name}: {path}: {msg}"]
+    value = err.get("input")
+    shown = f"{value!r}" if not isinstance(value, dict | list) else type(value).__name__
+    return [f"{name}: {path}: {shown} is not valid: {msg[0].lower()}{msg[1:]}"]
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))[0] if getattr(ann, "__origin__", None) else ann
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    keys = [f.alias or n for n, f in model.model_fields.items() if n not in ("base_dir", "path")]
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(keys)})"
+
+
+def settings_table() -> dict[str, str]:
+    """Every documented key path -> its help, for `check` and the example-config test."""
+    table: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for fname, field in model.model_fields.items():
+            if fname in ("base_dir", "path"):
+                continue
+            key = prefix + (field.alias or fname)
+            ann = field.annotation
+            args = getattr(ann, "__args__", ())
+            inner = args[0] if getattr(ann, "__origin__", None) is list and args else ann
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                walk(inner, key + ("[]." if inner is not ann else "."))
+            else:
+                table[key] = field.description or ""
+
+    walk(Config, "")
+    return table

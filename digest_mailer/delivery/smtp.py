@@ -1,0 +1,158 @@
+"""The SMTP backend: one verified connection reused for the whole run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import smtplib
+import ssl
+from pathlib import Path
+
+from digest_mailer.delivery import Receipt
+from digest_mailer.errors import DeliveryError
+from digest_mailer.models import OutgoingMessage
+
+logger = logging.getLogger(__name__)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificates and host names always checked; `ca_file` adds a CA, it never removes any."""
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as e:
+            raise DeliveryError(f"{ca_file}: cannot load CA certificates ({e})",
+                                hint="fix delivery.smtp.ca_file", fatal=True) from e
+    return ctx
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    body = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    return f"{code} {' '.join(body.split())}"[:300]
+
+
+class SmtpBackend:
+    name = "smtp"
+    dry_run = False
+
+    def __init__(self, *, host: str, port: int, security: str = "starttls", username: str = "",
+                 password: str = "", timeout: float = 30.0, ca_file: Path | None = None) -> None:
+        self.host, self.port, self.security = host, port, security
+        self._username, self._password = username, password
+        self._timeout = timeout
+        self._ca_file = ca_file
+        self._conn: smtplib.SMTP | None = None
+        self.connections = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _connect(self) -> smtplib.SMTP:
+        ctx = tls_context(self._ca_file) if self.security != "none" else None
+        try:
+            if self.security == "ssl":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self._timeout,
+                                                      context=ctx)
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self._timeout)
+        except ssl.SSLCertVerificationError as e:
+            raise DeliveryError(f"SMTP {self.where}: the server's certificate does not verify "
+                                f"({e.verify_message})",
+                                hint="fix the server's certificate or set delivery.smtp.ca_file",
+                                fatal=True) from e
+        except (OSError, smtplib.SMTPException) as e:
+            raise DeliveryError(f"SMTP {self.where}: cannot connect ({e})",
+                                hint="check delivery.smtp host, port and security",
+                                fatal=True) from e
+        try:
+            conn.ehlo()
+            if self.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise DeliveryError(f"SMTP {self.where}: the server does not offer STARTTLS",
+                                        hint="use security = 'ssl' (port 465) if it speaks TLS "
+                                             "from the start; nothing was sent", fatal=True)
+                conn.starttls(context=ctx)
+                conn.ehlo()
+            if self._username:
+                conn.login(self._username, self._password)
+        except DeliveryError:
+            _drop(conn)
+            raise
+        except ssl.SSLCertVerificationError as e:
+            _drop(conn)
+            raise DeliveryError(f"SMTP {self.where}: the server's certificate does not verify "
+                                f"({e.verify_message})",
+                                hint="fix the server's certificate or set delivery.smtp.ca_file",
+                                fatal=True) from e
+        except smtplib.SMTPAuthenticationError as e:
+            _drop(conn)
+            raise DeliveryError(f"SMTP {self.where}: login as {self._username!r} refused "
+                                f"({_reply(e.smtp_code, e.smtp_error)})",
+                                hint="check delivery.smtp.username and the password variable",
+                                fatal=True) from e
+        except (OSError, smtplib.SMTPException) as e:
+            _drop(conn)
+            raise DeliveryError(f"SMTP {self.where}: session setup failed ({e})",
+                                fatal=True) from e
+        self.connections += 1
+        logger.info("connected to %s (%s)", self.where, self.security)
+        return conn
+
+    def send(self, message: OutgoingMessage) -> Receipt:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                self._conn.sendmail(message.envelope_from, [message.recipient], message.data)
+            except smtplib.SMTPRecipientsRefused as e:
+                code, text = next(iter(e.recipients.values()))
+                raise DeliveryError(f"{message.recipient}: refused by {self.where} "
+                                    f"({_reply(code, text)})", permanent=code >= 500) from e
+            except smtplib.SMTPSenderRefused as e:
+                raise DeliveryError(f"SMTP {self.where}: sender {message.envelope_from} refused "
+                                    f"({_reply(e.smtp_code, e.smtp_error)})",
+                                    hint="check newsletter.from or delivery.smtp.envelope_from",
+                                    fatal=True) from e
+            except smtplib.SMTPDataError as e:
+                self._reset()
+                raise DeliveryError(f"{message.recipient}: message refused by {self.where} "
+                                    f"({_reply(e.smtp_code, e.smtp_error)})",
+                                    permanent=e.smtp_code >= 500) from e
+            except (smtplib.SMTPServerDisconnected, OSError) as e:
+                _drop(self._conn)
+                self._conn = None
+                if attempt == 2:
+                    raise DeliveryError(f"SMTP {self.where}: connection lost twice ({e})",
+                                        hint="the server may be overloaded; the next run "
+                                             "sends what is left", fatal=True) from e
+                logger.warning("SMTP %s: connection lost (%s); reconnecting", self.where, e)
+                continue
+            return Receipt(location=self.where)
+        raise AssertionError("unreachable")
+
+    def _reset(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rset()
+        except (OSError, smtplib.SMTPException):
+            _drop(self._conn)
+            self._conn = None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+        finally:
+            conn.close()
+
+
+def _drop(conn: smtplib.SMTP | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(OSError):
+            conn.close()

@@ -1,0 +1,50 @@
+"""The few exceptions a user can cause; each carries a one-line message and a hint."""
+
+from __future__ import annotations
+
+
+class DigestMailerError(Exception):
+    """An error the operator can act on: the CLI prints it as one `Error:` line, no traceback."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(DigestMailerError):
+    """The config file is missing, unreadable or invalid; `problems` lists every finding."""
+
+    def __init__(self, message: str, hint: str | None = None,
+                 problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.problems = problems or (message,)
+
+
+class SourceError(DigestMailerError):
+    """The feed could not be fetched or parsed."""
+
+
+class StoreError(DigestMailerError):
+    """The ledger could not be opened or written."""
+
+
+class RenderError(DigestMailerError):
+    """A template failed to load or render."""
+
+
+class DeliveryError(DigestMailerError):
+    """A backend could not deliver a message.
+
+    `permanent` separates a refusal of this one recipient (the run goes on) from a failure of
+    the backend itself (the run stops, since every further message would fail the same way).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, permanent: bool = False,
+                 fatal: bool = False) -> None:
+        super().__init__(message, hint)
+        self.permanent = permanent
+        self.fatal = fatal

@@ -1,0 +1,198 @@
+"""The typed, frozen values that flow between the stages of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper, whatever source it came from. Every text field is untrusted feed data."""
+
+    id: str  # canonical arXiv id, version stripped
+    title: str
+    abstract: str = ""
+    authors: tuple[str, ...] = ()
+    published_at: datetime | None = None
+    listed_on: date | None = None  # the day it appeared on the daily list
+    upvotes: int = 0
+    organization: str | None = None
+    github_url: str | None = None
+    project_url: str | None = None
+    ai_summary: str | None = None
+    ai_keywords: tuple[str, ...] = ()
+    num_comments: int = 0
+
+    @property
+    def hf_url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}"
+
+    @property
+    def arxiv_url(self) -> str:
+        return f"https://arxiv.org/abs/{self.id}"
+
+    @property
+    def pdf_url(self) -> str:
+        return f"https://arxiv.org/pdf/{self.id}"
+
+    @property
+    def sort_date(self) -> datetime | date | None:
+        return self.listed_on or self.published_at
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What a source yielded: papers deduplicated by id, and what was skipped and why."""
+
+    papers: tuple[Paper, ...]
+    skipped: int = 0
+    skipped_reasons: tuple[str, ...] = ()
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    email: str
+    name: str = ""
+    topics: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    min_upvotes: int = 0
+    max_papers: int = 20
+
+    @property
+    def key(self) -> str:
+        """The ledger's key for this subscriber: addresses compare case-insensitively."""
+        return self.email.lower()
+
+
+class ReasonKind(StrEnum):
+    TOPIC = "topic"
+    AUTHOR = "author"
+    EVERYTHING = "everything"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchReason:
+    kind: ReasonKind
+    term: str = ""
+    fields: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind is ReasonKind.AUTHOR:
+            return f"author {self.term}"
+        if self.kind is ReasonKind.EVERYTHING:
+            return "all papers"
+        return f"{self.term} ({', '.join(self.fields)})" if self.fields else self.term
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    paper: Paper
+    reasons: tuple[MatchReason, ...]
+
+    @property
+    def why(self) -> str:
+        return "; ".join(r.describe() for r in self.reasons)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(r.term for r in self.reasons if r.kind is not ReasonKind.EVERYTHING)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """One subscriber's share of the feed.
+
+    `matches` is what goes into the email (ranked, capped); `offered` is every paper that was a
+    candidate for it, past the cap included, so that none of them is offered again.
+    """
+
+    subscriber: Subscriber
+    matches: tuple[Match, ...]
+    offered: tuple[str, ...]
+    matched_total: int  # matching papers in the feed, offered before or not
+    already_offered: int
+
+    @property
+    def over_cap(self) -> int:
+        return len(self.offered) - len(self.matches)
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Everything one email shows."""
+
+    newsletter: str
+    run_date: date
+    subscriber: Subscriber
+    matches: tuple[Match, ...]
+    over_cap: int
+    unsubscribe_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedDigest:
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One serialised email (CRLF line ends) ready for a backend."""
+
+    recipient: str
+    envelope_from: str
+    message_id: str
+    subject: str
+    data: bytes
+    html: str
+    run_date: date
+
+
+class Status(StrEnum):
+    SENT = "sent"
+    WRITTEN = "written"  # by the file backend (a preview)
+    NOTHING_NEW = "nothing new"
+    NO_MATCH = "no match"
+    FAILED = "failed"
+    NOT_ATTEMPTED = "not attempted"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberOutcome:
+    email: str
+    status: Status
+    papers: int = 0
+    detail: str = ""
+    message_id: str | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    run_date: date
+    started_at: datetime
+    finished_at: datetime
+    origin: str
+    fetched: int
+    skipped: int
+    skipped_reasons: tuple[str, ...]
+    outcomes: tuple[SubscriberOutcome, ...] = field(default_factory=tuple)
+    dry_run: bool = False
+    run_id: int | None = None
+    stopped: str | None = None  # why the run stopped early, when it did
+
+    def count(self, *statuses: Status) -> int:
+        return sum(1 for o in self.outcomes if o.status in statuses)
+
+    @property
+    def delivered(self) -> int:
+        return self.count(Status.SENT, Status.WRITTEN)
+
+    @property
+    def failed(self) -> int:
+        return self.count(Status.FAILED, Status.NOT_ATTEMPTED)

@@ -1,0 +1,183 @@
+"""Digest -> RenderedDigest: Jinja2 (autoescape on) into MJML, mjml-python, premailer, and a
+plain-text part from its own template with the same content."""
+
+from __future__ import annotations
+
+import logging
+import re
+import textwrap
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from digest_mailer.errors import RenderError
+from digest_mailer.models import Digest, Match, RenderedDigest, Subscriber
+
+logger = logging.getLogger(__name__)
+
+HTML_TEMPLATE = "digest.mjml.j2"
+TEXT_TEMPLATE = "digest.txt.j2"
+SUBJECT_TEMPLATE = "subject.txt.j2"
+MAX_AUTHORS = 3
+BLURB_CHARS = 320
+SUBJECT_CHARS = 180
+SUBJECT_TOPICS = 3
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def shipped_templates() -> Path:
+    """The templates installed inside the package; in a source checkout, the repo's templates/."""
+    here = Path(__file__).resolve().parent
+    installed = here / "templates"
+    return installed if installed.is_dir() else here.parent / "templates"
+
+
+@dataclass(frozen=True, slots=True)
+class PaperView:
+    """One paper as the templates show it: presentation decided here, not in the templates."""
+
+    title: str
+    url: str
+    byline: str
+    blurb: str
+    links: tuple[tuple[str, str], ...]
+    why: str
+
+
+def byline(match: Match) -> str:
+    p = match.paper
+    authors = list(p.authors[:MAX_AUTHORS])
+    parts = []
+    if authors:
+        parts.append(", ".join(authors) + (" et al." if len(p.authors) > MAX_AUTHORS else ""))
+    if p.organization:
+        parts.append(p.organization)
+    parts.append(f"▲\u00a0{p.upvotes}\u00a0upvote{'s' if p.upvotes != 1 else ''}")
+    return " · ".join(parts)
+
+
+def blurb(match: Match, limit: int = BLURB_CHARS) -> str:
+    """The one-line AI summary when there is one, else the abstract cut at a word boundary."""
+    p = match.paper
+    text = p.ai_summary or p.abstract
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
+def paper_view(match: Match) -> PaperView:
+    p = match.paper
+    links = [("Hugging Face", p.hf_url), ("arXiv", p.arxiv_url), ("PDF", p.pdf_url)]
+    if p.github_url:
+        links.append(("Code", p.github_url))
+    if p.project_url and p.project_url != p.github_url:
+        links.append(("Project page", p.project_url))
+    return PaperView(title=p.title, url=p.hf_url, byline=byline(match), blurb=blurb(match),
+                     links=tuple(links), why=match.why)
+
+
+def following(sub: Subscriber) -> str:
+    parts = []
+    if sub.topics:
+        parts.append("the topics " + ", ".join(sub.topics))
+    if sub.authors:
+        parts.append("the authors " + ", ".join(sub.authors))
+    return " and ".join(parts) if parts else "all papers"
+
+
+def top_terms(matches: Sequence[Match]) -> list[str]:
+    counts = Counter(t for m in matches for t in m.terms)
+    return [t for t, _ in counts.most_common()]
+
+
+def _wrap(text: str, width: int = 72, indent: str = "   ") -> str:
+    # Long unbreakable words (URLs) stay whole; a text part never needs lines past 998 octets
+    # because quoted-printable encoding folds them.
+    lines = textwrap.wrap(text, width=width, break_long_words=False, break_on_hyphens=False)
+    return ("\n" + indent).join(lines)
+
+
+def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+class Renderer:
+    """The Jinja2 environments and the compile steps. One per run; holds no per-email state."""
+
+    def __init__(self, templates_dir: Path | None = None, subject_template: str | None = None
+                 ) -> None:
+        dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
+        if templates_dir is not None and not templates_dir.is_dir():
+            raise RenderError(f"{templates_dir}: templates_dir is not a folder",
+                              hint="fix newsletter.templates_dir or remove it")
+        loader = jinja2.FileSystemLoader(dirs)
+        common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
+                                  "keep_trailing_newline": True}
+        self._html = jinja2.Environment(autoescape=True, **common)
+        self._text = jinja2.Environment(autoescape=False, **common)
+        self._text.filters["wrap"] = _wrap
+        try:
+            self._html_t = self._html.get_template(HTML_TEMPLATE)
+            self._text_t = self._text.get_template(TEXT_TEMPLATE)
+            self._subject_t = (self._text.from_string(subject_template) if subject_template
+                               else self._text.get_template(SUBJECT_TEMPLATE))
+        except jinja2.TemplateSyntaxError as e:
+            raise RenderError(f"{e.filename or 'newsletter.subject'}:{e.lineno}: template "
+                              f"syntax error: {e.message}") from e
+        except jinja2.TemplateNotFound as e:
+            raise RenderError(f"template {e.name!r} not found in {', '.join(dirs)}",
+                              hint="reinstall digest-mailer or fix newsletter.templates_dir") from e
+
+    def context(self, digest: Digest) -> dict[str, Any]:
+        sub = digest.subscriber
+        terms = top_terms(digest.matches)
+        count = len(digest.matches)
+        return {
+            "newsletter": digest.newsletter,
+            "date": digest.run_date.isoformat(),
+            "date_long": f"{digest.run_date:%A}, {digest.run_date.day} {digest.run_date:%B %Y}",
+            "name": sub.name,
+            "email": sub.email,
+            "count": count,
+            "over_cap": digest.over_cap,
+            "papers": [paper_view(m) for m in digest.matches],
+            "topics": terms[:SUBJECT_TOPICS],
+            "more_topics": max(len(terms) - SUBJECT_TOPICS, 0),
+            "following": following(sub),
+            "unsubscribe_url": digest.unsubscribe_url,
+            "preview": one_line(f"{count} new: " + "; ".join(m.paper.title for m in
+                                                            digest.matches[:3]), 150),
+        }
+
+    def render(self, digest: Digest) -> RenderedDigest:
+        ctx = self.context(digest)
+        try:
+            mjml_source = self._html_t.render(ctx)
+            text = self._text_t.render(ctx)
+            subject = one_line(self._subject_t.render(ctx))
+        except jinja2.TemplateError as e:
+            raise RenderError(f"rendering the digest failed: {e}",
+                              hint="check the templates in newsletter.templates_dir") from e
+        return RenderedDigest(subject=subject, html=compile_mjml(mjml_source), text=text)
+
+
+def compile_mjml(source: str) -> str:
+    """MJML -> HTML with the CSS inlined; nothing is fetched from the network."""
+    from mjml import mjml2html  # heavy imports stay out of `--help`
+    from premailer import Premailer
+
+    try:
+        html = mjml2html(source, disable_comments=True, fonts={})
+    except Exception as e:  # mjml-python raises a bare exception type of its own
+        raise RenderError(f"MJML compile failed: {e}", hint="check digest.mjml.j2") from e
+    inliner = Premailer(html, allow_network=False, remove_classes=False, strip_important=False,
+                        cssutils_logging_level=logging.CRITICAL, disable_validation=True)
+    out = inliner.transform(pretty_print=False)
+    # lxml drops the doctype; without it clients render in quirks mode.
+    return out if out.lstrip()[:9].lower() == "<!doctype" else "<!doctype html>\n" + out

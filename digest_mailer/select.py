@@ -1,0 +1,114 @@
+"""Topic filters, ranking and the reasons behind them: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from digest_mailer.models import Match, MatchReason, Paper, ReasonKind, Selection, Subscriber
+
+
+class Drop(StrEnum):
+    EXCLUDED = "excluded"
+    NO_MATCH = "no topic or author matched"
+    LOW_UPVOTES = "below min_upvotes"
+    ALREADY_OFFERED = "already offered"
+    OVER_CAP = "over the cap"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one subscriber's filter says of one paper, before ranking and the cap."""
+
+    paper: Paper
+    match: Match | None
+    drop: Drop | None = None
+    detail: str = ""
+
+
+def phrase_pattern(term: str) -> re.Pattern[str]:
+    """Whole words, any case: 'flow' finds 'normalizing flow', never 'overflow'; the words of a
+    phrase may be split by spaces or hyphens."""
+    words = [re.escape(w) for w in term.split()]
+    return re.compile(r"(?<!\w)" + r"[\s\-]+".join(words) + r"(?!\w)", re.IGNORECASE)
+
+
+def person_key(name: str) -> str:
+    """Author names compare without case or accents: 'Łukasz Kaiser' ~ 'lukasz kaiser'."""
+    folded = unicodedata.normalize("NFKD", name.casefold().replace("ł", "l"))
+    return " ".join("".join(c for c in folded if not unicodedata.combining(c)).split())
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A subscriber's compiled topics, exclusions and authors."""
+
+    topics: tuple[tuple[str, re.Pattern[str]], ...]
+    exclude: tuple[tuple[str, re.Pattern[str]], ...]
+    authors: tuple[tuple[str, str], ...]
+    min_upvotes: int
+
+    @classmethod
+    def of(cls, sub: Subscriber) -> Filter:
+        return cls(
+            topics=tuple((t, phrase_pattern(t)) for t in sub.topics),
+            exclude=tuple((t, phrase_pattern(t)) for t in sub.exclude),
+            authors=tuple((a, person_key(a)) for a in sub.authors),
+            min_upvotes=sub.min_upvotes,
+        )
+
+    def judge(self, paper: Paper, offered: Collection[str] = ()) -> Verdict:
+        fields = _fields(paper)
+        for term, pattern in self.exclude:
+            where = [name for name, text in fields if pattern.search(text)]
+            if where:
+                return Verdict(paper, None, Drop.EXCLUDED, f"{term!r} in {', '.join(where)}")
+        reasons = [MatchReason(ReasonKind.TOPIC, term, tuple(where))
+                   for term, pattern in self.topics
+                   if (where := [name for name, text in fields if pattern.search(text)])]
+        if self.authors:
+            names = {person_key(a) for a in paper.authors}
+            reasons += [MatchReason(ReasonKind.AUTHOR, shown) for shown, key in self.authors
+                        if key in names]
+        if not self.topics and not self.authors:
+            reasons = [MatchReason(ReasonKind.EVERYTHING)]
+        if not reasons:
+            return Verdict(paper, None, Drop.NO_MATCH)
+        match = Match(paper, tuple(reasons))
+        if paper.upvotes < self.min_upvotes:
+            return Verdict(paper, match, Drop.LOW_UPVOTES,
+                           f"{paper.upvotes} < {self.min_upvotes}")
+        if paper.id in offered:
+            return Verdict(paper, match, Drop.ALREADY_OFFERED)
+        return Verdict(paper, match)
+
+
+def _fields(paper: Paper) -> tuple[tuple[str, str], ...]:
+    return (("title", paper.title), ("abstract", paper.abstract),
+            ("keywords", "\n".join(paper.ai_keywords)))
+
+
+def rank_key(paper: Paper) -> tuple[int, int, str]:
+    """Most upvoted first; ties go to the newer paper, then the id, so order is stable."""
+    day = paper.sort_date
+    ordinal = day.toordinal() if day is not None else 0
+    return (-paper.upvotes, -ordinal, paper.id)
+
+
+def select(sub: Subscriber, papers: Iterable[Paper], offered: Collection[str],
+           compiled: Filter | None = None) -> Selection:
+    """The subscriber's new matches, ranked and capped; `offered` ids are never offered again."""
+    flt = compiled or Filter.of(sub)
+    verdicts = [flt.judge(p, offered) for p in papers]
+    fresh = sorted((v.match for v in verdicts if v.drop is None and v.match is not None),
+                   key=lambda m: rank_key(m.paper))
+    return Selection(
+        subscriber=sub,
+        matches=tuple(fresh[: sub.max_papers]),
+        offered=tuple(m.paper.id for m in fresh),
+        matched_total=sum(1 for v in verdicts if v.drop in (None, Drop.ALREADY_OFFERED)),
+        already_offered=sum(1 for v in verdicts if v.drop is Drop.ALREADY_OFFERED),
+    )

@@ -1,0 +1,63 @@
+"""The Hugging Face papers page (HTML): the embedded `data-props` JSON, else the article cards."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from datetime import date
+
+from bs4 import BeautifulSoup
+
+from digest_mailer.errors import SourceError
+from digest_mailer.models import FetchResult, Paper
+from digest_mailer.sources import hf_api
+from digest_mailer.sources.common import canonical_id, clean_text, merge_papers, parse_date
+
+logger = logging.getLogger(__name__)
+
+
+def parse(data: bytes, origin: str) -> FetchResult:
+    soup = BeautifulSoup(data, "lxml")
+    holder = soup.find(attrs={"data-target": "DailyPapers", "data-props": True})
+    if holder is not None:
+        try:
+            props = json.loads(str(holder["data-props"]))
+        except json.JSONDecodeError as e:
+            logger.warning("%s: data-props is not JSON (%s); reading the cards", origin, e)
+        else:
+            items = props.get("dailyPapers") if isinstance(props, dict) else None
+            if isinstance(items, list):
+                return _with_listing_day(hf_api.parse_items(items, origin),
+                                         parse_date(props.get("date")))
+    articles = soup.find_all("article")
+    if not articles:
+        raise SourceError(f"{origin}: no daily papers found in this HTML (no DailyPapers "
+                          "data-props, no <article> cards)",
+                          hint="is it the Hugging Face papers page? for the API use kind = "
+                               "'huggingface'")
+    papers: list[Paper] = []
+    reasons: list[str] = []
+    for n, card in enumerate(articles):
+        heading = card.find(["h3", "h2"])
+        link = heading.find("a", href=True) if heading else None
+        pid = canonical_id(link["href"]) if link else None
+        title = clean_text(link.get_text(" ")) if link else ""
+        if pid is None or not title:
+            reasons.append(f"{origin} card {n}: " + ("no paper link" if pid is None else
+                                                      f"{pid}: no title"))
+            continue
+        votes = card.find(class_="leading-none")
+        upvotes = votes.get_text(strip=True) if votes else ""
+        papers.append(Paper(id=pid, title=title,
+                            upvotes=int(upvotes) if upvotes.isdigit() else 0))
+    return FetchResult(papers=merge_papers(papers), skipped=len(reasons),
+                       skipped_reasons=tuple(reasons), origin=origin)
+
+
+def _with_listing_day(result: FetchResult, day: date | None) -> FetchResult:
+    if day is None:
+        return result
+    papers = tuple(p if p.listed_on else replace(p, listed_on=day) for p in result.papers)
+    return replace(result, papers=papers)
+

@@ -1,0 +1,229 @@
+"""The ledger (SQLite): papers seen, what was offered and sent to whom, and runs.
+
+Each delivery is committed the moment the backend accepted it, in one transaction with the
+papers it offered, so a crash never loses a delivery that happened nor records one that did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from digest_mailer.errors import StoreError
+from digest_mailer.models import Paper
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    run_date    TEXT NOT NULL,
+    origin      TEXT NOT NULL,
+    fetched     INTEGER NOT NULL DEFAULT 0,
+    sent        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    outcome     TEXT NOT NULL DEFAULT 'running'
+);
+CREATE TABLE IF NOT EXISTS papers (
+    id         TEXT PRIMARY KEY,
+    title      TEXT NOT NULL,
+    upvotes    INTEGER NOT NULL,
+    listed_on  TEXT,
+    first_seen TEXT NOT NULL,
+    last_seen  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id         INTEGER PRIMARY KEY,
+    run_id     INTEGER REFERENCES runs(id),
+    subscriber TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    subject    TEXT NOT NULL,
+    sent_at    TEXT NOT NULL,
+    papers     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_subscriber ON deliveries(subscriber, sent_at);
+CREATE TABLE IF NOT EXISTS offers (
+    subscriber  TEXT NOT NULL,
+    paper_id    TEXT NOT NULL,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    included    INTEGER NOT NULL,
+    PRIMARY KEY (subscriber, paper_id)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    subscriber: str
+    message_id: str
+    subject: str
+    sent_at: str
+    papers: int
+    run_id: int | None
+
+
+class Ledger:
+    """One SQLite connection. Open with `Ledger.open` (read-write) or `Ledger.open_readonly`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, *, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    @classmethod
+    def open(cls, path: Path) -> Ledger:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{path}: cannot open the ledger ({e})",
+                             hint="check [state] path and its folder's permissions") from e
+        ledger = cls(conn, str(path), readonly=False)
+        ledger._migrate()
+        return ledger
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Ledger:
+        """For dry runs: reads what exists and never writes; a missing file is an empty ledger."""
+        try:
+            if path.exists():
+                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None)
+                ledger = cls(conn, str(path), readonly=True)
+                ledger._check_version()
+                return ledger
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot read the ledger ({e})") from e
+        conn.executescript(_SCHEMA)
+        return cls(conn, str(path), readonly=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self) -> int:
+        try:
+            version = self._version()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a digest-mailer ledger ({e})",
+                             hint="point [state] path at a new file") from e
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: ledger schema {version} is newer than this "
+                             f"digest-mailer understands ({SCHEMA_VERSION})",
+                             hint="upgrade digest-mailer")
+        return version
+
+    def _migrate(self) -> None:
+        if self._check_version() == SCHEMA_VERSION:
+            return
+        # executescript commits any open transaction first, so the script carries its own.
+        try:
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot create the ledger tables ({e})") from e
+        logger.info("%s: ledger schema %d ready", self.path, SCHEMA_VERSION)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise StoreError(f"{self.path}: the ledger is open read-only (a dry run)")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot write the ledger ({e})",
+                             hint="is the disk full, or the file read-only?") from e
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def offered_ids(self, subscriber: str) -> frozenset[str]:
+        rows = self._conn.execute("SELECT paper_id FROM offers WHERE subscriber = ?",
+                                  (subscriber.lower(),))
+        return frozenset(r[0] for r in rows)
+
+    def deliveries(self, subscriber: str | None = None) -> list[DeliveryRecord]:
+        sql = "SELECT subscriber, message_id, subject, sent_at, papers, run_id FROM deliveries"
+        args: tuple[str, ...] = ()
+        if subscriber:
+            sql, args = sql + " WHERE subscriber = ?", (subscriber.lower(),)
+        return [DeliveryRecord(*row) for row in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def sent_papers(self, message_id: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT o.paper_id FROM offers o JOIN deliveries d ON d.id = o.delivery_id "
+            "WHERE d.message_id = ? AND o.included = 1 ORDER BY o.paper_id", (message_id,))
+        return [r[0] for r in rows]
+
+    def runs(self) -> list[tuple[int, str, str | None, str, int, int, str]]:
+        return list(self._conn.execute(
+            "SELECT id, started_at, finished_at, run_date, sent, failed, outcome FROM runs "
+            "ORDER BY id"))
+
+    # -- writes --------------------------------------------------------------------------
+
+    def start_run(self, started_at: datetime, run_date: date, origin: str) -> int:
+        with self._write() as db:
+            cur = db.execute("INSERT INTO runs (started_at, run_date, origin) VALUES (?, ?, ?)",
+                             (started_at.isoformat(), run_date.isoformat(), origin))
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, finished_at: datetime, *, fetched: int, sent: int,
+                   failed: int, outcome: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET finished_at = ?, fetched = ?, sent = ?, failed = ?, "
+                       "outcome = ? WHERE id = ?",
+                       (finished_at.isoformat(), fetched, sent, failed, outcome, run_id))
+
+    def remember(self, papers: Iterable[Paper], seen_at: datetime) -> None:
+        stamp = seen_at.isoformat()
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO papers (id, title, upvotes, listed_on, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET title = excluded.title, "
+                "upvotes = max(papers.upvotes, excluded.upvotes), last_seen = excluded.last_seen",
+                [(p.id, p.title, p.upvotes, p.listed_on.isoformat() if p.listed_on else None,
+                  stamp, stamp) for p in papers])
+
+    def record_delivery(self, *, run_id: int | None, subscriber: str, message_id: str,
+                        subject: str, sent_at: datetime, included: Sequence[str],
+                        offered: Sequence[str]) -> None:
+        """Called right after the backend accepted the message: the delivery and every paper
+        it offered land together, or not at all."""
+        key = subscriber.lower()
+        chosen = set(included)
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO deliveries (run_id, subscriber, message_id, subject, sent_at, "
+                "papers) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, key, message_id, subject, sent_at.isoformat(), len(included)))
+            db.executemany(
+                "INSERT OR IGNORE INTO offers (subscriber, paper_id, delivery_id, included) "
+                "VALUES (?, ?, ?, ?)",
+                [(key, pid, cur.lastrowid, int(pid in chosen)) for pid in offered])
