@@ -47,7 +47,8 @@ def parse(data: bytes, origin: str) -> FetchResult:
             reasons.append(f"{origin} card {n}: " + ("no paper link" if pid is None else
                                                       f"{pid}: no title"))
             continue
-        votes = card.find(class_="leading-none")
+        # The vote count sits beside the (disabled) upvote checkbox.
+        votes = card.select_one("input[type=checkbox] ~ div.leading-none")
         upvotes = votes.get_text(strip=True) if votes else ""
         papers.append(Paper(id=pid, title=title,
                             upvotes=int(upvotes) if upvotes.isdigit() else 0))

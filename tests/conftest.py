@@ -1,0 +1,245 @@
+"""Shared fixtures: real captures, a real SMTP server, a real HTTP server, config files."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiosmtpd.controller import Controller
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SAMPLE = REPO / "samples" / "daily-papers-sample.json"
+NOW = datetime(2025, 6, 2, 7, 0, tzinfo=UTC)
+SECRET = "test-secret-0123456789abcdef"
+ENV = {"DIGEST_UNSUBSCRIBE_SECRET": SECRET}
+
+
+def capture(name: str) -> Path:
+    path = DATA / name
+    assert path.exists(), f"{path}: the shared captures are missing (../shared/data)"
+    return path
+
+
+# -- config files ------------------------------------------------------------------------
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def toml_text(doc: dict[str, Any]) -> str:
+    """Enough TOML for test configs: tables, one nested level, arrays of tables."""
+    out: list[str] = []
+
+    def table(name: str, body: dict[str, Any]) -> None:
+        out.append(f"[{name}]")
+        subs = {k: v for k, v in body.items() if isinstance(v, dict)}
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items()
+                   if not isinstance(v, dict))
+        for k, v in subs.items():
+            table(f"{name}.{k}", v)
+
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            table(key, value)
+        elif isinstance(value, list):
+            for item in value:
+                out.append(f"[[{key}]]")
+                out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(out) + "\n"
+
+
+def base_config(tmp_path: Path, *, source: Path | str = SAMPLE,
+                subscribers: list[dict[str, Any]] | None = None,
+                smtp: dict[str, Any] | None = None, backend: str = "smtp",
+                **sections: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "newsletter": {"name": "Daily Papers", "from": "Daily Papers <papers@example.org>",
+                       "timezone": "UTC"},
+        "source": {"kind": "huggingface", "location": str(source), "lookback_days": 2},
+        "state": {"path": str(tmp_path / "state.sqlite3")},
+        "delivery": {"backend": backend, "out_dir": str(tmp_path / "out"),
+                     "smtp": smtp or {"host": "127.0.0.1", "port": 25, "security": "none"}},
+        "unsubscribe": {"url": "https://papers.example.org/unsubscribe/{token}",
+                        "mailto": "unsubscribe@example.org"},
+        "subscribers": subscribers if subscribers is not None else [
+            {"email": "ada@example.org", "name": "Ada", "topics": ["diffusion"]},
+            {"email": "grace@example.org", "name": "Grace",
+             "topics": ["speech recognition", "reinforcement learning"]},
+            {"email": "edsger@example.org", "topics": ["formal verification"]},
+        ],
+    }
+    for name, body in sections.items():
+        doc[name] = {**doc.get(name, {}), **body}
+    return doc
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    def write(doc: dict[str, Any] | None = None, name: str = "digest-mailer.toml",
+              **kwargs: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(toml_text(doc if doc is not None else base_config(tmp_path, **kwargs)))
+        return path
+
+    return write
+
+
+# -- SMTP --------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class SmtpHandler:
+    """Records what it receives; `refuse` maps an address to the reply its RCPT gets."""
+
+    received: list[Received] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    sessions: set[int] = field(default_factory=set)
+    logins: list[str] = field(default_factory=list)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        self.sessions.add(id(session))
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                      envelope.original_content or envelope.content))
+        return "250 Message accepted for delivery"
+
+    def to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address in r.rcpt_tos]
+
+
+@dataclass
+class SmtpServer:
+    handler: SmtpHandler
+    port: int
+
+
+def start_smtp(handler: SmtpHandler, **kwargs: Any) -> tuple[Controller, int]:
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    return controller, port
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    handler = SmtpHandler()
+    controller, port = start_smtp(handler)
+    try:
+        yield SmtpServer(handler, port)
+    finally:
+        controller.stop()
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class HttpServer:
+    base: str
+    requests: list[Request]
+    routes: dict[str, Callable[[Request], Reply]]
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpServer]:
+    requests: list[Request] = []
+    routes: dict[str, Callable[[Request], Reply]] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            req = Request(parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()},
+                          {k.lower(): v for k, v in self.headers.items()})
+            requests.append(req)
+            route = routes.get(parts.path)
+            status, headers, body = route(req) if route else (404, {}, b"not found")
+            try:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield HttpServer(f"http://127.0.0.1:{server.server_address[1]}", requests, routes)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def slow(seconds: float, reply: Reply) -> Callable[[Request], Reply]:
+    def route(_req: Request) -> Reply:
+        time.sleep(seconds)
+        return reply
+
+    return route

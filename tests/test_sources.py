@@ -1,0 +1,201 @@
+"""Every parser against the real captures in ../shared/data, plus small fixtures of our own."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE, capture
+from digest_mailer.errors import SourceError
+from digest_mailer.sources import (
+    FileSource,
+    SourceSpec,
+    arxiv,
+    hf_api,
+    hf_page,
+    open_source,
+    sniff_kind,
+    window,
+)
+from digest_mailer.sources.common import canonical_id, clean_text, safe_url
+
+RUN = date(2025, 6, 2)
+
+
+def read(kind: str | None, path: Path):
+    return FileSource(kind, path).fetch(RUN)
+
+
+def test_hf_api_2025_schema() -> None:
+    result = read("huggingface", capture("hf_daily_papers_2025-06-02.json"))
+    assert len(result.papers) == 20 and result.skipped == 0
+    first = result.papers[0]
+    assert first.id == "2505.24864"
+    assert first.title == ("ProRL: Prolonged Reinforcement Learning Expands Reasoning "
+                           "Boundaries in Large Language Models")  # the "\n  " is folded
+    assert first.upvotes == 35 and first.listed_on == date(2025, 6, 2)
+    assert first.authors[:2] == ("Mingjie Liu", "Shizhe Diao") and len(first.authors) == 8
+    assert first.ai_summary and first.ai_summary.startswith("Prolonged reinforcement learning")
+    assert "reinforcement learning" in first.ai_keywords
+    assert "\n" not in first.abstract and first.abstract.startswith("Recent advances")
+    by_id = {p.id: p for p in result.papers}
+    assert by_id["2505.24863"].github_url == "https://github.com/ASTRAL-Group/AlphaOne"
+    assert by_id["2505.24863"].project_url == "https://alphaone-project.github.io/"
+    no_summary = [p for p in result.papers if p.ai_summary is None]
+    assert [p.id for p in no_summary] == ["2505.24862"]
+
+
+def test_hf_api_2024_schema() -> None:
+    result = read("huggingface", capture("hf_daily_papers_2024-08-01.json"))
+    assert len(result.papers) == 11 and result.skipped == 0
+    llama = result.papers[0]
+    assert llama.title == "The Llama 3 Herd of Models"
+    assert llama.ai_summary is None and llama.ai_keywords == ()
+    assert len(llama.authors) > 100 and llama.published_at is not None
+
+
+def test_hf_page_reads_the_embedded_json() -> None:
+    result = read("huggingface-page", capture("hf_papers_page_2024-08-01.html"))
+    assert len(result.papers) == 13 and result.skipped == 0
+    llama = result.papers[0]
+    assert (llama.id, llama.upvotes) == ("2407.21783", 94)
+    assert llama.abstract.startswith("Modern artificial intelligence")
+    assert all(p.listed_on == date(2024, 8, 1) for p in result.papers)
+
+
+def test_hf_page_falls_back_to_the_cards(tmp_path: Path) -> None:
+    html = capture("hf_papers_page_2024-08-01.html").read_text()
+    stripped = re.sub(r'data-props="[^"]*"', "", html)
+    assert "dailyPapers" not in stripped
+    page = tmp_path / "page.html"
+    page.write_text(stripped)
+    cards = read("huggingface-page", page)
+    full = read("huggingface-page", capture("hf_papers_page_2024-08-01.html"))
+    assert [(p.id, p.title, p.upvotes) for p in cards.papers] == \
+           [(p.id, p.title, p.upvotes) for p in full.papers]
+
+
+def test_hf_page_that_is_not_the_papers_page(tmp_path: Path) -> None:
+    page = tmp_path / "other.html"
+    page.write_text("<html><body><p>Hello</p></body></html>")
+    with pytest.raises(SourceError, match="no daily papers found"):
+        read("huggingface-page", page)
+
+
+def test_arxiv_api_atom() -> None:
+    result = read("arxiv", capture("arxiv_api_atom_legacy_au_del_maestro.xml"))
+    assert len(result.papers) == 10 and result.skipped == 0
+    ids = [p.id for p in result.papers]
+    assert ids[:3] == ["1201.4869", "cond-mat/0412498", "cond-mat/0603029"]
+    assert "1303.6954" in ids  # v2 stripped
+    first = result.papers[0]
+    assert first.title == "A Luttinger Liquid Core Inside Helium-4 Filled Nanopores"
+    assert first.authors == ("Adrian Del Maestro",)
+    assert first.abstract.startswith("As helium-4 is cooled") and "\n" not in first.abstract
+
+
+ARXIV_RSS = """<?xml version="1.0" encoding="UTF-8"?>
+<rss xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns:dc="http://purl.org/dc/elements/1.1/"
+     version="2.0"><channel><title>cs.LG updates on arXiv.org</title>
+<item><title>Sparse Mixture of Experts at Small Scale</title>
+<link>https://arxiv.org/abs/2506.01234</link>
+<description>arXiv:2506.01234v2 Announce Type: new
+Abstract: We revisit sparse mixture-of-experts layers for models under 1B parameters.</description>
+<guid isPermaLink="false">oai:arXiv.org:2506.01234v2</guid><category>cs.LG</category>
+<pubDate>Mon, 02 Jun 2025 00:00:00 -0400</pubDate><arxiv:announce_type>new</arxiv:announce_type>
+<dc:creator>Ana Lima, Björn Berg</dc:creator></item>
+<item><title></title><link>https://arxiv.org/abs/2506.09999</link></item>
+</channel></rss>"""
+
+
+def test_arxiv_rss_listing(tmp_path: Path) -> None:
+    feed = tmp_path / "cs.LG.rss"
+    feed.write_text(ARXIV_RSS)
+    result = read(None, feed)  # kind sniffed from the content
+    (paper,) = result.papers
+    assert paper.id == "2506.01234"
+    assert paper.abstract == ("We revisit sparse mixture-of-experts layers for models under 1B "
+                              "parameters.")
+    assert paper.authors == ("Ana Lima", "Björn Berg")
+    assert paper.listed_on == date(2025, 6, 2)
+    assert result.skipped == 1 and "no title" in result.skipped_reasons[0]
+
+
+@pytest.mark.parametrize("payload", [
+    b'<?xml version="1.0"?><!DOCTYPE feed [<!ENTITY a "aaaa">]><feed>&a;</feed>',
+    b"<feed><entry>",
+    b"<html/>",
+])
+def test_arxiv_refuses_unsafe_or_broken_xml(payload: bytes) -> None:
+    with pytest.raises(SourceError):
+        arxiv.parse(payload, "feed.xml")
+
+
+def test_hf_api_skips_items_without_id_or_title_and_counts_them() -> None:
+    items = [{"paper": {"id": "2501.00001v3", "title": " A \n title ", "upvotes": 3}},
+             {"paper": {"title": "no id"}},
+             {"paper": {"id": "2501.00002", "title": ""}},
+             "garbage", 17, None]
+    result = hf_api.parse(json.dumps(items).encode(), "feed.json")
+    assert [(p.id, p.title) for p in result.papers] == [("2501.00001", "A title")]
+    assert result.skipped == 5
+    assert result.skipped_reasons[0] == "feed.json item 1: no arXiv id (id=None)"
+
+
+def test_hf_api_bad_json_is_a_clear_error() -> None:
+    with pytest.raises(SourceError, match=r"feed.json: not valid JSON"):
+        hf_api.parse(b"{not json", "feed.json")
+    with pytest.raises(SourceError, match="expected a JSON array"):
+        hf_api.parse(b'"a string"', "feed.json")
+
+
+def test_same_paper_on_two_days_is_one_paper() -> None:
+    result = read(None, SAMPLE)
+    ids = [p.id for p in result.papers]
+    assert ids.count("2506.00101") == 1
+    flow = next(p for p in result.papers if p.id == "2506.00101")
+    assert flow.upvotes == 42 and flow.listed_on == date(2025, 6, 1)
+    assert result.skipped == 1
+
+
+def test_links_from_the_feed_must_be_http() -> None:
+    item = {"paper": {"id": "2501.00003", "title": "T", "githubRepo": "javascript:alert(1)",
+                      "projectPage": "data:text/html,<script>"}}
+    (paper,) = hf_api.parse(json.dumps([item]).encode(), "f").papers
+    assert paper.github_url is None and paper.project_url is None
+    assert safe_url("https://github.com/a/b") == "https://github.com/a/b"
+    assert safe_url("https://x.org/a b") is None
+
+
+def test_canonical_ids_and_clean_text() -> None:
+    assert canonical_id("http://arxiv.org/abs/2501.01234v12") == "2501.01234"
+    assert canonical_id("oai:arXiv.org:hep-th/9901001v1") == "hep-th/9901001"
+    assert canonical_id("https://huggingface.co/papers/2407.21783") == "2407.21783"
+    assert canonical_id("not an id") is None and canonical_id(None) is None
+    assert clean_text("a\u2028b\x00c\r\n  d") == "a b c d"
+
+
+def test_sniffing_and_window(tmp_path: Path) -> None:
+    assert sniff_kind(b"  [{}]") == "huggingface"
+    assert sniff_kind(b"<!DOCTYPE html><html>") == "huggingface-page"
+    assert sniff_kind(b'<?xml version="1.0"?><feed>') == "arxiv"
+    assert sniff_kind(b"hello") is None
+    odd = tmp_path / "odd.txt"
+    odd.write_text("hello")
+    with pytest.raises(SourceError, match="cannot tell what kind"):
+        read(None, odd)
+    assert window(RUN, 2) == (date(2025, 6, 1), date(2025, 6, 2))
+
+
+def test_open_source_refuses_other_schemes() -> None:
+    with pytest.raises(SourceError, match="only http and https"):
+        open_source(SourceSpec(None, "ftp://example.org/feed.json"), lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_page_parser_module_reads_bytes_directly() -> None:
+    data = capture("hf_papers_page_2024-08-01.html").read_bytes()
+    assert len(hf_page.parse(data, "page").papers) == 13
