@@ -107,7 +107,7 @@ class NewsletterSettings(_Section):
         "UTC", description="IANA zone: decides the run date and the Date header")
     subject: OneLine | None = Field(
         None, description="a Jinja template for the subject; variables: newsletter, count, "
-                          "topics, date, name")
+                          "topics, more_topics, authors, date, name")
     list_id: OneLine | None = Field(
         None, description="the List-Id header's id; default: the name's slug at the From domain")
     templates_dir: str | None = Field(

@@ -97,10 +97,6 @@ class Match:
     def why(self) -> str:
         return "; ".join(r.describe() for r in self.reasons)
 
-    @property
-    def terms(self) -> tuple[str, ...]:
-        return tuple(r.term for r in self.reasons if r.kind is not ReasonKind.EVERYTHING)
-
 
 @dataclass(frozen=True, slots=True)
 class Selection:

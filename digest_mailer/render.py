@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from digest_mailer.errors import RenderError
-from digest_mailer.models import Digest, Match, RenderedDigest, Subscriber
+from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ def following(sub: Subscriber) -> str:
     return " and ".join(parts) if parts else "all papers"
 
 
-def top_terms(matches: Sequence[Match]) -> list[str]:
-    counts = Counter(t for m in matches for t in m.terms)
+def top_terms(matches: Sequence[Match], kind: ReasonKind) -> list[str]:
+    """The matched topics (or authors), the most frequent first."""
+    counts = Counter(r.term for m in matches for r in m.reasons if r.kind is kind)
     return [t for t, _ in counts.most_common()]
 
 
@@ -136,7 +137,7 @@ class Renderer:
 
     def context(self, digest: Digest) -> dict[str, Any]:
         sub = digest.subscriber
-        terms = top_terms(digest.matches)
+        terms = top_terms(digest.matches, ReasonKind.TOPIC)
         count = len(digest.matches)
         return {
             "newsletter": digest.newsletter,
@@ -149,6 +150,7 @@ class Renderer:
             "papers": [paper_view(m) for m in digest.matches],
             "topics": terms[:SUBJECT_TOPICS],
             "more_topics": max(len(terms) - SUBJECT_TOPICS, 0),
+            "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
             "following": following(sub),
             "unsubscribe_url": digest.unsubscribe_url,
             "preview": one_line(f"{count} new: " + "; ".join(m.paper.title for m in

@@ -169,6 +169,7 @@ def test_links_from_the_feed_must_be_http() -> None:
     assert paper.github_url is None and paper.project_url is None
     assert safe_url("https://github.com/a/b") == "https://github.com/a/b"
     assert safe_url("https://x.org/a b") is None
+    assert safe_url('https://x.org/"onclick="alert(1)') is None
 
 
 def test_canonical_ids_and_clean_text() -> None:

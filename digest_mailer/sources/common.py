@@ -13,6 +13,8 @@ from digest_mailer.models import Paper
 # New-style ids (2501.01234, 0704.0001) and old-style ones (hep-th/9901001, math.AG/0601001).
 _NEW_ID = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?:v\d+)?(?![\d])")
 _OLD_ID = re.compile(r"(?<![\w-])([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?(?!\d)")
+# Characters RFC 3986 never allows unescaped: a link holding one is malformed or an attack.
+_NOT_IN_URL = re.compile(r'[\s"<>\\^`{|}]')
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
 
 
@@ -35,7 +37,7 @@ def clean_text(raw: object) -> str:
 def safe_url(raw: object) -> str | None:
     """An http(s) URL or None: feed links must never become javascript: or data: links."""
     text = clean_text(raw)
-    if not text or " " in text:
+    if not text or _NOT_IN_URL.search(text):
         return None
     parts = urlsplit(text)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:

@@ -1,0 +1,172 @@
+"""The email as a subscriber's client sees it: rendered through the real pipeline to files,
+then parsed back with the email package."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ENV, NOW, REPO, SAMPLE, base_config, capture
+from digest_mailer.config import load_config
+from digest_mailer.message import unsubscribe_token
+from digest_mailer.pipeline import RunOptions, run
+
+GOLDEN = REPO / "tests" / "golden"
+TOKEN = unsubscribe_token(ENV["DIGEST_UNSUBSCRIBE_SECRET"].encode(), "ada@example.org")
+
+
+def dry_run(config_path: Path, *, source: Path | None = None) -> dict[str, bytes]:
+    config = load_config(config_path)
+    run(config, RunOptions(dry_run=True, source=str(source) if source else None,
+                           run_date=NOW.date()), now=NOW, env=ENV)
+    folder = config.out_dir / NOW.date().isoformat()
+    return {p.stem: p.read_bytes() for p in folder.glob("*.eml")}
+
+
+def parse(data: bytes) -> EmailMessage:
+    msg = message_from_bytes(data, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def parts(msg: EmailMessage) -> tuple[str, str]:
+    text, html = msg.get_payload()  # type: ignore[misc]
+    return text.get_content(), html.get_content()
+
+
+@pytest.fixture
+def sample_emails(write_config: Callable[..., Path]) -> dict[str, bytes]:
+    return dry_run(write_config())
+
+
+def test_headers_and_structure(sample_emails: dict[str, bytes]) -> None:
+    data = sample_emails["ada_at_example.org"]
+    msg = parse(data)
+    assert msg["From"] == "Daily Papers <papers@example.org>"
+    assert msg.get_all("To") == ["Ada <ada@example.org>"]
+    assert msg["Subject"] == "Daily Papers: 2 new papers on diffusion"
+    assert msg["Date"] == "Mon, 02 Jun 2025 07:00:00 +0000"
+    assert re.fullmatch(r"<\d{14}\.[0-9a-f]{16}@example\.org>", msg["Message-ID"])
+    assert msg["List-Id"] == "Daily Papers <daily-papers.example.org>"
+    assert msg["List-Unsubscribe"] == (
+        f"<https://papers.example.org/unsubscribe/{TOKEN}>, "
+        f"<mailto:unsubscribe@example.org?subject=unsubscribe%20{TOKEN}>")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert all(p.get_content_charset() == "utf-8" for p in msg.iter_parts())
+    assert b"=?utf-8?" not in data.split(b"\r\nList-Unsubscribe:")[1].split(b"\r\nList-Unsub")[0]
+
+
+def test_crlf_and_line_lengths(sample_emails: dict[str, bytes]) -> None:
+    for data in sample_emails.values():
+        assert b"\n" not in data.replace(b"\r\n", b"")
+        assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+def test_text_and_html_carry_the_same_papers(sample_emails: dict[str, bytes]) -> None:
+    text, html = parts(parse(sample_emails["ada_at_example.org"]))
+    titles = ["Flow Matching for Fast Image Diffusion Sampling",
+              "A Survey of Diffusion Transformers"]
+    for title in titles:
+        assert title in text and title in html
+    for url in ("https://huggingface.co/papers/2506.00101", "https://arxiv.org/abs/2506.00101",
+                "https://arxiv.org/pdf/2506.00101", "https://github.com/example/fast-flow"):
+        assert url in text and f'href="{url}"' in html
+    assert "Why you got this: diffusion (title, abstract, keywords)" in text
+    assert "Why you got this: diffusion (title, abstract, keywords)" in html
+    assert f"https://papers.example.org/unsubscribe/{TOKEN}" in text
+    assert "Ada Quint, Bo Zhang, Chloé Martin et al." in text  # first three, then et al.
+    assert "Example Lab" in text and "42\u00a0upvotes" in text
+    # The AI summary is preferred over the abstract.
+    assert "Flow matching lets diffusion models sample in four steps" in html
+
+
+def test_twenty_paper_digest_stays_under_gmail_clipping(write_config: Callable[..., Path],
+                                                        tmp_path: Path) -> None:
+    path = write_config(subscribers=[{"email": "all@example.org", "max_papers": 20}],
+                        source=capture("hf_daily_papers_2025-06-02.json"))
+    (data,) = dry_run(path).values()
+    _, html = parts(parse(data))
+    size = len(html.encode("utf-8"))
+    assert html.count("Why you got this") == 20
+    assert size < 102_000, f"20-paper HTML is {size} bytes; Gmail clips past 102 KB"
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert "<style" in html and 'style="' in html  # media queries kept, the rest inlined
+    assert "fonts.googleapis.com" not in html and "<link" not in html
+
+
+HOSTILE = ['<script>alert("x")</script>', '<img src=x onerror=alert(1)>',
+           '<mj-include path="/etc/passwd" />', "{{ 7*7 }}", "{% raw %}", "</mj-text><mj-raw>"]
+
+
+def hostile_feed(tmp_path: Path) -> Path:
+    payload = " ".join(HOSTILE)
+    item: dict[str, Any] = {
+        "paper": {"id": "2506.06666", "title": f"Diffusion\r\nBcc: victim@example.org {payload}",
+                  "summary": f"diffusion {payload}", "upvotes": 5,
+                  "authors": [{"name": f"Eve {payload}"}, {"name": "Mallory\nX-Evil: 1"}],
+                  "ai_summary": f"diffusion {payload}", "ai_keywords": [payload],
+                  "githubRepo": "javascript:alert(1)", "projectPage": 'https://x.org/"onclick="'},
+        "organization": {"fullname": f"Org\r\nX-Injected: yes {payload}"},
+    }
+    feed = tmp_path / "hostile.json"
+    feed.write_text(json.dumps([item]))
+    return feed
+
+
+def test_feed_text_is_never_interpreted(write_config: Callable[..., Path],
+                                        tmp_path: Path) -> None:
+    (data,) = dry_run(write_config(subscribers=[{"email": "ada@example.org",
+                                                 "topics": ["diffusion"]}]),
+                      source=hostile_feed(tmp_path)).values()
+    msg = parse(data)
+    assert msg["Bcc"] is None and msg["X-Injected"] is None and msg["X-Evil"] is None
+    assert "\n" not in msg["Subject"]
+    text, html = parts(msg)
+    lowered = html.lower()
+    assert "<script" not in lowered and "<img" not in lowered and "<mj-" not in lowered
+    assert "javascript:" not in lowered and "onclick" not in lowered
+    assert "&lt;script&gt;" in html and "{{ 7*7 }}" in html and "49" not in html
+    for snippet in HOSTILE:
+        assert snippet in text  # shown as text, literally
+    assert "{% raw %}" in html
+
+
+def test_golden_emails(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """Whole emails against reviewed copies; UPDATE_GOLDEN=1 rewrites them."""
+    emails = dry_run(write_config())
+    doc = base_config(tmp_path, source=capture("hf_daily_papers_2025-06-02.json"), subscribers=[
+        {"email": "rl@example.org", "name": "Zoë 李", "topics": ["reinforcement learning"],
+         "exclude": ["diffusion"], "authors": ["Yejin Choi"], "max_papers": 3}])
+    doc["delivery"]["out_dir"] = str(tmp_path / "capture-out")
+    emails.update({f"capture-{k}": v for k, v in
+                   dry_run(write_config(doc, name="capture.toml")).items()})
+    for stem, data in sorted(emails.items()):
+        msg = parse(data)
+        text, html = parts(msg)
+        headers = "".join(f"{k}: {v}\n" for k, v in msg.items() if k not in ("Content-Type",))
+        headers = re.sub(r"Message-ID: <[^>]+>", "Message-ID: <MASKED>", headers)
+        got = {"headers.txt": headers, "text.txt": text.replace("\r\n", "\n"),
+               "body.html": html.replace("\r\n", "\n")}
+        folder = GOLDEN / stem
+        if os.environ.get("UPDATE_GOLDEN"):
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, content in got.items():
+                (folder / name).write_text(content)
+        for name, content in got.items():
+            expected = (folder / name).read_text()
+            assert content == expected, f"{folder / name} differs; review, then UPDATE_GOLDEN=1"
+    assert {p.name for p in GOLDEN.iterdir()} == set(emails)
+
+
+def test_sample_feed_ships_with_the_repo() -> None:
+    assert SAMPLE.exists() and SAMPLE.stat().st_size < 50_000
