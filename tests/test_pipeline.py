@@ -1,0 +1,214 @@
+"""Whole runs: a real SQLite ledger, a real SMTP server on 127.0.0.1, the sample feed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ENV, NOW, SmtpServer, base_config, capture, toml_text
+from digest_mailer.config import load_config
+from digest_mailer.errors import DigestMailerError, SourceError
+from digest_mailer.models import RunReport, Status
+from digest_mailer.pipeline import RunOptions, run
+from digest_mailer.store import Ledger
+
+
+def config_for(tmp_path: Path, smtp: SmtpServer, **kw: Any) -> Path:
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp.port,
+                                      "security": "none"}, **kw)
+    path = tmp_path / "digest-mailer.toml"
+    path.write_text(toml_text(doc))
+    return path
+
+
+def go(path: Path, **options: Any) -> RunReport:
+    return run(load_config(path), RunOptions(run_date=NOW.date(), **options), now=NOW, env=ENV)
+
+
+def statuses(report: RunReport) -> dict[str, Status]:
+    return {o.email: o.status for o in report.outcomes}
+
+
+def test_first_run_sends_matches_and_second_run_sends_nothing(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = config_for(tmp_path, smtp_server)
+    first = go(path)
+    assert statuses(first) == {"ada@example.org": Status.SENT,
+                               "grace@example.org": Status.SENT,
+                               "edsger@example.org": Status.NO_MATCH}
+    assert first.fetched == 7 and first.skipped == 1
+    handler = smtp_server.handler
+    assert [r.rcpt_tos for r in handler.received] == [["ada@example.org"],
+                                                     ["grace@example.org"]]
+    assert handler.received[0].mail_from == "papers@example.org"
+    assert len(handler.sessions) == 1  # one connection for the whole run
+    ada = handler.to("ada@example.org")[0].message
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        (record,) = ledger.deliveries("ada@example.org")
+        assert record.message_id == ada["Message-ID"]
+        assert ledger.sent_papers(record.message_id) == ["2506.00101", "2506.00103"]
+        assert ledger.runs()[0][-1] == "ok"
+
+    second = go(path)
+    assert statuses(second) == {"ada@example.org": Status.NOTHING_NEW,
+                                "grace@example.org": Status.NOTHING_NEW,
+                                "edsger@example.org": Status.NO_MATCH}
+    assert len(handler.received) == 2
+
+
+def test_new_subscriber_gets_what_is_current_and_changed_topics_get_new_matches(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = config_for(tmp_path, smtp_server)
+    go(path)
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
+                                      "security": "none"})
+    doc["subscribers"][0]["topics"] = ["diffusion", "speech recognition"]  # ada widens
+    doc["subscribers"].append({"email": "new@example.org", "authors": ["Yejin Choi"]})
+    path.write_text(toml_text(doc))
+    report = go(path)
+    assert statuses(report)["new@example.org"] is Status.SENT
+    assert statuses(report)["grace@example.org"] is Status.NOTHING_NEW
+    ada = smtp_server.handler.to("ada@example.org")
+    assert len(ada) == 2
+    text = ada[1].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Multilingual Speech Recognition" in text and "Flow Matching" not in text
+    new = smtp_server.handler.to("new@example.org")[0].message
+    assert "2 new papers" in new["Subject"] and "by Yejin Choi" in new["Subject"]
+
+
+def test_papers_over_the_cap_are_offered_and_not_sent_later(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = config_for(tmp_path, smtp_server,
+                      subscribers=[{"email": "alan@example.org", "max_papers": 2}])
+    first = go(path)
+    assert first.outcomes[0].papers == 2 and "5 more over the cap" in first.outcomes[0].detail
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        assert len(ledger.offered_ids("alan@example.org")) == 7
+    assert statuses(go(path)) == {"alan@example.org": Status.NOTHING_NEW}
+
+
+def test_yesterdays_papers_never_crowd_out_todays(tmp_path: Path,
+                                                  smtp_server: SmtpServer) -> None:
+    day1 = json.loads(capture("hf_daily_papers_2025-06-02.json").read_text())
+    feed = tmp_path / "feed.json"
+    feed.write_text(json.dumps(day1[:10]))
+    path = config_for(tmp_path, smtp_server, source=feed,
+                      subscribers=[{"email": "alan@example.org", "max_papers": 3}])
+    go(path)
+    # The next day's window still holds yesterday's (highly upvoted) papers plus new ones.
+    feed.write_text(json.dumps(day1))
+    go(path)
+    second = smtp_server.handler.to("alan@example.org")[1].message
+    ids = {item["paper"]["id"] for item in day1[10:]}
+    body = second.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    sent = [i for i in ids if i in body]
+    assert len(sent) == 3
+    assert not any(item["paper"]["id"] in body for item in day1[:10])
+
+
+def test_dry_run_never_writes_the_ledger(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = config_for(tmp_path, smtp_server)
+    state = tmp_path / "state.sqlite3"
+    report = go(path, dry_run=True)
+    assert report.dry_run and report.delivered == 2 and not state.exists()
+    assert smtp_server.handler.received == []
+    go(path)  # a real run creates it
+    before = hashlib.sha256(state.read_bytes()).hexdigest()
+    dry = go(path, dry_run=True)
+    assert statuses(dry)["ada@example.org"] is Status.NOTHING_NEW
+    assert hashlib.sha256(state.read_bytes()).hexdigest() == before
+
+
+def test_a_refused_recipient_is_not_recorded_and_the_run_goes_on(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    smtp_server.handler.refuse["ada@example.org"] = "550 5.1.1 No such user"
+    path = config_for(tmp_path, smtp_server)
+    report = go(path)
+    assert statuses(report)["ada@example.org"] is Status.FAILED
+    assert "550 5.1.1 No such user" in report.outcomes[0].detail
+    assert statuses(report)["grace@example.org"] is Status.SENT
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        assert ledger.offered_ids("ada@example.org") == frozenset()
+        assert ledger.runs()[-1][-1] == "failures"
+    del smtp_server.handler.refuse["ada@example.org"]
+    assert statuses(go(path))["ada@example.org"] is Status.SENT  # sent next time
+
+
+def test_a_server_that_goes_away_stops_the_run_and_keeps_what_was_sent(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    from conftest import SmtpHandler, start_smtp
+
+    handler = SmtpHandler()
+    controller, port = start_smtp(handler)
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": port, "security": "none"},
+                      subscribers=[{"email": f"s{i}@example.org"} for i in range(3)])
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(doc))
+    stopped = []
+
+    def after_each(outcome: Any) -> None:
+        if not stopped:
+            controller.stop()
+            stopped.append(outcome)
+
+    report = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV,
+                 on_progress=after_each)
+    assert [o.status for o in report.outcomes] == [Status.SENT, Status.FAILED,
+                                                   Status.NOT_ATTEMPTED]
+    assert report.stopped and "cannot connect" in report.stopped
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        assert [d.subscriber for d in ledger.deliveries()] == ["s0@example.org"]
+        assert ledger.runs()[-1][-1] == "stopped"
+
+
+def test_a_source_that_fails_sends_nothing_and_is_recorded(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    bad = tmp_path / "feed.json"
+    bad.write_text("{broken")
+    path = config_for(tmp_path, smtp_server, source=bad)
+    with pytest.raises(SourceError, match="not valid JSON"):
+        go(path)
+    assert smtp_server.handler.received == []
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        assert ledger.runs()[-1][-1] == "source failed"
+
+
+def test_real_runs_need_the_unsubscribe_secret(tmp_path: Path,
+                                               smtp_server: SmtpServer) -> None:
+    path = config_for(tmp_path, smtp_server)
+    with pytest.raises(DigestMailerError, match=r"\$DIGEST_UNSUBSCRIBE_SECRET is not set"):
+        run(load_config(path), RunOptions(), now=NOW, env={})
+    with pytest.raises(DigestMailerError, match="too short"):
+        run(load_config(path), RunOptions(), now=NOW, env={"DIGEST_UNSUBSCRIBE_SECRET": "x"})
+    assert smtp_server.handler.received == []
+
+
+def test_preview_of_one_subscriber_ignoring_the_ledger(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = config_for(tmp_path, smtp_server)
+    go(path)
+    report = go(path, dry_run=True, only="GRACE@example.org", ignore_ledger=True,
+                out_dir=tmp_path / "pv")
+    assert statuses(report) == {"grace@example.org": Status.WRITTEN}
+    assert (tmp_path / "pv" / "2025-06-02" / "grace_at_example.org.html").exists()
+    with pytest.raises(DigestMailerError, match="not a subscriber"):
+        go(path, dry_run=True, only="nobody@example.org")
+
+
+def test_file_backend_writes_eml_html_and_an_index(tmp_path: Path,
+                                                   write_config: Callable[..., Path]) -> None:
+    path = write_config()
+    report = go(path, dry_run=True)
+    folder = tmp_path / "out" / "2025-06-02"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ada_at_example.org.eml", "ada_at_example.org.html", "grace_at_example.org.eml",
+        "grace_at_example.org.html", "index.html"]
+    index = (folder / "index.html").read_text()
+    assert 'href="ada_at_example.org.html"' in index and "Daily Papers: 2 new papers" in index
+    assert replace(report, outcomes=()).dry_run
