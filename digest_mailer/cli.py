@@ -66,8 +66,10 @@ out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, p
               default="warning", show_default=True, help="how much to log to stderr")
 def cli(log_level: str) -> None:
     """Trending ML papers from the Hugging Face Daily Papers feed, one digest per subscriber."""
+    detailed = log_level in ("debug", "info")
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if detailed
+                        else "%(levelname)s: %(message)s")
 
 
 @cli.command()
@@ -163,6 +165,9 @@ def format_report(report: RunReport) -> list[str]:
     lines.append(f"{report.delivered} email(s) {verb}, "
                  f"{report.count(Status.NOTHING_NEW, Status.NO_MATCH)} with nothing to send, "
                  f"{report.failed} failed")
+    written = [o.location for o in report.outcomes if o.status is Status.WRITTEN and o.location]
+    if written:
+        lines.append(f"Preview: {Path(written[0]).parent / 'index.html'}")
     return lines
 
 

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import datetime
+from datetime import date, datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -52,7 +52,8 @@ def list_id(newsletter: str, domain: str, explicit: str | None) -> str:
 
 def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: str,
                   envelope_from: str, reply_to: str | None, list_id_header: str,
-                  unsubscribe: str, message_id: str, when: datetime) -> OutgoingMessage:
+                  unsubscribe: str, message_id: str, when: datetime, run_date: date
+                  ) -> OutgoingMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = sender
     msg["To"] = Address(display_name=subscriber.name, addr_spec=subscriber.email)
@@ -75,5 +76,5 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
         subject=rendered.subject,
         data=msg.as_bytes(policy=POLICY),
         html=rendered.html,
-        run_date=when.date(),
+        run_date=run_date,
     )

@@ -234,7 +234,7 @@ def _deliver(selection: Selection, fetched: FetchResult, *, ledger: Ledger, back
         rendered, subscriber=sub, sender=envelope.sender, envelope_from=envelope.envelope_from,
         reply_to=envelope.reply_to, list_id_header=envelope.list_id,
         unsubscribe=list_unsubscribe(url, envelope.unsubscribe_mailto, token),
-        message_id=make_message_id(envelope.domain, now), when=now)
+        message_id=make_message_id(envelope.domain, now), when=now, run_date=run_date)
     try:
         receipt = backend.send(message)
     except DeliveryError as e:

@@ -77,8 +77,10 @@ def paper_view(match: Match) -> PaperView:
         links.append(("Code", p.github_url))
     if p.project_url and p.project_url != p.github_url:
         links.append(("Project page", p.project_url))
+    # A subscriber who takes every paper needs no reason per paper.
+    why = "" if all(r.kind is ReasonKind.EVERYTHING for r in match.reasons) else match.why
     return PaperView(title=p.title, url=p.hf_url, byline=byline(match), blurb=blurb(match),
-                     links=tuple(links), why=match.why)
+                     links=tuple(links), why=why)
 
 
 def following(sub: Subscriber) -> str:

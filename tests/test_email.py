@@ -97,7 +97,8 @@ def test_twenty_paper_digest_stays_under_gmail_clipping(write_config: Callable[.
     (data,) = dry_run(path).values()
     _, html = parts(parse(data))
     size = len(html.encode("utf-8"))
-    assert html.count("Why you got this") == 20
+    assert html.count("Hugging Face</a>") == 20
+    assert "Why you got this" not in html  # every paper: no reason to give
     assert size < 102_000, f"20-paper HTML is {size} bytes; Gmail clips past 102 KB"
     assert html.lstrip().lower().startswith("<!doctype html>")
     assert "<style" in html and 'style="' in html  # media queries kept, the rest inlined
@@ -170,3 +171,39 @@ def test_golden_emails(write_config: Callable[..., Path], tmp_path: Path) -> Non
 
 def test_sample_feed_ships_with_the_repo() -> None:
     assert SAMPLE.exists() and SAMPLE.stat().st_size < 50_000
+
+
+def test_templates_dir_overrides_file_by_file(write_config: Callable[..., Path],
+                                              tmp_path: Path) -> None:
+    mine = tmp_path / "my-templates"
+    mine.mkdir()
+    (mine / "subject.txt.j2").write_text("{{ count }} for {{ name }} on {{ date }}\n")
+    doc = base_config(tmp_path)
+    doc["newsletter"]["templates_dir"] = str(mine)
+    emails = dry_run(write_config(doc))
+    msg = parse(emails["ada_at_example.org"])
+    assert msg["Subject"] == "2 for Ada on 2025-06-02"
+    assert "Flow Matching" in parts(msg)[1]  # the shipped HTML template still serves
+
+
+def test_subject_template_from_the_config(write_config: Callable[..., Path],
+                                          tmp_path: Path) -> None:
+    doc = base_config(tmp_path)
+    doc["newsletter"]["subject"] = "Papers for {{ name or 'you' }}: {{ count }}"
+    msg = parse(dry_run(write_config(doc))["ada_at_example.org"])
+    assert msg["Subject"] == "Papers for Ada: 2"
+
+
+def test_a_broken_template_is_a_clear_error(write_config: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    from digest_mailer.errors import RenderError
+
+    doc = base_config(tmp_path)
+    doc["newsletter"]["subject"] = "{{ count"
+    with pytest.raises(RenderError, match=r"newsletter\.subject:1: template syntax error"):
+        dry_run(write_config(doc))
+    doc["newsletter"]["subject"] = None
+    del doc["newsletter"]["subject"]
+    doc["newsletter"]["templates_dir"] = str(tmp_path / "nope")
+    with pytest.raises(RenderError, match="templates_dir is not a folder"):
+        dry_run(write_config(doc))

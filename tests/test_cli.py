@@ -1,0 +1,164 @@
+"""The command line: exit codes and the exact `Error:` lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from conftest import ENV, SAMPLE, SmtpServer, base_config, free_port, toml_text
+from digest_mailer.cli import cli
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def test_check_a_valid_config(write_config: Callable[..., Path]) -> None:
+    path = write_config()
+    result = invoke("check", "--config", str(path))
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{path}: OK"
+    assert "subscribers: 3 (3 with topic or author filters, 0 taking every paper)" in lines
+    assert any(line.startswith("warning: $DIGEST_UNSUBSCRIBE_SECRET is not set") for line in lines)
+
+
+def test_check_an_invalid_config_lists_every_problem(tmp_path: Path) -> None:
+    doc = base_config(tmp_path)
+    doc["subscribers"][2]["email"] = "ada@"
+    doc["subscribers"][1]["topcis"] = ["x"]
+    path = tmp_path / "config.toml"
+    path.write_text(toml_text(doc))
+    result = invoke("check", "--config", str(path))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: subscribers[1].topcis: unknown key (did you mean 'topics'?)",
+        f"Error: {path}: subscribers[2].email: 'ada@' is not an email address (There must be "
+        "something after the @-sign.)",
+        "Hint: 1 more problem(s) follow; every key is documented in config.example.toml",
+    ]
+
+
+def test_config_from_the_environment_then_the_working_directory(
+        write_config: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(name="elsewhere.toml")
+    assert invoke("check", env={"DIGEST_MAILER_CONFIG": str(path)}).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIGEST_MAILER_CONFIG", raising=False)
+    result = invoke("check")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == "Error: digest-mailer.toml: no such file"
+
+
+def test_usage_errors_exit_2(write_config: Callable[..., Path]) -> None:
+    path = str(write_config())
+    bad_date = invoke("run", "--config", path, "--date", "2025-13-01")
+    assert bad_date.exit_code == 2 and "'2025-13-01' is not a date like 2025-06-02" in \
+        bad_date.stderr
+    assert invoke("run", "--config", path, "--source-kind", "rss").exit_code == 2
+    assert invoke("preview", "--config", path).exit_code == 2  # --to is required
+    assert invoke("frobnicate").exit_code == 2
+
+
+def test_dry_run_prints_a_report(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    path = write_config()
+    result = invoke("run", "--config", str(path), "--dry-run", "--date", "2025-06-02",
+                    "--out", str(tmp_path / "pv"))
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0] == "Run for 2025-06-02 (dry run: nothing sent, ledger untouched)"
+    assert out[1] == f"Papers fetched: 7 from {SAMPLE} (1 skipped: no id or title)"
+    assert out[2].split() == ["ada@example.org", "written", "2", "paper(s)", "->",
+                              str(tmp_path / "pv" / "2025-06-02" / "ada_at_example.org.eml")]
+    assert out[4].split() == ["edsger@example.org", "no", "match", "no", "paper", "matches"]
+    assert out[5] == "2 email(s) written, 1 with nothing to send, 0 failed"
+    assert out[6] == f"Preview: {tmp_path / 'pv' / '2025-06-02' / 'index.html'}"
+    assert not (tmp_path / "state.sqlite3").exists()
+
+
+def test_run_sends_and_a_second_run_sends_nothing(tmp_path: Path,
+                                                  smtp_server: SmtpServer) -> None:
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
+                                      "security": "none"})
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(doc))
+    first = invoke("run", "--config", str(path), env=ENV)
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.splitlines()[-1] == "2 email(s) sent, 1 with nothing to send, 0 failed"
+    second = invoke("run", "--config", str(path), env=ENV)
+    assert second.stdout.splitlines()[-1] == "0 email(s) sent, 3 with nothing to send, 0 failed"
+    assert len(smtp_server.handler.received) == 2
+
+
+def test_run_errors_are_one_line_with_a_hint(write_config: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    path = str(write_config())
+    no_secret = invoke("run", "--config", path, env={"DIGEST_UNSUBSCRIBE_SECRET": ""})
+    assert no_secret.exit_code == 1
+    lines = no_secret.stderr.splitlines()
+    assert lines[0] == ("Error: $DIGEST_UNSUBSCRIBE_SECRET is not set: it signs the one-click "
+                        "unsubscribe links")
+    assert lines[1].startswith("Hint: export DIGEST_UNSUBSCRIBE_SECRET=")
+    missing = invoke("run", "--config", path, "--dry-run", "--source", str(tmp_path / "x.json"))
+    assert missing.exit_code == 1
+    assert missing.stderr.splitlines()[0] == f"Error: {tmp_path / 'x.json'}: no such file"
+    nobody = invoke("preview", "--config", path, "--to", "nobody@example.org")
+    assert nobody.exit_code == 1
+    assert nobody.stderr.splitlines()[0] == f"Error: nobody@example.org: not a subscriber in {path}"
+
+
+def test_an_unreachable_smtp_server_fails_the_run(tmp_path: Path) -> None:
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": free_port(),
+                                      "security": "none", "timeout": 2})
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(doc))
+    result = invoke("run", "--config", str(path), env=ENV)
+    assert result.exit_code == 1
+    assert "FAILED" in result.stdout and "not sent" in result.stdout
+    assert result.stderr.splitlines()[-2] == \
+        "Error: 3 of 3 subscriber(s) did not get their email"
+
+
+def test_preview_writes_one_subscribers_email(write_config: Callable[..., Path],
+                                              tmp_path: Path) -> None:
+    path = str(write_config())
+    result = invoke("preview", "--config", path, "--to", "grace@example.org", "--out",
+                    str(tmp_path / "pv"), "--date", "2025-06-02")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "pv" / "2025-06-02").glob("*.html")) == \
+        ["grace_at_example.org.html", "index.html"]
+
+
+def test_python_dash_m_and_version(tmp_path: Path) -> None:
+    env = {**os.environ, "DIGEST_MAILER_CONFIG": str(tmp_path / "none.toml")}
+    proc = subprocess.run([sys.executable, "-m", "digest_mailer", "check"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == f"Error: {tmp_path / 'none.toml'}: no such file"
+    assert "Traceback" not in proc.stderr
+    version = subprocess.run([sys.executable, "-m", "digest_mailer", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("digest-mailer, version ")
+
+
+def test_source_url_on_the_command_line_uses_the_configured_kind(
+        write_config: Callable[..., Path], http_server: Any) -> None:
+    body = SAMPLE.read_bytes()
+    http_server.routes["/feed"] = lambda req: (200, {}, body if req.query.get("p") == "0"
+                                               else b"[]")
+    result = invoke("run", "--config", str(write_config()), "--dry-run", "--date",
+                    "2025-06-02", "--source", http_server.base + "/feed")
+    assert result.exit_code == 0, result.stderr
+    assert f"Papers fetched: 7 from {http_server.base}/feed" in result.stdout
+    assert {r.query["date"] for r in http_server.requests} == {"2025-06-01", "2025-06-02"}
