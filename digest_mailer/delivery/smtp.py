@@ -49,6 +49,12 @@ class SmtpBackend:
     def where(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _unverified(self, e: ssl.SSLCertVerificationError) -> DeliveryError:
+        return DeliveryError(f"SMTP {self.where}: the server's certificate does not verify "
+                             f"({e.verify_message})",
+                             hint="fix the server's certificate or set delivery.smtp.ca_file",
+                             fatal=True)
+
     def _connect(self) -> smtplib.SMTP:
         ctx = tls_context(self._ca_file) if self.security != "none" else None
         try:
@@ -58,10 +64,7 @@ class SmtpBackend:
             else:
                 conn = smtplib.SMTP(self.host, self.port, timeout=self._timeout)
         except ssl.SSLCertVerificationError as e:
-            raise DeliveryError(f"SMTP {self.where}: the server's certificate does not verify "
-                                f"({e.verify_message})",
-                                hint="fix the server's certificate or set delivery.smtp.ca_file",
-                                fatal=True) from e
+            raise self._unverified(e) from e
         except (OSError, smtplib.SMTPException) as e:
             raise DeliveryError(f"SMTP {self.where}: cannot connect ({e})",
                                 hint="check delivery.smtp host, port and security",
@@ -82,10 +85,7 @@ class SmtpBackend:
             raise
         except ssl.SSLCertVerificationError as e:
             _drop(conn)
-            raise DeliveryError(f"SMTP {self.where}: the server's certificate does not verify "
-                                f"({e.verify_message})",
-                                hint="fix the server's certificate or set delivery.smtp.ca_file",
-                                fatal=True) from e
+            raise self._unverified(e) from e
         except smtplib.SMTPAuthenticationError as e:
             _drop(conn)
             raise DeliveryError(f"SMTP {self.where}: login as {self._username!r} refused "

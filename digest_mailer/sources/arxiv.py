@@ -15,7 +15,7 @@ from digest_mailer.models import FetchResult, Paper
 from digest_mailer.sources.common import (
     canonical_id,
     clean_text,
-    merge_papers,
+    collect,
     parse_datetime,
     safe_url,
 )
@@ -45,16 +45,7 @@ def parse(data: bytes, origin: str) -> FetchResult:
     else:
         raise SourceError(f"{origin}: not an Atom or RSS feed (root element {root.tag!r})",
                           hint="is [source] kind right?")
-    papers: list[Paper] = []
-    reasons: list[str] = []
-    for n, entry in enumerate(entries):
-        paper, why = read(entry)
-        if paper is None:
-            reasons.append(f"{origin} entry {n}: {why}")
-        else:
-            papers.append(paper)
-    return FetchResult(papers=merge_papers(papers), skipped=len(reasons),
-                       skipped_reasons=tuple(reasons), origin=origin)
+    return collect(entries, read, origin, "entry")
 
 
 def _text(entry: Element, tag: str) -> str:

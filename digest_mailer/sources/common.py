@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from digest_mailer.models import Paper
+from digest_mailer.models import FetchResult, Paper
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # New-style ids (2501.01234, 0704.0001) and old-style ones (hep-th/9901001, math.AG/0601001).
 _NEW_ID = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?:v\d+)?(?![\d])")
@@ -73,6 +78,24 @@ def as_int(raw: object) -> int:
     if isinstance(raw, float) and raw == raw:
         return max(int(raw), 0)
     return 0
+
+
+Reader = Callable[[T], tuple[Paper | None, str]]
+
+
+def collect(entries: Iterable[T], read: Reader[T], origin: str, noun: str) -> FetchResult:
+    """Every entry read into a Paper, or skipped with the reason; never a crash per entry."""
+    papers: list[Paper] = []
+    reasons: list[str] = []
+    for n, entry in enumerate(entries):
+        paper, why = read(entry)
+        if paper is None:
+            reasons.append(f"{origin} {noun} {n}: {why}")
+            logger.info("skipped %s", reasons[-1])
+        else:
+            papers.append(paper)
+    return FetchResult(papers=merge_papers(papers), skipped=len(reasons),
+                       skipped_reasons=tuple(reasons), origin=origin)
 
 
 def merge_papers(papers: Iterable[Paper]) -> tuple[Paper, ...]:

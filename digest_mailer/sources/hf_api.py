@@ -14,6 +14,7 @@ from digest_mailer.sources.common import (
     as_int,
     canonical_id,
     clean_text,
+    collect,
     merge_papers,
     parse_date,
     parse_datetime,
@@ -48,18 +49,7 @@ def _items_of(doc: Any, origin: str) -> list[Any]:
 
 
 def parse_items(items: Iterable[Any], origin: str) -> FetchResult:
-    papers: list[Paper] = []
-    reasons: list[str] = []
-    for n, item in enumerate(items):
-        paper, why = paper_from_item(item)
-        if paper is None:
-            reasons.append(f"{origin} item {n}: {why}")
-        else:
-            papers.append(paper)
-    for r in reasons:
-        logger.info("skipped %s", r)
-    return FetchResult(papers=merge_papers(papers), skipped=len(reasons),
-                       skipped_reasons=tuple(reasons), origin=origin)
+    return collect(items, paper_from_item, origin, "item")
 
 
 def paper_from_item(item: Any) -> tuple[Paper | None, str]:

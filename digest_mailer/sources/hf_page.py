@@ -7,12 +7,12 @@ import logging
 from dataclasses import replace
 from datetime import date
 
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, Tag
 
 from digest_mailer.errors import SourceError
 from digest_mailer.models import FetchResult, Paper
 from digest_mailer.sources import hf_api
-from digest_mailer.sources.common import canonical_id, clean_text, merge_papers, parse_date
+from digest_mailer.sources.common import canonical_id, clean_text, collect, parse_date
 
 logger = logging.getLogger(__name__)
 
@@ -36,24 +36,22 @@ def parse(data: bytes, origin: str) -> FetchResult:
                           "data-props, no <article> cards)",
                           hint="is it the Hugging Face papers page? for the API use kind = "
                                "'huggingface'")
-    papers: list[Paper] = []
-    reasons: list[str] = []
-    for n, card in enumerate(articles):
-        heading = card.find(["h3", "h2"])
-        link = heading.find("a", href=True) if heading else None
-        pid = canonical_id(link["href"]) if link else None
-        title = clean_text(link.get_text(" ")) if link else ""
-        if pid is None or not title:
-            reasons.append(f"{origin} card {n}: " + ("no paper link" if pid is None else
-                                                      f"{pid}: no title"))
-            continue
-        # The vote count sits beside the (disabled) upvote checkbox.
-        votes = card.select_one("input[type=checkbox] ~ div.leading-none")
-        upvotes = votes.get_text(strip=True) if votes else ""
-        papers.append(Paper(id=pid, title=title,
-                            upvotes=int(upvotes) if upvotes.isdigit() else 0))
-    return FetchResult(papers=merge_papers(papers), skipped=len(reasons),
-                       skipped_reasons=tuple(reasons), origin=origin)
+    return collect(articles, _card, origin, "card")
+
+
+def _card(card: Tag) -> tuple[Paper | None, str]:
+    heading = card.find(["h3", "h2"])
+    link = heading.find("a", href=True) if isinstance(heading, Tag) else None
+    pid = canonical_id(link["href"]) if isinstance(link, Tag) else None
+    if pid is None or not isinstance(link, Tag):
+        return None, "no paper link"
+    title = clean_text(link.get_text(" "))
+    if not title:
+        return None, f"{pid}: no title"
+    # The vote count sits beside the (disabled) upvote checkbox.
+    votes = card.select_one("input[type=checkbox] ~ div.leading-none")
+    upvotes = votes.get_text(strip=True) if votes else ""
+    return Paper(id=pid, title=title, upvotes=int(upvotes) if upvotes.isdigit() else 0), ""
 
 
 def _with_listing_day(result: FetchResult, day: date | None) -> FetchResult:
