@@ -17,6 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -32,6 +33,9 @@ DEFAULT_CONFIG = "digest-mailer.toml"
 SOURCE_KINDS = ("huggingface", "huggingface-page", "arxiv")
 BACKENDS = ("smtp", "file")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _one_line(value: str) -> str:
@@ -87,7 +91,25 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _duration(value: object) -> float:
+    """'90s', '15m', '1h', '2d' or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"{value!r} is not a duration like '90s', '15m', '1h' or '2d'")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _cron(value: str) -> str:
+    from digest_mailer.cron import parse_cron
+
+    parse_cron(value, "UTC")
+    return value
+
+
 OneLine = Annotated[str, AfterValidator(_one_line)]
+Duration = Annotated[float, BeforeValidator(_duration)]
 Terms = Annotated[list[str], AfterValidator(_terms)]
 
 
@@ -137,6 +159,20 @@ class SourceSettings(_Section):
         if "://" in v:
             _http_url(v.replace("{date}", "2000-01-01"))
         return v
+
+
+class ScheduleSettings(_Section):
+    cron: Annotated[str, AfterValidator(_cron)] = Field(
+        "0 7 * * *", description="when `serve` runs: 5 fields (minute hour day month weekday), "
+                                 "or 6 with seconds first")
+    timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(
+        None, description="the cron's IANA zone; default: newsletter.timezone")
+    misfire_grace: Duration = Field(
+        3600.0, description="a run missed by less than this (asleep, restarted) still runs, once")
+    source_attempts: int = Field(
+        3, ge=1, le=20, description="tries per scheduled run when the source is down or empty")
+    source_retry_delay: Duration = Field(
+        300.0, description="wait before the second try; doubles for each further one")
 
 
 class StateSettings(_Section):
@@ -196,12 +232,18 @@ class SubscriberSettings(_Section):
     min_upvotes: int = Field(0, ge=0, description="papers with fewer upvotes are left out")
     max_papers: int | None = Field(None, ge=1, le=100,
                                    description="cap per email; default: newsletter.max_papers")
+    frequency: Literal["daily", "weekly"] = Field(
+        "daily", description="daily: every run; weekly: one email a week with the week's best")
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = Field(
+        "mon", description="the day a weekly subscriber's email goes out")
+    pause: bool = Field(False, description="true: kept in the config, sent nothing")
 
 
 class Config(_Section):
     newsletter: NewsletterSettings
     source: SourceSettings = Field(default_factory=SourceSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     unsubscribe: UnsubscribeSettings
     subscribers: list[SubscriberSettings] = Field(default_factory=list)
@@ -246,6 +288,10 @@ class Config(_Section):
         return loc if "://" in loc else str(self.resolve(loc))
 
     @property
+    def schedule_timezone(self) -> str:
+        return self.schedule.timezone or self.newsletter.timezone
+
+    @property
     def from_address(self) -> str:
         return parseaddr(self.newsletter.from_)[1]
 
@@ -258,7 +304,9 @@ class Config(_Section):
         return tuple(
             Subscriber(email=s.email, name=s.name, topics=tuple(s.topics),
                        exclude=tuple(s.exclude), authors=tuple(s.authors),
-                       min_upvotes=s.min_upvotes, max_papers=s.max_papers or cap)
+                       min_upvotes=s.min_upvotes, max_papers=s.max_papers or cap,
+                       frequency=s.frequency, weekday=WEEKDAYS.index(s.weekday),
+                       paused=s.pause)
             for s in self.subscribers
         )
 

@@ -61,6 +61,12 @@ class Subscriber:
     authors: tuple[str, ...] = ()
     min_upvotes: int = 0
     max_papers: int = 20
+    frequency: str = "daily"  # or "weekly"
+    weekday: int = 0  # Monday; the day a weekly subscriber is due
+    paused: bool = False
+
+    def due_on(self, day: date) -> bool:
+        return self.frequency != "weekly" or day.weekday() == self.weekday
 
     @property
     def key(self) -> str:
@@ -153,6 +159,8 @@ class Status(StrEnum):
     SENT = "sent"
     WRITTEN = "written"  # by the file backend (a preview)
     NOTHING_NEW = "nothing new"
+    PAUSED = "paused"
+    NOT_DUE = "not due"  # a weekly subscriber on another day
     NO_MATCH = "no match"
     FAILED = "failed"
     NOT_ATTEMPTED = "not attempted"

@@ -11,9 +11,10 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from digest_mailer.config import Config
+from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.delivery import Backend, BackendOptions, open_backend
 from digest_mailer.errors import DeliveryError, DigestMailerError
+from digest_mailer.lock import run_lock
 from digest_mailer.message import (
     build_message,
     list_id,
@@ -53,6 +54,7 @@ class RunOptions:
     run_date: date | None = None
     only: str | None = None  # one subscriber's address (preview)
     ignore_ledger: bool = False  # preview as if nothing had been sent yet
+    wait: float | None = 0  # for the run lock: 0 fails at once, None waits as long as it takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +120,25 @@ def backend_options(config: Config, env: Mapping[str, str], out_dir: Path | None
         smtp_ca_file=config.resolve(smtp.ca_file) if smtp.ca_file else None)
 
 
-def source_spec(config: Config, options: RunOptions) -> SourceSpec:
+WEEK = 7
+
+
+def source_spec(config: Config, options: RunOptions, lookback_days: int) -> SourceSpec:
     if options.source:
         kind = options.source_kind
         if kind is None and "://" in options.source:
             kind = config.source.kind
-        return SourceSpec(kind, options.source, config.source.lookback_days)
+        return SourceSpec(kind, options.source, lookback_days)
     return SourceSpec(options.source_kind or config.source.kind, config.source_location,
-                      config.source.lookback_days)
+                      lookback_days)
+
+
+def lookback(config: Config, subscribers: tuple[Subscriber, ...], run_date: date) -> int:
+    """The configured window, or a week when a weekly subscriber is due: their email takes the
+    best of the week's papers."""
+    weekly_due = any(s.frequency == "weekly" and not s.paused and s.due_on(run_date)
+                     for s in subscribers)
+    return max(config.source.lookback_days, WEEK) if weekly_due else config.source.lookback_days
 
 
 def today(config: Config, now: datetime) -> date:
@@ -141,8 +154,20 @@ def _closing(backend: Backend) -> Iterator[Backend]:
 
 
 def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str, str],
-        on_progress: Callable[[SubscriberOutcome], None] | None = None) -> RunReport:
-    """Assemble the parts from the config and do one run."""
+        on_progress: Callable[[SubscriberOutcome], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False) -> RunReport:
+    """Assemble the parts from the config and do one run; real runs hold the run lock."""
+    if options.dry_run:
+        return _run(config, options, now=now, env=env, on_progress=on_progress,
+                    should_stop=should_stop)
+    with run_lock(config.state_path, "digest-mailer run", wait=options.wait):
+        return _run(config, options, now=now, env=env, on_progress=on_progress,
+                    should_stop=should_stop)
+
+
+def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str, str],
+         on_progress: Callable[[SubscriberOutcome], None] | None,
+         should_stop: Callable[[], bool]) -> RunReport:
     dry = options.dry_run
     secret = unsubscribe_secret(config, env, dry_run=dry)
     backend_name = "file" if dry else config.delivery.backend
@@ -154,23 +179,26 @@ def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str,
         if not subscribers:
             raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
                                     hint="see `digest-mailer check` for the list")
+    run_date = options.run_date or today(config, now)
+    spec = source_spec(config, options, lookback(config, subscribers, run_date))
     c = config.source
     with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
-        source = open_source(source_spec(config, options), lambda: http)
+        source = open_source(spec, lambda: http)
         opener = Ledger.open_readonly if dry else Ledger.open
         with opener(config.state_path) as ledger, \
                 _closing(open_backend(backend_name, bopts)) as backend:
             return run_once(
                 subscribers=subscribers, source=source, ledger=ledger, backend=backend,
                 renderer=renderer, envelope=Envelope.of(config, secret), now=now,
-                run_date=options.run_date or today(config, now),
-                ignore_ledger=options.ignore_ledger, on_progress=on_progress)
+                run_date=run_date, ignore_ledger=options.ignore_ledger,
+                on_progress=on_progress, should_stop=should_stop)
 
 
 def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Ledger,
              backend: Backend, renderer: Renderer, envelope: Envelope, now: datetime,
              run_date: date, ignore_ledger: bool = False,
-             on_progress: Callable[[SubscriberOutcome], None] | None = None) -> RunReport:
+             on_progress: Callable[[SubscriberOutcome], None] | None = None,
+             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
     record = not ledger.readonly
     run_id = None
     if record:
@@ -188,8 +216,15 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     outcomes: list[SubscriberOutcome] = []
     stopped: str | None = None
     for sub in subscribers:
+        if not stopped and should_stop():
+            stopped = "the run was asked to stop"
         if stopped:
             outcome = SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED, detail=stopped)
+        elif sub.paused:
+            outcome = SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
+        elif not sub.due_on(run_date):
+            outcome = SubscriberOutcome(sub.email, Status.NOT_DUE,
+                                        detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
         else:
             offered = frozenset() if ignore_ledger else ledger.offered_ids(sub.email)
             selection = select(sub, fetched.papers, offered, Filter.of(sub))
@@ -203,7 +238,7 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     report = RunReport(run_date=run_date, started_at=now, finished_at=datetime.now(now.tzinfo),
                        origin=fetched.origin, fetched=len(fetched.papers),
                        skipped=fetched.skipped, skipped_reasons=fetched.skipped_reasons,
-                       outcomes=tuple(outcomes), dry_run=backend.dry_run, run_id=run_id,
+                       outcomes=tuple(outcomes), dry_run=not record, run_id=run_id,
                        stopped=stopped)
     if run_id is not None:
         ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
@@ -252,32 +287,3 @@ def _deliver(selection: Selection, fetched: FetchResult, *, ledger: Ledger, back
         detail=f"{len(selection.matches)} paper(s){extra}", message_id=message.message_id,
         location=receipt.location), None
 
-
-def describe(config: Config, env: Mapping[str, str]) -> list[str]:
-    """What `check` says: the config is valid, and what it sets up."""
-    subs = config.subscribers_view()
-    everything = sum(1 for s in subs if not s.topics and not s.authors)
-    src = config.source
-    smtp = config.delivery.smtp
-    if config.delivery.backend == "smtp":
-        login = f", login as {smtp.username!r}" if smtp.username else ", no login"
-        delivery = f"smtp {smtp.host}:{smtp.effective_port} ({smtp.security}{login})"
-    else:
-        delivery = f"file, under {config.out_dir}"
-    state = config.state_path
-    lines = [
-        f"{config.path}: OK",
-        f"newsletter: {config.newsletter.name!r} from {config.newsletter.from_}",
-        f"subscribers: {len(subs)} ({len(subs) - everything} with topic or author filters, "
-        f"{everything} taking every paper)",
-        f"source: {src.kind} at {config.source_location} ({src.lookback_days} day(s) per run)",
-        f"delivery: {delivery}",
-        f"ledger: {state}" + ("" if state.exists() else " (created by the first run)"),
-    ]
-    for name, why in ((config.unsubscribe.secret_env, "unsubscribe links"),
-                      (smtp.password_env if smtp.username else "", "the SMTP password")):
-        if name and not env.get(name):
-            lines.append(f"warning: ${name} is not set ({why}); real runs need it")
-    if not subs:
-        lines.append("warning: no [[subscribers]]: runs will send nothing")
-    return lines

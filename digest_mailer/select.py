@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,7 +16,6 @@ class Drop(StrEnum):
     NO_MATCH = "no topic or author matched"
     LOW_UPVOTES = "below min_upvotes"
     ALREADY_OFFERED = "already offered"
-    OVER_CAP = "over the cap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +111,40 @@ def select(sub: Subscriber, papers: Iterable[Paper], offered: Collection[str],
         matched_total=sum(1 for v in verdicts if v.drop in (None, Drop.ALREADY_OFFERED)),
         already_offered=sum(1 for v in verdicts if v.drop is Drop.ALREADY_OFFERED),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    paper: Paper
+    kept: bool
+    reason: str
+
+
+def explain(sub: Subscriber, papers: Iterable[Paper],
+            offered: Mapping[str, tuple[str, bool]]) -> list[Explanation]:
+    """For every paper, kept or dropped for this subscriber and why, in rank order.
+    `offered` maps a paper id to when it was offered and whether it was in that email."""
+    flt = Filter.of(sub)
+    verdicts = sorted((flt.judge(p, offered) for p in papers), key=lambda v: rank_key(v.paper))
+    fresh = [v for v in verdicts if v.drop is None]
+    kept = {v.paper.id for v in fresh[: sub.max_papers]}
+    out = []
+    for v in verdicts:
+        if v.drop is None and v.match is not None:
+            if v.paper.id in kept:
+                out.append(Explanation(v.paper, True, v.match.why))
+            else:
+                out.append(Explanation(v.paper, False,
+                                       f"over the cap (max_papers = {sub.max_papers})"))
+        elif v.drop is Drop.ALREADY_OFFERED:
+            when, included = offered[v.paper.id]
+            day = when[:10]
+            out.append(Explanation(v.paper, False, f"already sent on {day}" if included else
+                                   f"offered on {day}, over the cap then"))
+        elif v.drop is Drop.EXCLUDED:
+            out.append(Explanation(v.paper, False, f"excluded by {v.detail}"))
+        elif v.drop is Drop.LOW_UPVOTES:
+            out.append(Explanation(v.paper, False, f"below min_upvotes ({v.detail})"))
+        else:
+            out.append(Explanation(v.paper, False, str(Drop.NO_MATCH)))
+    return out

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from digest_mailer.errors import StoreError
 from digest_mailer.models import Paper
@@ -59,6 +60,26 @@ CREATE TABLE IF NOT EXISTS offers (
     PRIMARY KEY (subscriber, paper_id)
 ) WITHOUT ROWID;
 """
+
+
+class RunRecord(NamedTuple):
+    id: int
+    started_at: str
+    finished_at: str | None
+    run_date: str
+    fetched: int
+    sent: int
+    failed: int
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    sent_at: str
+    subscriber: str
+    message_id: str
+    subject: str
+    papers: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +202,53 @@ class Ledger:
             "WHERE d.message_id = ? AND o.included = 1 ORDER BY o.paper_id", (message_id,))
         return [r[0] for r in rows]
 
-    def runs(self) -> list[tuple[int, str, str | None, str, int, int, str]]:
-        return list(self._conn.execute(
-            "SELECT id, started_at, finished_at, run_date, sent, failed, outcome FROM runs "
-            "ORDER BY id"))
+    def last_run_started(self) -> str | None:
+        row = self._conn.execute("SELECT max(started_at) FROM runs").fetchone()
+        return row[0] if row else None
+
+    def runs(self, limit: int | None = None) -> list[RunRecord]:
+        """Runs, oldest first; `limit` keeps the latest ones."""
+        rows = self._conn.execute(
+            "SELECT id, started_at, finished_at, run_date, fetched, sent, failed, outcome "
+            "FROM runs ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,))
+        return [RunRecord(*r) for r in reversed(rows.fetchall())]
+
+    def offer_log(self, subscriber: str) -> dict[str, tuple[str, bool]]:
+        """paper id -> (when its email was sent, whether it was in the email or over the cap)."""
+        rows = self._conn.execute(
+            "SELECT o.paper_id, d.sent_at, o.included FROM offers o JOIN deliveries d "
+            "ON d.id = o.delivery_id WHERE o.subscriber = ?", (subscriber.lower(),))
+        return {pid: (sent_at, bool(included)) for pid, sent_at, included in rows}
+
+    def history(self, *, subscriber: str | None = None, paper: str | None = None,
+                since: date | None = None) -> list[HistoryRow]:
+        where, args = [], []
+        if subscriber:
+            where.append("d.subscriber = ?")
+            args.append(subscriber.lower())
+        if paper:
+            where.append("EXISTS (SELECT 1 FROM offers o WHERE o.delivery_id = d.id AND "
+                         "o.paper_id = ? AND o.included = 1)")
+            args.append(paper)
+        if since:
+            where.append("d.sent_at >= ?")
+            args.append(since.isoformat())
+        sql = ("SELECT d.id, d.sent_at, d.subscriber, d.message_id, d.subject, "
+               "(SELECT group_concat(paper_id, ' ') FROM offers o WHERE o.delivery_id = d.id "
+               "AND o.included = 1) FROM deliveries d"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id")
+        return [HistoryRow(sent_at, sub, mid, subject, tuple(sorted((ids or "").split())))
+                for _, sent_at, sub, mid, subject, ids in self._conn.execute(sql, args)]
+
+    def counts(self) -> dict[str, int]:
+        one = self._conn.execute
+        return {
+            "deliveries": one("SELECT count(*) FROM deliveries").fetchone()[0],
+            "papers": one("SELECT count(*) FROM papers").fetchone()[0],
+            "subscribers_reached": one(
+                "SELECT count(DISTINCT subscriber) FROM deliveries").fetchone()[0],
+            "runs": one("SELECT count(*) FROM runs").fetchone()[0],
+        }
 
     # -- writes --------------------------------------------------------------------------
 

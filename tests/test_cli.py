@@ -162,3 +162,65 @@ def test_source_url_on_the_command_line_uses_the_configured_kind(
     assert result.exit_code == 0, result.stderr
     assert f"Papers fetched: 7 from {http_server.base}/feed" in result.stdout
     assert {r.query["date"] for r in http_server.requests} == {"2025-06-01", "2025-06-02"}
+
+
+def test_json_report_history_explain_and_status(tmp_path: Path,
+                                                smtp_server: SmtpServer) -> None:
+    import json
+
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
+                                      "security": "none"})
+    path = str(tmp_path / "c.toml")
+    Path(path).write_text(toml_text(doc))
+    result = invoke("run", "--config", path, "--json", "--date", "2025-06-02", env=ENV)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["delivered"] == 2 and report["fetched"] == 7 and not report["dry_run"]
+    ada = next(s for s in report["subscribers"] if s["email"] == "ada@example.org")
+    assert ada["status"] == "sent" and ada["papers"] == 2
+
+    history = json.loads(invoke("history", "--config", path, "--json").stdout)
+    assert [h["to"] for h in history] == ["ada@example.org", "grace@example.org"]
+    assert history[0]["message_id"] == ada["message_id"]
+    by_paper = invoke("history", "--config", path, "--paper",
+                      "https://arxiv.org/abs/2506.00105v2")
+    assert "grace@example.org" in by_paper.stdout and "ada@" not in by_paper.stdout
+    assert by_paper.stdout.splitlines()[-1] == "1 email(s)"
+    later = invoke("history", "--config", path, "--since", "2999-01-01")
+    assert later.stdout.strip() == "0 email(s)"
+    bad = invoke("history", "--config", path, "--paper", "nonsense")
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: 'nonsense' is not an arXiv id")
+
+    explained = invoke("explain", "--config", path, "--to", "ada@example.org").stdout
+    assert "already sent on" in explained and "no topic or author matched" in explained
+    assert explained.splitlines()[-1] == "0 of 7 paper(s) would be sent to ada@example.org"
+
+    status = json.loads(invoke("status", "--config", path, "--json").stdout)
+    assert status["deliveries"] == 2 and status["subscribers"] == {"active": 3, "paused": 0}
+    assert status["last_runs"][-1]["outcome"] == "ok" and status["next_run"]
+    text = invoke("status", "--config", path).stdout
+    assert "Subscribers: 3 active, 0 paused" in text and "Last runs:" in text
+
+
+def test_subscribers_commands(write_config: Callable[..., Path]) -> None:
+    import json
+
+    path = str(write_config())
+    added = invoke("subscribers", "add", "new@example.org", "--config", path, "--topic",
+                   "agents", "--topic", "speech recognition", "--frequency", "weekly",
+                   "--weekday", "fri")
+    assert added.exit_code == 0 and added.stdout.strip() == "added new@example.org"
+    assert invoke("subscribers", "set", "ada@example.org", "--config", path,
+                  "--pause").exit_code == 0
+    listed = json.loads(invoke("subscribers", "list", "--config", path, "--json").stdout)
+    new = next(s for s in listed if s["email"] == "new@example.org")
+    assert new["topics"] == ["agents", "speech recognition"] and new["weekday"] == "fri"
+    assert next(s for s in listed if s["email"] == "ada@example.org")["paused"]
+    text = invoke("subscribers", "list", "--config", path).stdout
+    assert "ada@example.org (Ada)  [daily, max 20, PAUSED]  topics: diffusion" in text
+    assert text.splitlines()[-1] == "4 subscriber(s), 1 paused"
+    gone = invoke("subscribers", "remove", "grace@example.org", "--config", path)
+    assert gone.stdout.strip() == "removed grace@example.org"
+    again = invoke("subscribers", "remove", "grace@example.org", "--config", path)
+    assert again.exit_code == 1
+    assert again.stderr.splitlines()[0] == f"Error: {path}: grace@example.org is not a subscriber"

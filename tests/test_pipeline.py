@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,72 @@ def test_file_backend_writes_eml_html_and_an_index(tmp_path: Path,
     index = (folder / "index.html").read_text()
     assert 'href="ada_at_example.org.html"' in index and "Daily Papers: 2 new papers" in index
     assert replace(report, outcomes=()).dry_run
+
+
+def test_paused_and_weekly_subscribers(tmp_path: Path, http_server: Any,
+                                       smtp_server: SmtpServer) -> None:
+    days = {f"2025-06-0{d}": [{"paper": {"id": f"2506.0000{d}", "title": f"Agents day {d}",
+                                         "upvotes": d,
+                                         "submittedOnDailyAt": f"2025-06-0{d}T08:00:00Z"}}]
+            for d in range(1, 7)}
+    http_server.routes["/api"] = lambda req: (
+        200, {}, json.dumps(days.get(req.query["date"], []) if req.query["p"] == "0"
+                            else []).encode())
+    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
+                                      "security": "none"},
+                      source=http_server.base + "/api", subscribers=[
+                          {"email": "weekly@example.org", "topics": ["agents"],
+                           "frequency": "weekly", "weekday": "fri"},
+                          {"email": "paused@example.org", "pause": True},
+                          {"email": "daily@example.org", "topics": ["agents"]}])
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(doc))
+    config = load_config(path)
+    thursday = run(config, RunOptions(run_date=date(2025, 6, 5)), now=NOW, env=ENV)
+    assert statuses(thursday) == {"weekly@example.org": Status.NOT_DUE,
+                                  "paused@example.org": Status.PAUSED,
+                                  "daily@example.org": Status.SENT}
+    assert thursday.outcomes[0].detail == "weekly, next on fri"
+    assert {r.query["date"] for r in http_server.requests} == {"2025-06-04", "2025-06-05"}
+    http_server.requests.clear()
+    friday = run(config, RunOptions(run_date=date(2025, 6, 6)), now=NOW, env=ENV)
+    assert len({r.query["date"] for r in http_server.requests}) == 7  # the week
+    assert statuses(friday)["weekly@example.org"] is Status.SENT
+    weekly = smtp_server.handler.to("weekly@example.org")[0].message
+    assert "6 new papers" in weekly["Subject"]
+    assert smtp_server.handler.to("paused@example.org") == []
+    daily = smtp_server.handler.to("daily@example.org")
+    # Daily saw days 4-5 on Thursday; on Friday only what it was never offered.
+    assert [m.message["Subject"] for m in daily] == [
+        "Daily Papers: 2 new papers on agents", "Daily Papers: 4 new papers on agents"]
+
+
+def test_a_second_process_cannot_run_while_one_runs(tmp_path: Path,
+                                                    smtp_server: SmtpServer) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from digest_mailer.lock import Busy
+
+    path = config_for(tmp_path, smtp_server)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from digest_mailer.lock import run_lock\n"
+         "with run_lock(Path(sys.argv[1]), 'test holder'):\n"
+         "    print('held', flush=True); time.sleep(30)", str(tmp_path / "state.sqlite3")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        start = time.monotonic()
+        with pytest.raises(Busy) as info:
+            go(path)
+        assert time.monotonic() - start < 5
+        assert f"pid {holder.pid}" in info.value.message and "test holder" in info.value.message
+        assert smtp_server.handler.received == []
+        with pytest.raises(Busy):
+            go(path, wait=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert go(path).delivered == 2  # free again

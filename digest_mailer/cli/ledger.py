@@ -1,0 +1,119 @@
+"""history, explain, status: what was sent to whom, and why."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+
+import click
+
+from digest_mailer.cli import cli
+from digest_mailer.cli.common import (
+    config_option,
+    date_option,
+    echo_json,
+    fail,
+    json_option,
+    kind_option,
+    load,
+    now,
+    parse_day,
+    source_option,
+)
+from digest_mailer.errors import DigestMailerError
+
+
+@cli.command()
+@config_option
+@click.option("--to", "email", metavar="EMAIL", help="only this subscriber")
+@click.option("--paper", metavar="ID", help="only emails that held this paper (arXiv id)")
+@click.option("--since", metavar="YYYY-MM-DD", callback=parse_day, help="only from this day on")
+@json_option
+def history(config_path: str | None, email: str | None, paper: str | None,
+            since: date | None, as_json: bool) -> None:
+    """What was sent, when, under which Message-ID."""
+    from digest_mailer.sources.common import canonical_id
+    from digest_mailer.store import Ledger
+
+    config = load(config_path)
+    paper_id = canonical_id(paper) if paper else None
+    if paper and paper_id is None:
+        fail(DigestMailerError(f"{paper!r} is not an arXiv id", hint="like 2505.24864"))
+    try:
+        with Ledger.open_readonly(config.state_path) as ledger:
+            rows = ledger.history(subscriber=email, paper=paper_id, since=since)
+    except DigestMailerError as e:
+        fail(e)
+    if as_json:
+        echo_json([{"sent_at": r.sent_at, "to": r.subscriber, "message_id": r.message_id,
+                    "subject": r.subject, "papers": list(r.papers)} for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.sent_at[:19]}  {r.subscriber}  {r.message_id}  {len(r.papers)} paper(s)"
+                   f"  {r.subject}")
+        click.echo(f"    {' '.join(r.papers)}")
+    click.echo(f"{len(rows)} email(s)")
+
+
+@cli.command()
+@config_option
+@click.option("--to", "email", required=True, metavar="EMAIL", help="the subscriber")
+@source_option
+@kind_option
+@date_option
+@json_option
+def explain(config_path: str | None, email: str, source: str | None, source_kind: str | None,
+            run_date: date | None, as_json: bool) -> None:
+    """For every paper in the current feed: kept or dropped for this subscriber, and why."""
+    from digest_mailer.overview import explain_subscriber
+    from digest_mailer.pipeline import RunOptions
+
+    config = load(config_path)
+    try:
+        result = explain_subscriber(config, RunOptions(source=source, source_kind=source_kind,
+                                                       run_date=run_date, only=email),
+                                    now=now())
+    except DigestMailerError as e:
+        fail(e)
+    if as_json:
+        echo_json({"email": result.email, "note": result.note,
+                   "papers": [{"id": x.paper.id, "title": x.paper.title,
+                               "upvotes": x.paper.upvotes, "kept": x.kept, "why": x.reason}
+                              for x in result.papers]})
+        return
+    if result.note:
+        click.echo(f"Note: {result.note}")
+    for x in result.papers:
+        mark = "KEPT   " if x.kept else "dropped"
+        click.echo(f"{mark}  {x.paper.id:<12} {x.paper.upvotes:>4}  {x.paper.title[:70]}")
+        click.echo(f"         {x.reason}")
+    kept = sum(1 for x in result.papers if x.kept)
+    click.echo(f"{kept} of {len(result.papers)} paper(s) would be sent to {result.email}")
+
+
+@cli.command()
+@config_option
+@json_option
+def status(config_path: str | None, as_json: bool) -> None:
+    """Last runs, next scheduled run, ledger size, subscribers."""
+    from digest_mailer.overview import status as get_status
+
+    try:
+        info = get_status(load(config_path), now=now(), env=os.environ)
+    except DigestMailerError as e:
+        fail(e)
+    if as_json:
+        echo_json(info)
+        return
+    click.echo(f"Ledger: {info['ledger']} ({info['deliveries']} deliveries, {info['papers']} "
+               f"papers, {info['runs']} runs)")
+    click.echo(f"Subscribers: {info['subscribers']['active']} active, "
+               f"{info['subscribers']['paused']} paused")
+    click.echo(f"Schedule: {info['schedule']} -> next run {info['next_run']}")
+    click.echo("Last runs:")
+    for r in info["last_runs"]:
+        click.echo(f"  #{r['id']:<4} {r['started_at'][:19]}  for {r['run_date']}  "
+                   f"{r['outcome']:<13} fetched {r['fetched']}, sent {r['sent']}, "
+                   f"failed {r['failed']}")
+    if not info["last_runs"]:
+        click.echo("  none yet")

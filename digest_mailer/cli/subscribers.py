@@ -1,0 +1,114 @@
+"""subscribers list | add | remove | set: edits to the config that keep its comments."""
+
+from __future__ import annotations
+
+import click
+
+from digest_mailer.cli import cli
+from digest_mailer.cli.common import config_file, config_option, echo_json, fail, json_option, load
+from digest_mailer.config import WEEKDAYS
+from digest_mailer.errors import DigestMailerError
+
+
+@cli.group()
+def subscribers() -> None:
+    """List and edit the [[subscribers]] of the config."""
+
+
+@subscribers.command("list")
+@config_option
+@json_option
+def list_(config_path: str | None, as_json: bool) -> None:
+    """Every subscriber and their filters."""
+    subs = load(config_path).subscribers_view()
+    if as_json:
+        echo_json([{"email": s.email, "name": s.name, "topics": list(s.topics),
+                    "exclude": list(s.exclude), "authors": list(s.authors),
+                    "min_upvotes": s.min_upvotes, "max_papers": s.max_papers,
+                    "frequency": s.frequency, "weekday": WEEKDAYS[s.weekday],
+                    "paused": s.paused} for s in subs])
+        return
+    for s in subs:
+        what = []
+        if s.topics:
+            what.append("topics: " + ", ".join(s.topics))
+        if s.authors:
+            what.append("authors: " + ", ".join(s.authors))
+        if s.exclude:
+            what.append("exclude: " + ", ".join(s.exclude))
+        flags = [f"weekly on {WEEKDAYS[s.weekday]}" if s.frequency == "weekly" else "daily",
+                 f"max {s.max_papers}"] + (["PAUSED"] if s.paused else [])
+        click.echo(f"{s.email}" + (f" ({s.name})" if s.name else "") + f"  [{', '.join(flags)}]"
+                   + ("  " + "; ".join(what) if what else "  all papers"))
+    click.echo(f"{len(subs)} subscriber(s), {sum(1 for s in subs if s.paused)} paused")
+
+
+def _filters(fn):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--name", help="the name in the greeting and the To header"),
+        click.option("--topic", "topics", multiple=True, help="a topic (repeat for more)"),
+        click.option("--exclude", "exclude", multiple=True, help="a term that excludes a paper"),
+        click.option("--author", "authors", multiple=True, help="an author to follow"),
+        click.option("--min-upvotes", type=click.IntRange(min=0)),
+        click.option("--max-papers", type=click.IntRange(1, 100)),
+        click.option("--frequency", type=click.Choice(["daily", "weekly"])),
+        click.option("--weekday", type=click.Choice(WEEKDAYS)),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _change(name: str | None, topics: tuple[str, ...], exclude: tuple[str, ...],
+            authors: tuple[str, ...], min_upvotes: int | None, max_papers: int | None,
+            frequency: str | None, weekday: str | None, pause: bool | None):  # type: ignore[no-untyped-def]
+    from digest_mailer.config_edit import SubscriberChange
+
+    return SubscriberChange(name=name, topics=topics or None, exclude=exclude or None,
+                            authors=authors or None, min_upvotes=min_upvotes,
+                            max_papers=max_papers, frequency=frequency, weekday=weekday,
+                            pause=pause)
+
+
+@subscribers.command()
+@config_option
+@click.argument("email")
+@_filters
+def add(config_path: str | None, email: str, **filters: object) -> None:
+    """Add a subscriber (no --topic and no --author: every paper)."""
+    from digest_mailer.config_edit import add_subscriber
+
+    try:
+        click.echo(add_subscriber(config_file(config_path), email,
+                                  _change(pause=None, **filters)))  # type: ignore[arg-type]
+    except DigestMailerError as e:
+        fail(e)
+
+
+@subscribers.command()
+@config_option
+@click.argument("email")
+def remove(config_path: str | None, email: str) -> None:
+    """Remove a subscriber (the ledger keeps what they were sent)."""
+    from digest_mailer.config_edit import remove_subscriber
+
+    try:
+        click.echo(remove_subscriber(config_file(config_path), email))
+    except DigestMailerError as e:
+        fail(e)
+
+
+@subscribers.command("set")
+@config_option
+@click.argument("email")
+@_filters
+@click.option("--pause/--resume", default=None, help="stop or restart sending to them")
+def set_(config_path: str | None, email: str, pause: bool | None, **filters: object) -> None:
+    """Change a subscriber; each option given replaces that key (--topic replaces all topics)."""
+    from digest_mailer.config_edit import set_subscriber
+
+    try:
+        click.echo(set_subscriber(config_file(config_path), email,
+                                  _change(pause=pause, **filters)))  # type: ignore[arg-type]
+    except DigestMailerError as e:
+        fail(e)

@@ -1,0 +1,131 @@
+"""`serve`: APScheduler wiring, catch-up on start, and the retry of a source that is down.
+
+The rules (cron.py: which fire was missed; here: when to retry) are plain functions of an
+injected clock; the Daemon only connects them to APScheduler, signals and the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from digest_mailer.cron import missed_fire, next_fire, parse_cron
+from digest_mailer.errors import DigestMailerError, SourceError
+
+if TYPE_CHECKING:
+    from digest_mailer.config import Config
+    from digest_mailer.models import RunReport
+
+logger = logging.getLogger(__name__)
+
+def retry_delays(attempts: int, first_delay: float) -> list[float]:
+    """Waits between tries of a source that is down: first_delay, doubling."""
+    return [first_delay * 2 ** n for n in range(max(attempts - 1, 0))]
+
+
+@dataclass
+class Daemon:
+    """Runs the digest on the config's schedule until stopped. `run` does one run (the
+    pipeline, in production); `now` and `stop` are passed in so tests can drive it."""
+
+    config_path: Path
+    env: Mapping[str, str]
+    run: Callable[[Config, threading.Event], RunReport]
+    now: Callable[[], datetime]
+    stop: threading.Event
+    on_report: Callable[[RunReport], None] = lambda report: None
+
+    def load(self) -> Config | None:
+        from digest_mailer.config import load_config
+
+        try:
+            return load_config(self.config_path)
+        except DigestMailerError as e:
+            logger.error("config: %s; this run is skipped, the daemon keeps serving", e)
+            return None
+
+    def job(self) -> RunReport | None:
+        """One scheduled run: a fresh config, and a few tries while the source is down or
+        empty. Nothing here raises: a failed run is logged and the schedule goes on."""
+        config = self.load()
+        if config is None:
+            return None
+        delays = retry_delays(config.schedule.source_attempts,
+                              config.schedule.source_retry_delay)
+        for attempt in range(len(delays) + 1):
+            try:
+                report = self.run(config, self.stop)
+            except SourceError as e:
+                problem = str(e)
+            except DigestMailerError as e:
+                logger.error("run failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+                return None
+            else:
+                if report.fetched or attempt == len(delays):
+                    self.on_report(report)
+                    return report
+                problem = "the source has no papers"
+            if attempt == len(delays):
+                logger.error("source: %s; giving up until the next scheduled run", problem)
+                return None
+            logger.warning("source: %s; trying again in %.0fs (%d/%d)", problem,
+                           delays[attempt], attempt + 2, len(delays) + 1)
+            if self.stop.wait(delays[attempt]):
+                return None
+        return None
+
+    def last_run(self, config: Config) -> datetime | None:
+        from digest_mailer.store import Ledger
+
+        with Ledger.open_readonly(config.state_path) as ledger:
+            started = ledger.last_run_started()
+        return datetime.fromisoformat(started) if started else None
+
+    def serve(self, *, once_now: bool = False) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        config = self.load()
+        if config is None:
+            raise DigestMailerError(f"{self.config_path}: cannot serve an invalid config",
+                                    hint="run `digest-mailer check`")
+        tz = config.schedule_timezone
+        trigger = parse_cron(config.schedule.cron, tz)
+        grace = config.schedule.misfire_grace
+        scheduler = BackgroundScheduler(timezone=ZoneInfo(tz))
+        scheduler.add_job(self.job, trigger, id="digest", coalesce=True, max_instances=1,
+                          misfire_grace_time=max(int(grace), 1))
+        now = self.now()
+        logger.info("serving %s: cron %r in %s, next run %s", self.config_path,
+                    config.schedule.cron, tz, next_fire(trigger, now))
+        missed = missed_fire(trigger, now, grace, self.last_run(config))
+        if once_now:
+            logger.info("running now (--once-now)")
+            self.job()
+        elif missed is not None:
+            logger.info("the run due at %s was missed; running it now", missed)
+            self.job()
+        if not self.stop.is_set():
+            scheduler.start()
+            while not self.stop.wait(1.0):
+                pass
+            scheduler.shutdown(wait=True)
+        logger.info("stopped")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT finish the message in flight, then stop."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        logger.info("%s: finishing the message in flight, then stopping",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
