@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import click
 
 from digest_mailer.cli import cli
 from digest_mailer.cli.common import config_file, config_option, echo_json, fail, json_option, load
 from digest_mailer.config import WEEKDAYS
 from digest_mailer.errors import DigestMailerError
+
+if TYPE_CHECKING:
+    from digest_mailer.config_edit import SubscriberChange
 
 
 @cli.group()
@@ -43,7 +49,10 @@ def list_(config_path: str | None, as_json: bool) -> None:
     click.echo(f"{len(subs)} subscriber(s), {sum(1 for s in subs if s.paused)} paused")
 
 
-def _filters(fn):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _filters(fn: F) -> F:
     options = [
         click.option("--name", help="the name in the greeting and the To header"),
         click.option("--topic", "topics", multiple=True, help="a topic (repeat for more)"),
@@ -59,28 +68,24 @@ def _filters(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
-def _change(name: str | None, topics: tuple[str, ...], exclude: tuple[str, ...],
-            authors: tuple[str, ...], min_upvotes: int | None, max_papers: int | None,
-            frequency: str | None, weekday: str | None, pause: bool | None):  # type: ignore[no-untyped-def]
+def _change(filters: dict[str, Any], pause: bool | None) -> SubscriberChange:
+    """The options given; a repeated option left out (an empty tuple) changes nothing."""
     from digest_mailer.config_edit import SubscriberChange
 
-    return SubscriberChange(name=name, topics=topics or None, exclude=exclude or None,
-                            authors=authors or None, min_upvotes=min_upvotes,
-                            max_papers=max_papers, frequency=frequency, weekday=weekday,
-                            pause=pause)
+    given = {k: v for k, v in filters.items() if v not in (None, ())}
+    return SubscriberChange(pause=pause, **given)
 
 
 @subscribers.command()
 @config_option
 @click.argument("email")
 @_filters
-def add(config_path: str | None, email: str, **filters: object) -> None:
+def add(config_path: str | None, email: str, **filters: Any) -> None:
     """Add a subscriber (no --topic and no --author: every paper)."""
     from digest_mailer.config_edit import add_subscriber
 
     try:
-        click.echo(add_subscriber(config_file(config_path), email,
-                                  _change(pause=None, **filters)))  # type: ignore[arg-type]
+        click.echo(add_subscriber(config_file(config_path), email, _change(filters, None)))
     except DigestMailerError as e:
         fail(e)
 
@@ -103,12 +108,11 @@ def remove(config_path: str | None, email: str) -> None:
 @click.argument("email")
 @_filters
 @click.option("--pause/--resume", default=None, help="stop or restart sending to them")
-def set_(config_path: str | None, email: str, pause: bool | None, **filters: object) -> None:
+def set_(config_path: str | None, email: str, pause: bool | None, **filters: Any) -> None:
     """Change a subscriber; each option given replaces that key (--topic replaces all topics)."""
     from digest_mailer.config_edit import set_subscriber
 
     try:
-        click.echo(set_subscriber(config_file(config_path), email,
-                                  _change(pause=pause, **filters)))  # type: ignore[arg-type]
+        click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause)))
     except DigestMailerError as e:
         fail(e)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from xml.etree.ElementTree import Element, ParseError
 
@@ -38,6 +39,7 @@ def parse(data: bytes, origin: str) -> FetchResult:
     except ParseError as e:
         raise SourceError(f"{origin}: not valid XML ({e})",
                           hint="is [source] kind right? 'arxiv' expects Atom or RSS") from e
+    read: Callable[[Element], tuple[Paper | None, str]]
     if root.tag == f"{ATOM}feed":
         entries, read = root.findall(f"{ATOM}entry"), _atom_entry
     elif root.tag == "rss":

@@ -106,7 +106,8 @@ def fetch(location: str, http: HttpFetcher, days: Sequence[date]) -> FetchResult
     for day in days:
         seen: set[str] = set()
         for page in range(MAX_PAGES):
-            params = {"date": day.isoformat(), "p": page, "limit": PAGE_SIZE}
+            params: dict[str, str | int] = {"date": day.isoformat(), "p": page,
+                                            "limit": PAGE_SIZE}
             origin = f"{location} (date={day}, p={page})"
             body = http.get(location, params=params)
             try:

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def parse(data: bytes, origin: str) -> FetchResult:
     soup = BeautifulSoup(data, "lxml")
-    holder = soup.find(attrs={"data-target": "DailyPapers", "data-props": True})
+    holder = soup.select_one('[data-target="DailyPapers"][data-props]')
     if holder is not None:
         try:
             props = json.loads(str(holder["data-props"]))
