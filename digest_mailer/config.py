@@ -9,7 +9,7 @@ import tomllib
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -193,17 +193,34 @@ class SmtpSettings(_Section):
     ca_file: str | None = Field(None, description="extra CA certificates (PEM) to trust")
     envelope_from: Annotated[str, AfterValidator(_address)] | None = Field(
         None, description="the envelope sender (bounces); default: the From address")
+    password_file: str | None = Field(
+        None, description="a file holding the password, readable by its owner only; "
+                          "instead of password_env")
+    rate_limit: float = Field(0.0, ge=0, description="messages per second at most; 0: no limit")
 
     @property
     def effective_port(self) -> int:
         return self.port or {"starttls": 587, "ssl": 465, "none": 25}[self.security]
 
 
+class DkimSettings(_Section):
+    domain: OneLine = Field(min_length=1, description="the signing domain (d=)")
+    selector: OneLine = Field(min_length=1, description="the selector (s=): its public key is "
+                                                        "at <selector>._domainkey.<domain>")
+    key_file: str = Field(description="the private key (PEM), readable by its owner only")
+
+
 class DeliverySettings(_Section):
     backend: Literal["smtp", "file"] = Field("smtp", description="smtp | file")
     out_dir: str = Field("preview", description="where the file backend writes; relative to "
                                                 "the config file")
+    retry_attempts: int = Field(3, ge=0, le=10, description="retries of a deferred message "
+                                                           "(4xx, dropped connection) in a run")
+    retry_delay: Duration = Field(30.0, description="before the first retry; doubles after")
+    max_hard_failures: int = Field(3, ge=1, description="permanent refusals in a row before an "
+                                                        "address is suppressed")
     smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="the SMTP server")
+    dkim: DkimSettings | None = Field(None, description="DKIM signing; off when absent")
 
 
 class UnsubscribeSettings(_Section):
@@ -388,16 +405,21 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
-        if field is None:
-            return ""
-        ann = field.annotation
-        inner = getattr(ann, "__args__", (ann,))[0] if getattr(ann, "__origin__", None) else ann
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+        inner = _section_model(field.annotation) if field else None
+        if inner is None:
             return ""
         model = inner
     keys = [f.alias or n for n, f in model.model_fields.items() if n not in ("base_dir", "path")]
     close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(keys)})"
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model inside `Model`, `list[Model]` or `Model | None`, if any."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def settings_table() -> dict[str, str]:
@@ -409,11 +431,9 @@ def settings_table() -> dict[str, str]:
             if fname in ("base_dir", "path"):
                 continue
             key = prefix + (field.alias or fname)
-            ann = field.annotation
-            args = getattr(ann, "__args__", ())
-            inner = args[0] if getattr(ann, "__origin__", None) is list and args else ann
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                walk(inner, key + ("[]." if inner is not ann else "."))
+            inner = _section_model(field.annotation)
+            if inner is not None:
+                walk(inner, key + ("[]." if get_origin(field.annotation) is list else "."))
             else:
                 table[key] = field.description or ""
 

@@ -162,6 +162,8 @@ class Status(StrEnum):
     PAUSED = "paused"
     NOT_DUE = "not due"  # a weekly subscriber on another day
     NO_MATCH = "no match"
+    DEFERRED = "deferred"  # a temporary refusal: the next run sends it
+    SUPPRESSED = "suppressed"  # unsubscribed, or bounced too often
     FAILED = "failed"
     NOT_ATTEMPTED = "not attempted"
 
@@ -199,4 +201,5 @@ class RunReport:
 
     @property
     def failed(self) -> int:
-        return self.count(Status.FAILED, Status.NOT_ATTEMPTED)
+        """Subscribers due an email who did not get it in this run."""
+        return self.count(Status.FAILED, Status.NOT_ATTEMPTED, Status.DEFERRED)

@@ -4,18 +4,22 @@ sees every stage; each stage gets its inputs (time, I/O) passed in."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from digest_mailer import credentials
 from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.delivery import Backend, BackendOptions, open_backend
-from digest_mailer.errors import DeliveryError, DigestMailerError
+from digest_mailer.dispatch import Dispatcher, Policy
+from digest_mailer.errors import DigestMailerError
 from digest_mailer.lock import run_lock
 from digest_mailer.message import (
+    DkimSigner,
     build_message,
     list_id,
     list_unsubscribe,
@@ -26,7 +30,6 @@ from digest_mailer.models import (
     Digest,
     FetchResult,
     RunReport,
-    Selection,
     Status,
     Subscriber,
     SubscriberOutcome,
@@ -70,15 +73,20 @@ class Envelope:
     unsubscribe_url: str
     unsubscribe_mailto: str | None
     secret: bytes
+    signer: DkimSigner | None = None
 
     @classmethod
     def of(cls, config: Config, secret: bytes) -> Envelope:
         nl = config.newsletter
+        dk = config.delivery.dkim
+        signer = DkimSigner(dk.domain, dk.selector, credentials.read_private_file(
+            config.resolve(dk.key_file), "DKIM key")) if dk else None
         return cls(newsletter=nl.name, sender=nl.from_,
                    envelope_from=config.delivery.smtp.envelope_from or config.from_address,
                    reply_to=nl.reply_to, list_id=list_id(nl.name, config.from_domain, nl.list_id),
                    domain=config.from_domain, unsubscribe_url=config.unsubscribe.url,
-                   unsubscribe_mailto=config.unsubscribe.mailto, secret=secret)
+                   unsubscribe_mailto=config.unsubscribe.mailto, secret=secret,
+                   signer=signer)
 
 
 def unsubscribe_secret(config: Config, env: Mapping[str, str], *, dry_run: bool) -> bytes:
@@ -103,12 +111,14 @@ def backend_options(config: Config, env: Mapping[str, str], out_dir: Path | None
     smtp = config.delivery.smtp
     password = ""
     if smtp.username and config.delivery.backend == "smtp":
-        password = env.get(smtp.password_env, "")
+        file = config.resolve(smtp.password_file) if smtp.password_file else None
+        password = credentials.password(env, smtp.password_env, file)
         if not password:
             raise DigestMailerError(
                 f"${smtp.password_env} is not set: delivery.smtp.username is "
                 f"{smtp.username!r}, so a password is needed",
-                hint=f"export {smtp.password_env}=...; passwords never go in the config file")
+                hint=f"export {smtp.password_env}=... or set delivery.smtp.password_file; "
+                     "passwords never go in the config file")
         if smtp.security == "none":
             raise DigestMailerError(
                 "delivery.smtp: refusing to log in without TLS (security = 'none')",
@@ -116,7 +126,7 @@ def backend_options(config: Config, env: Mapping[str, str], out_dir: Path | None
     return BackendOptions(
         out_dir=out_dir or config.out_dir, smtp_host=smtp.host, smtp_port=smtp.effective_port,
         smtp_security=smtp.security, smtp_username=smtp.username, smtp_password=password,
-        smtp_timeout=smtp.timeout,
+        smtp_timeout=smtp.timeout, smtp_rate_limit=smtp.rate_limit,
         smtp_ca_file=config.resolve(smtp.ca_file) if smtp.ca_file else None)
 
 
@@ -139,6 +149,21 @@ def lookback(config: Config, subscribers: tuple[Subscriber, ...], run_date: date
     weekly_due = any(s.frequency == "weekly" and not s.paused and s.due_on(run_date)
                      for s in subscribers)
     return max(config.source.lookback_days, WEEK) if weekly_due else config.source.lookback_days
+
+
+def stoppable_sleep(should_stop: Callable[[], bool]) -> Callable[[float], bool]:
+    """A sleep that ends early when the run is asked to stop; says whether it was."""
+
+    def wait(seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while not should_stop():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.2))
+        return True
+
+    return wait
 
 
 def today(config: Config, now: datetime) -> date:
@@ -173,6 +198,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
     backend_name = "file" if dry else config.delivery.backend
     bopts = backend_options(config, env, options.out_dir)
     renderer = Renderer(config.templates_dir, config.newsletter.subject)
+    envelope = Envelope.of(config, secret)
     subscribers = config.subscribers_view()
     if options.only:
         subscribers = tuple(s for s in subscribers if s.key == options.only.lower())
@@ -187,22 +213,25 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
         opener = Ledger.open_readonly if dry else Ledger.open
         with opener(config.state_path) as ledger, \
                 _closing(open_backend(backend_name, bopts)) as backend:
+            d = config.delivery
             return run_once(
                 subscribers=subscribers, source=source, ledger=ledger, backend=backend,
-                renderer=renderer, envelope=Envelope.of(config, secret), now=now,
+                renderer=renderer, envelope=envelope, now=now,
                 run_date=run_date, ignore_ledger=options.ignore_ledger,
-                on_progress=on_progress, should_stop=should_stop)
+                policy=Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
+                              max_hard_failures=d.max_hard_failures),
+                on_progress=on_progress, should_stop=should_stop,
+                wait=stoppable_sleep(should_stop))
 
 
 def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Ledger,
              backend: Backend, renderer: Renderer, envelope: Envelope, now: datetime,
-             run_date: date, ignore_ledger: bool = False,
+             run_date: date, ignore_ledger: bool = False, policy: Policy | None = None,
              on_progress: Callable[[SubscriberOutcome], None] | None = None,
-             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
+             should_stop: Callable[[], bool] = lambda: False,
+             wait: Callable[[float], bool] | None = None) -> RunReport:
     record = not ledger.readonly
-    run_id = None
-    if record:
-        run_id = ledger.start_run(now, run_date, source.origin)
+    run_id = ledger.start_run(now, run_date, source.origin) if record else None
     try:
         fetched = source.fetch(run_date)
     except DigestMailerError:
@@ -213,28 +242,26 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                 fetched.skipped)
     if record and fetched.papers:
         ledger.remember(fetched.papers, now)
-    outcomes: list[SubscriberOutcome] = []
-    stopped: str | None = None
-    for sub in subscribers:
-        if not stopped and should_stop():
-            stopped = "the run was asked to stop"
-        if stopped:
-            outcome = SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED, detail=stopped)
-        elif sub.paused:
-            outcome = SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
-        elif not sub.due_on(run_date):
-            outcome = SubscriberOutcome(sub.email, Status.NOT_DUE,
-                                        detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
-        else:
-            offered = frozenset() if ignore_ledger else ledger.offered_ids(sub.email)
-            selection = select(sub, fetched.papers, offered, Filter.of(sub))
-            outcome, stopped = _deliver(selection, fetched, ledger=ledger, backend=backend,
-                                        renderer=renderer, envelope=envelope, now=now,
-                                        run_date=run_date, run_id=run_id, record=record)
-        outcomes.append(outcome)
+    dispatcher = Dispatcher(ledger, backend, run_id, clock=lambda: datetime.now(now.tzinfo),
+                            wait=wait or (lambda seconds: should_stop()),
+                            policy=policy or Policy())
+
+    def done(outcome: SubscriberOutcome) -> SubscriberOutcome:
         logger.info("%s: %s %s", outcome.email, outcome.status, outcome.detail)
         if on_progress:
             on_progress(outcome)
+        return outcome
+
+    outcomes = [done(o) for o in dispatcher.leftovers(run_date)] if record else []
+    for sub in subscribers:
+        if not dispatcher.stopped and should_stop():
+            dispatcher.stopped = "the run was asked to stop"
+        outcomes.append(done(_subscriber(sub, fetched, ledger=ledger, dispatcher=dispatcher,
+                                         renderer=renderer, envelope=envelope, now=now,
+                                         run_date=run_date, ignore_ledger=ignore_ledger)))
+    retried = {o.message_id: done(o) for o in dispatcher.retry_deferred()}
+    outcomes = [retried.get(o.message_id, o) if o.message_id else o for o in outcomes]
+    stopped = dispatcher.stopped
     report = RunReport(run_date=run_date, started_at=now, finished_at=datetime.now(now.tzinfo),
                        origin=fetched.origin, fetched=len(fetched.papers),
                        skipped=fetched.skipped, skipped_reasons=fetched.skipped_reasons,
@@ -248,18 +275,30 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     return report
 
 
-def _deliver(selection: Selection, fetched: FetchResult, *, ledger: Ledger, backend: Backend,
-             renderer: Renderer, envelope: Envelope, now: datetime, run_date: date,
-             run_id: int | None, record: bool) -> tuple[SubscriberOutcome, str | None]:
-    """One subscriber's email; the second value says why the whole run must stop, if it must."""
-    sub = selection.subscriber
+def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
+                dispatcher: Dispatcher, renderer: Renderer, envelope: Envelope, now: datetime,
+                run_date: date, ignore_ledger: bool) -> SubscriberOutcome:
+    """One subscriber's share of the run: why nothing goes out, or their one email."""
+    if dispatcher.stopped:
+        return SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED, detail=dispatcher.stopped)
+    if sub.paused:
+        return SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
+    if not sub.due_on(run_date):
+        return SubscriberOutcome(sub.email, Status.NOT_DUE,
+                                 detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
+    # Read at each subscriber: an unsubscribe in the middle of a run counts from the next one.
+    suppressed = ledger.suppressed(sub.email)
+    if suppressed:
+        return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
+    offered = frozenset() if ignore_ledger else ledger.offered_ids(sub.email)
+    selection = select(sub, fetched.papers, offered, Filter.of(sub))
     if not selection.matches:
         if selection.matched_total == 0:
             why = "no paper matches" if fetched.papers else "the feed is empty"
-            return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why), None
+            return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why)
         return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
                                  detail=f"all {selection.matched_total} matching papers were "
-                                        "offered before"), None
+                                        "offered before")
     token = unsubscribe_token(envelope.secret, sub.email)
     url = envelope.unsubscribe_url.replace("{token}", token)
     rendered = renderer.render(Digest(newsletter=envelope.newsletter, run_date=run_date,
@@ -269,21 +308,11 @@ def _deliver(selection: Selection, fetched: FetchResult, *, ledger: Ledger, back
         rendered, subscriber=sub, sender=envelope.sender, envelope_from=envelope.envelope_from,
         reply_to=envelope.reply_to, list_id_header=envelope.list_id,
         unsubscribe=list_unsubscribe(url, envelope.unsubscribe_mailto, token),
-        message_id=make_message_id(envelope.domain, now), when=now, run_date=run_date)
-    try:
-        receipt = backend.send(message)
-    except DeliveryError as e:
-        failed = SubscriberOutcome(sub.email, Status.FAILED, len(selection.matches), e.message)
-        return failed, (e.message if e.fatal else None)
-    if record:
-        ledger.record_delivery(run_id=run_id, subscriber=sub.email,
-                               message_id=message.message_id, subject=message.subject,
-                               sent_at=datetime.now(now.tzinfo),
-                               included=[m.paper.id for m in selection.matches],
-                               offered=selection.offered)
-    extra = f", {selection.over_cap} more over the cap" if selection.over_cap else ""
-    return SubscriberOutcome(
-        sub.email, Status.WRITTEN if backend.dry_run else Status.SENT, len(selection.matches),
-        detail=f"{len(selection.matches)} paper(s){extra}", message_id=message.message_id,
-        location=receipt.location), None
-
+        message_id=make_message_id(envelope.domain, now), when=now, run_date=run_date,
+        signer=envelope.signer)
+    outcome = dispatcher.send(message, [m.paper.id for m in selection.matches],
+                              selection.offered)
+    if outcome.status in (Status.SENT, Status.WRITTEN) and selection.over_cap:
+        return replace(outcome, detail=f"{outcome.detail}, {selection.over_cap} more over "
+                                       "the cap")
+    return outcome

@@ -9,7 +9,8 @@ from digest_mailer.models import RunReport, Status, SubscriberOutcome
 
 _MARK = {Status.SENT: "sent", Status.WRITTEN: "written", Status.NOTHING_NEW: "nothing new",
          Status.NO_MATCH: "no match", Status.PAUSED: "paused", Status.NOT_DUE: "not due",
-         Status.FAILED: "FAILED", Status.NOT_ATTEMPTED: "not sent"}
+         Status.FAILED: "FAILED", Status.NOT_ATTEMPTED: "not sent", Status.DEFERRED: "deferred",
+         Status.SUPPRESSED: "suppressed"}
 
 
 def _outcome_line(o: SubscriberOutcome, width: int) -> str:
@@ -25,7 +26,8 @@ def report_lines(report: RunReport) -> list[str]:
     width = max((len(o.email) for o in report.outcomes), default=0)
     lines += [_outcome_line(o, width) for o in report.outcomes]
     verb = "written" if report.dry_run else "sent"
-    idle = report.count(Status.NOTHING_NEW, Status.NO_MATCH, Status.PAUSED, Status.NOT_DUE)
+    idle = report.count(Status.NOTHING_NEW, Status.NO_MATCH, Status.PAUSED, Status.NOT_DUE,
+                        Status.SUPPRESSED)
     lines.append(f"{report.delivered} email(s) {verb}, {idle} with nothing to send, "
                  f"{report.failed} failed")
     written = [o.location for o in report.outcomes if o.status is Status.WRITTEN and o.location]

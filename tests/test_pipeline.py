@@ -143,6 +143,8 @@ def test_a_refused_recipient_is_not_recorded_and_the_run_goes_on(
 
 def test_a_server_that_goes_away_stops_the_run_and_keeps_what_was_sent(
         tmp_path: Path, smtp_server: SmtpServer) -> None:
+    from aiosmtpd.controller import Controller
+
     from conftest import SmtpHandler, start_smtp
 
     handler = SmtpHandler()
@@ -160,12 +162,27 @@ def test_a_server_that_goes_away_stops_the_run_and_keeps_what_was_sent(
 
     report = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV,
                  on_progress=after_each)
-    assert [o.status for o in report.outcomes] == [Status.SENT, Status.FAILED,
-                                                   Status.NOT_ATTEMPTED]
+    # s1's connection dropped mid-message (deferred); s2 found no server (the run stops).
+    assert [o.status for o in report.outcomes] == [Status.SENT, Status.DEFERRED, Status.FAILED]
     assert report.stopped and "cannot connect" in report.stopped
     with Ledger.open(tmp_path / "state.sqlite3") as ledger:
         assert [d.subscriber for d in ledger.deliveries()] == ["s0@example.org"]
         assert ledger.runs()[-1][-1] == "stopped"
+        waiting = ledger.outbox.open_entries()
+    assert [e.recipient for e in waiting] == ["s1@example.org", "s2@example.org"]
+    # The server is back: the next run sends the two left over, as the same messages.
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        again = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV)
+    finally:
+        controller.stop()
+    assert [o.status for o in again.outcomes][:2] == [Status.SENT, Status.SENT]
+    assert [r.rcpt_tos[0] for r in handler.received] == ["s0@example.org", "s1@example.org",
+                                                        "s2@example.org"]
+    assert [r.message["Message-ID"] for r in handler.received[1:]] == \
+        [e.message_id for e in waiting]
+    assert [o.status for o in again.outcomes][2:] == [Status.NOTHING_NEW] * 3
 
 
 def test_a_source_that_fails_sends_nothing_and_is_recorded(

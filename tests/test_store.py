@@ -27,8 +27,11 @@ def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
     with Ledger.open(path) as ledger:
         run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
         ledger.remember([Paper(id="1", title="One", upvotes=3)], NOW)
-        ledger.record_delivery(run_id=run, subscriber="Ada@Example.org", message_id="<m1@x>",
-                               subject="S", sent_at=NOW, included=["1"], offered=["1", "2"])
+        entry = ledger.outbox.add(run_id=run, recipient="Ada@Example.org", message_id="<m1@x>",
+                                  subject="S", envelope_from="p@x.org", data=b"x",
+                                  included=["1"], offered=["1", "2"], now=NOW)
+        ledger.outbox.sending(entry, NOW)
+        ledger.outbox.sent(entry, NOW, run)
     with Ledger.open(path) as ledger:  # survives a reopen: committed at once
         assert ledger.offered_ids("ada@example.org") == {"1", "2"}
         assert ledger.sent_papers("<m1@x>") == ["1"]
@@ -38,12 +41,48 @@ def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
 
 def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "s.sqlite3") as ledger:
-        ledger.record_delivery(run_id=None, subscriber="a@x.org", message_id="<m1@x>",
-                               subject="S", sent_at=NOW, included=["1"], offered=["1"])
+        def add(who: str, paper: str) -> int:
+            return ledger.outbox.add(run_id=None, recipient=who, message_id="<m1@x>",
+                                     subject="S", envelope_from="p@x.org", data=b"x",
+                                     included=[paper], offered=[paper], now=NOW)
+
+        add("a@x.org", "1")
         with pytest.raises(StoreError):  # the same Message-ID twice violates UNIQUE
-            ledger.record_delivery(run_id=None, subscriber="b@x.org", message_id="<m1@x>",
-                                   subject="S", sent_at=NOW, included=["2"], offered=["2"])
+            add("b@x.org", "2")
         assert ledger.offered_ids("b@x.org") == frozenset()
+        assert ledger.offered_ids("a@x.org") == {"1"}  # held by its unsent message
+
+
+def test_outbox_states_and_what_counts_as_offered(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "s.sqlite3") as ledger:
+        box = ledger.outbox
+        first = box.add(run_id=None, recipient="A@x.org", message_id="<1@x>", subject="S",
+                        envelope_from="p@x.org", data=b"bytes", included=["1"],
+                        offered=["1", "2"], now=NOW)
+        box.sending(first, NOW)
+        (entry,) = box.open_entries()
+        assert (entry.recipient, entry.state, entry.attempts, entry.data) == \
+            ("A@x.org", "sending", 1, b"bytes")
+        box.deferred(first, NOW, "451 try later")
+        assert ledger.offered_ids("a@x.org") == {"1", "2"}
+        box.sent(first, NOW, None)
+        assert box.open_entries() == [] and ledger.sent_papers("<1@x>") == ["1"]
+        for n in range(2):
+            failed = box.add(run_id=None, recipient="A@x.org", message_id=f"<f{n}@x>",
+                             subject="S", envelope_from="p@x.org", data=b"x", included=["3"],
+                             offered=["3"], now=NOW)
+            box.failed(failed, NOW, "550 no such user")
+        assert box.hard_failures("a@x.org") == 2
+        assert ledger.offered_ids("a@x.org") == {"1", "2"}  # failed messages hold nothing
+        assert box.counts() == {"sent": 1, "failed": 2}
+
+
+def test_suppressions_are_idempotent(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "s.sqlite3") as ledger:
+        assert ledger.suppress("A@x.org", "unsubscribed", NOW)
+        assert not ledger.suppress("a@x.org", "unsubscribed", NOW)
+        assert ledger.suppressed("a@X.org") == "unsubscribed"
+        assert ledger.unsuppress("a@x.org") and ledger.suppressed("a@x.org") is None
 
 
 def test_readonly_never_creates_or_writes(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ class BackendOptions:
     smtp_password: str = ""
     smtp_timeout: float = 30.0
     smtp_ca_file: Path | None = None
+    smtp_rate_limit: float = 0.0
 
 
 def _file(options: BackendOptions) -> Backend:
@@ -54,7 +55,7 @@ def _smtp(options: BackendOptions) -> Backend:
     return SmtpBackend(host=options.smtp_host, port=options.smtp_port,
                        security=options.smtp_security, username=options.smtp_username,
                        password=options.smtp_password, timeout=options.smtp_timeout,
-                       ca_file=options.smtp_ca_file)
+                       ca_file=options.smtp_ca_file, rate_limit=options.smtp_rate_limit)
 
 
 BACKENDS: dict[str, Callable[[BackendOptions], Backend]] = {"file": _file, "smtp": _smtp}

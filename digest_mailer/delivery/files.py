@@ -6,6 +6,8 @@ import html
 import logging
 import os
 import re
+from email import message_from_bytes
+from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -41,7 +43,8 @@ class FileBackend:
         stem = file_stem(message.recipient)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(folder / f"{stem}.html", message.html.encode("utf-8"))
+            write_atomic(folder / f"{stem}.html", (message.html or html_part(message.data)
+                                                   ).encode("utf-8"))
             write_atomic(folder / f"{stem}.eml", message.data)
         except OSError as e:
             raise DeliveryError(f"{folder}: cannot write the preview ({e.strerror})",
@@ -53,6 +56,13 @@ class FileBackend:
         for folder in self._dirs:
             write_index(folder)
         self._dirs.clear()
+
+
+def html_part(data: bytes) -> str:
+    """The HTML part of a serialised message (for one re-sent from the outbox)."""
+    msg = message_from_bytes(data, policy=default_policy)
+    part = msg.get_body(("html",)) if isinstance(msg, EmailMessage) else None
+    return str(part.get_content()) if part is not None else ""
 
 
 def write_index(folder: Path) -> Path:

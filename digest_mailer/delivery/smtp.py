@@ -6,6 +6,8 @@ import contextlib
 import logging
 import smtplib
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from digest_mailer.delivery import Receipt
@@ -37,13 +39,18 @@ class SmtpBackend:
     dry_run = False
 
     def __init__(self, *, host: str, port: int, security: str = "starttls", username: str = "",
-                 password: str = "", timeout: float = 30.0, ca_file: Path | None = None) -> None:
+                 password: str = "", timeout: float = 30.0, ca_file: Path | None = None,
+                 rate_limit: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.host, self.port, self.security = host, port, security
         self._username, self._password = username, password
         self._timeout = timeout
         self._ca_file = ca_file
         self._conn: smtplib.SMTP | None = None
         self.connections = 0
+        self._interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next_send = 0.0
 
     @property
     def where(self) -> str:
@@ -100,37 +107,55 @@ class SmtpBackend:
         logger.info("connected to %s (%s)", self.where, self.security)
         return conn
 
+    def _pace(self) -> None:
+        if self._interval:
+            now = self._clock()
+            if now < self._next_send:
+                self._sleep(self._next_send - now)
+            self._next_send = max(now, self._next_send) + self._interval
+
     def send(self, message: OutgoingMessage) -> Receipt:
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = self._connect()
-            try:
-                self._conn.sendmail(message.envelope_from, [message.recipient], message.data)
-            except smtplib.SMTPRecipientsRefused as e:
-                code, text = next(iter(e.recipients.values()))
-                raise DeliveryError(f"{message.recipient}: refused by {self.where} "
-                                    f"({_reply(code, text)})", permanent=code >= 500) from e
-            except smtplib.SMTPSenderRefused as e:
-                raise DeliveryError(f"SMTP {self.where}: sender {message.envelope_from} refused "
-                                    f"({_reply(e.smtp_code, e.smtp_error)})",
-                                    hint="check newsletter.from or delivery.smtp.envelope_from",
-                                    fatal=True) from e
-            except smtplib.SMTPDataError as e:
-                self._reset()
-                raise DeliveryError(f"{message.recipient}: message refused by {self.where} "
-                                    f"({_reply(e.smtp_code, e.smtp_error)})",
-                                    permanent=e.smtp_code >= 500) from e
-            except (smtplib.SMTPServerDisconnected, OSError) as e:
-                _drop(self._conn)
-                self._conn = None
-                if attempt == 2:
-                    raise DeliveryError(f"SMTP {self.where}: connection lost twice ({e})",
-                                        hint="the server may be overloaded; the next run "
-                                             "sends what is left", fatal=True) from e
-                logger.warning("SMTP %s: connection lost (%s); reconnecting", self.where, e)
-                continue
-            return Receipt(location=self.where)
-        raise AssertionError("unreachable")
+        self._pace()
+        if self._conn is None:
+            self._conn = self._connect()
+        try:
+            self._conn.sendmail(message.envelope_from, [message.recipient], message.data)
+        except smtplib.SMTPRecipientsRefused as e:
+            code, text = next(iter(e.recipients.values()))
+            self._closing(code)
+            raise DeliveryError(f"{message.recipient}: refused by {self.where} "
+                                f"({_reply(code, text)})", permanent=code >= 500) from e
+        except smtplib.SMTPSenderRefused as e:
+            self._closing(e.smtp_code)
+            raise DeliveryError(f"SMTP {self.where}: sender {message.envelope_from} refused "
+                                f"({_reply(e.smtp_code, e.smtp_error)})",
+                                hint="check newsletter.from or delivery.smtp.envelope_from",
+                                fatal=e.smtp_code >= 500) from e
+        except smtplib.SMTPDataError as e:
+            self._closing(e.smtp_code)
+            self._reset()
+            raise DeliveryError(f"{message.recipient}: message refused by {self.where} "
+                                f"({_reply(e.smtp_code, e.smtp_error)})",
+                                permanent=e.smtp_code >= 500) from e
+        except (smtplib.SMTPServerDisconnected, OSError) as e:
+            # The server may have taken the message before it dropped the line, so it is
+            # not sent again here: deferred, it is retried later under the same Message-ID.
+            _drop(self._conn)
+            self._conn = None
+            raise DeliveryError(f"{message.recipient}: connection to {self.where} lost "
+                                f"({e or type(e).__name__})") from e
+        except smtplib.SMTPResponseException as e:
+            self._reset()
+            raise DeliveryError(f"{message.recipient}: {self.where} answered "
+                                f"{_reply(e.smtp_code, e.smtp_error)}",
+                                permanent=e.smtp_code >= 500) from e
+        return Receipt(location=self.where)
+
+    def _closing(self, code: int) -> None:
+        """421: the server is closing the connection; the next message opens a new one."""
+        if code == 421:
+            _drop(self._conn)
+            self._conn = None
 
     def _reset(self) -> None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -17,50 +17,10 @@ from typing import NamedTuple
 
 from digest_mailer.errors import StoreError
 from digest_mailer.models import Paper
+from digest_mailer.store.outbox import Outbox
+from digest_mailer.store.schema import SCHEMA, SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          INTEGER PRIMARY KEY,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    run_date    TEXT NOT NULL,
-    origin      TEXT NOT NULL,
-    fetched     INTEGER NOT NULL DEFAULT 0,
-    sent        INTEGER NOT NULL DEFAULT 0,
-    failed      INTEGER NOT NULL DEFAULT 0,
-    outcome     TEXT NOT NULL DEFAULT 'running'
-);
-CREATE TABLE IF NOT EXISTS papers (
-    id         TEXT PRIMARY KEY,
-    title      TEXT NOT NULL,
-    upvotes    INTEGER NOT NULL,
-    listed_on  TEXT,
-    first_seen TEXT NOT NULL,
-    last_seen  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id         INTEGER PRIMARY KEY,
-    run_id     INTEGER REFERENCES runs(id),
-    subscriber TEXT NOT NULL,
-    message_id TEXT NOT NULL UNIQUE,
-    subject    TEXT NOT NULL,
-    sent_at    TEXT NOT NULL,
-    papers     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_subscriber ON deliveries(subscriber, sent_at);
-CREATE TABLE IF NOT EXISTS offers (
-    subscriber  TEXT NOT NULL,
-    paper_id    TEXT NOT NULL,
-    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
-    included    INTEGER NOT NULL,
-    PRIMARY KEY (subscriber, paper_id)
-) WITHOUT ROWID;
-"""
-
 
 class RunRecord(NamedTuple):
     id: int
@@ -128,7 +88,7 @@ class Ledger:
             conn = sqlite3.connect(":memory:", isolation_level=None)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot read the ledger ({e})") from e
-        conn.executescript(_SCHEMA)
+        conn.executescript(SCHEMA)
         return cls(conn, str(path), readonly=True)
 
     def close(self) -> None:
@@ -161,13 +121,13 @@ class Ledger:
         # executescript commits any open transaction first, so the script carries its own.
         try:
             self._conn.executescript(
-                f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+                f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot create the ledger tables ({e})") from e
         logger.info("%s: ledger schema %d ready", self.path, SCHEMA_VERSION)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise StoreError(f"{self.path}: the ledger is open read-only (a dry run)")
         try:
@@ -184,10 +144,52 @@ class Ledger:
 
     # -- reads ---------------------------------------------------------------------------
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox(self)
+
     def offered_ids(self, subscriber: str) -> frozenset[str]:
-        rows = self._conn.execute("SELECT paper_id FROM offers WHERE subscriber = ?",
-                                  (subscriber.lower(),))
-        return frozenset(r[0] for r in rows)
+        """Papers offered in a delivery, and those held by a message not sent yet: neither
+        goes into another email."""
+        key = subscriber.lower()
+        ids = {r[0] for r in self._conn.execute(
+            "SELECT paper_id FROM offers WHERE subscriber = ?", (key,))}
+        for (offered,) in self._conn.execute(
+                "SELECT offered FROM outbox WHERE subscriber = ? AND state IN "
+                "('pending', 'sending', 'deferred')", (key,)):
+            ids.update(offered.split())
+        return frozenset(ids)
+
+    # -- suppressions ---------------------------------------------------------------------
+
+    def suppressed(self, subscriber: str) -> str | None:
+        """Why this address gets nothing (an unsubscribe, bounces), or None."""
+        row = self._conn.execute("SELECT reason FROM suppressions WHERE subscriber = ?",
+                                 (subscriber.lower(),)).fetchone()
+        return row[0] if row else None
+
+    def suppressions(self) -> dict[str, tuple[str, str, str]]:
+        rows = self._conn.execute("SELECT subscriber, reason, since, detail FROM suppressions "
+                                  "ORDER BY since")
+        return {s: (reason, since, detail) for s, reason, since, detail in rows}
+
+    def suppress(self, subscriber: str, reason: str, now: datetime, detail: str = "") -> bool:
+        """Idempotent; True when the address was not suppressed before."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT OR IGNORE INTO suppressions (subscriber, reason, since, "
+                             "detail) VALUES (?, ?, ?, ?)",
+                             (subscriber.lower(), reason, now.isoformat(), detail))
+            return cur.rowcount == 1
+
+    def unsuppress(self, subscriber: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM suppressions WHERE subscriber = ?",
+                             (subscriber.lower(),))
+            return cur.rowcount == 1
 
     def deliveries(self, subscriber: str | None = None) -> list[DeliveryRecord]:
         sql = "SELECT subscriber, message_id, subject, sent_at, papers, run_id FROM deliveries"
@@ -253,41 +255,24 @@ class Ledger:
     # -- writes --------------------------------------------------------------------------
 
     def start_run(self, started_at: datetime, run_date: date, origin: str) -> int:
-        with self._write() as db:
+        with self.transaction() as db:
             cur = db.execute("INSERT INTO runs (started_at, run_date, origin) VALUES (?, ?, ?)",
                              (started_at.isoformat(), run_date.isoformat(), origin))
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, finished_at: datetime, *, fetched: int, sent: int,
                    failed: int, outcome: str) -> None:
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute("UPDATE runs SET finished_at = ?, fetched = ?, sent = ?, failed = ?, "
                        "outcome = ? WHERE id = ?",
                        (finished_at.isoformat(), fetched, sent, failed, outcome, run_id))
 
     def remember(self, papers: Iterable[Paper], seen_at: datetime) -> None:
         stamp = seen_at.isoformat()
-        with self._write() as db:
+        with self.transaction() as db:
             db.executemany(
                 "INSERT INTO papers (id, title, upvotes, listed_on, first_seen, last_seen) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET title = excluded.title, "
                 "upvotes = max(papers.upvotes, excluded.upvotes), last_seen = excluded.last_seen",
                 [(p.id, p.title, p.upvotes, p.listed_on.isoformat() if p.listed_on else None,
                   stamp, stamp) for p in papers])
-
-    def record_delivery(self, *, run_id: int | None, subscriber: str, message_id: str,
-                        subject: str, sent_at: datetime, included: Sequence[str],
-                        offered: Sequence[str]) -> None:
-        """Called right after the backend accepted the message: the delivery and every paper
-        it offered land together, or not at all."""
-        key = subscriber.lower()
-        chosen = set(included)
-        with self._write() as db:
-            cur = db.execute(
-                "INSERT INTO deliveries (run_id, subscriber, message_id, subject, sent_at, "
-                "papers) VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, key, message_id, subject, sent_at.isoformat(), len(included)))
-            db.executemany(
-                "INSERT OR IGNORE INTO offers (subscriber, paper_id, delivery_id, included) "
-                "VALUES (?, ?, ?, ?)",
-                [(key, pid, cur.lastrowid, int(pid in chosen)) for pid in offered])

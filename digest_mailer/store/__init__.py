@@ -1,0 +1,6 @@
+"""The ledger (SQLite): papers, deliveries and offers, runs, the outbox, suppressions."""
+
+from digest_mailer.store.ledger import DeliveryRecord, HistoryRow, Ledger, RunRecord
+from digest_mailer.store.schema import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "DeliveryRecord", "HistoryRow", "Ledger", "RunRecord"]
