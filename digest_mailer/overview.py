@@ -52,14 +52,23 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
     with Ledger.open_readonly(config.state_path) as ledger:
         counts = ledger.counts()
         runs = ledger.runs(limit=5)
+        suppressed = ledger.suppressions()
+        outbox = ledger.outbox.counts()
     subs = config.subscribers_view()
     tz = config.schedule_timezone
     upcoming = next_fire(parse_cron(config.schedule.cron, tz), now)
     return {
         "ledger": str(config.state_path),
         **counts,
-        "subscribers": {"active": sum(1 for s in subs if not s.paused),
-                        "paused": sum(1 for s in subs if s.paused)},
+        "subscribers": {
+            "active": sum(1 for s in subs if not s.paused and s.key not in suppressed),
+            "paused": sum(1 for s in subs if s.paused),
+            "suppressed": sum(1 for s in subs if s.key in suppressed)},
+        "suppressed": {email: {"reason": r, "since": since, "detail": d}
+                       for email, (r, since, d) in suppressed.items()},
+        "outbox": {"waiting": sum(n for state, n in outbox.items()
+                                  if state in ("pending", "sending", "deferred")),
+                   **outbox},
         "schedule": f"{config.schedule.cron} ({tz})",
         "next_run": upcoming.isoformat() if upcoming else None,
         "last_runs": [r._asdict() for r in runs],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -41,7 +42,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, int | float):
         return str(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(v)
@@ -128,10 +129,15 @@ class Received:
 
 @dataclass
 class SmtpHandler:
-    """Records what it receives; `refuse` maps an address to the reply its RCPT gets."""
+    """Records what it receives. `refuse` maps an address to the reply its RCPT always gets;
+    `rcpt_script` to the replies its next RCPTs get, one each; `data_script` holds the replies
+    the next DATA commands get ("DROP" closes the connection instead of answering)."""
 
     received: list[Received] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
+    rcpt_script: dict[str, list[str]] = field(default_factory=dict)
+    data_script: list[str] = field(default_factory=list)
+    data_delay: float = 0.0  # seconds each DATA takes: a slow server
     sessions: set[int] = field(default_factory=set)
     logins: list[str] = field(default_factory=list)
 
@@ -145,10 +151,20 @@ class SmtpHandler:
                           rcpt_options: list[str]) -> str:
         if address in self.refuse:
             return self.refuse[address]
+        if self.rcpt_script.get(address):
+            return self.rcpt_script[address].pop(0)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_script:
+            reply = self.data_script.pop(0)
+            if reply == "DROP":
+                server.transport.close()
+                return "250 never seen"
+            return reply
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
                                       envelope.original_content or envelope.content))
         return "250 Message accepted for delivery"

@@ -196,10 +196,12 @@ def test_json_report_history_explain_and_status(tmp_path: Path,
     assert explained.splitlines()[-1] == "0 of 7 paper(s) would be sent to ada@example.org"
 
     status = json.loads(invoke("status", "--config", path, "--json").stdout)
-    assert status["deliveries"] == 2 and status["subscribers"] == {"active": 3, "paused": 0}
+    assert status["deliveries"] == 2
+    assert status["subscribers"] == {"active": 3, "paused": 0, "suppressed": 0}
+    assert status["outbox"] == {"waiting": 0, "sent": 2}
     assert status["last_runs"][-1]["outcome"] == "ok" and status["next_run"]
     text = invoke("status", "--config", path).stdout
-    assert "Subscribers: 3 active, 0 paused" in text and "Last runs:" in text
+    assert "Subscribers: 3 active, 0 paused, 0 suppressed" in text and "Last runs:" in text
 
 
 def test_subscribers_commands(write_config: Callable[..., Path]) -> None:
@@ -218,7 +220,7 @@ def test_subscribers_commands(write_config: Callable[..., Path]) -> None:
     assert next(s for s in listed if s["email"] == "ada@example.org")["paused"]
     text = invoke("subscribers", "list", "--config", path).stdout
     assert "ada@example.org (Ada)  [daily, max 20, PAUSED]  topics: diffusion" in text
-    assert text.splitlines()[-1] == "4 subscriber(s), 1 paused"
+    assert text.splitlines()[-1] == "4 subscriber(s), 1 paused, 0 suppressed"
     gone = invoke("subscribers", "remove", "grace@example.org", "--config", path)
     assert gone.stdout.strip() == "removed grace@example.org"
     again = invoke("subscribers", "remove", "grace@example.org", "--config", path)

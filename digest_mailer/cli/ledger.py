@@ -107,8 +107,14 @@ def status(config_path: str | None, as_json: bool) -> None:
         return
     click.echo(f"Ledger: {info['ledger']} ({info['deliveries']} deliveries, {info['papers']} "
                f"papers, {info['runs']} runs)")
-    click.echo(f"Subscribers: {info['subscribers']['active']} active, "
-               f"{info['subscribers']['paused']} paused")
+    subs = info["subscribers"]
+    click.echo(f"Subscribers: {subs['active']} active, {subs['paused']} paused, "
+               f"{subs['suppressed']} suppressed")
+    for email, why in info["suppressed"].items():
+        click.echo(f"  suppressed {email}: {why['reason']} since {why['since'][:10]}"
+                   + (f" ({why['detail']})" if why["detail"] else ""))
+    if info["outbox"]["waiting"]:
+        click.echo(f"Outbox: {info['outbox']['waiting']} message(s) wait for the next run")
     click.echo(f"Schedule: {info['schedule']} -> next run {info['next_run']}")
     click.echo("Last runs:")
     for r in info["last_runs"]:

@@ -157,3 +157,23 @@ def serve(config_path: str | None, once_now: bool) -> None:
         daemon.serve(once_now=once_now)
     except DigestMailerError as e:
         fail(e)
+
+
+@cli.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(1, 65535))
+def web(config_path: str | None, host: str, port: int) -> None:
+    """Serve one-click unsubscribe links (RFC 8058) until stopped."""
+    import uvicorn
+
+    from digest_mailer.web import Tokens, create_app
+
+    tokens = Tokens(config_file(config_path), os.environ)
+    try:
+        tokens.refresh()  # a bad config or a missing secret fails now, not at the first click
+    except DigestMailerError as e:
+        fail(e)
+    uvicorn.run(create_app(tokens), host=host, port=port, proxy_headers=True,
+                log_level=logging.getLevelName(logging.getLogger().level).lower(),
+                server_header=False)

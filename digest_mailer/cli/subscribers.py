@@ -25,14 +25,23 @@ def subscribers() -> None:
 @config_option
 @json_option
 def list_(config_path: str | None, as_json: bool) -> None:
-    """Every subscriber and their filters."""
-    subs = load(config_path).subscribers_view()
+    """Every subscriber and their filters, and who is suppressed."""
+    from digest_mailer.store import Ledger
+
+    config = load(config_path)
+    subs = config.subscribers_view()
+    try:
+        with Ledger.open_readonly(config.state_path) as ledger:
+            suppressed = ledger.suppressions()
+    except DigestMailerError as e:
+        fail(e)
     if as_json:
         echo_json([{"email": s.email, "name": s.name, "topics": list(s.topics),
                     "exclude": list(s.exclude), "authors": list(s.authors),
                     "min_upvotes": s.min_upvotes, "max_papers": s.max_papers,
                     "frequency": s.frequency, "weekday": WEEKDAYS[s.weekday],
-                    "paused": s.paused} for s in subs])
+                    "paused": s.paused,
+                    "suppressed": suppressed.get(s.key, (None,))[0]} for s in subs])
         return
     for s in subs:
         what = []
@@ -44,9 +53,12 @@ def list_(config_path: str | None, as_json: bool) -> None:
             what.append("exclude: " + ", ".join(s.exclude))
         flags = [f"weekly on {WEEKDAYS[s.weekday]}" if s.frequency == "weekly" else "daily",
                  f"max {s.max_papers}"] + (["PAUSED"] if s.paused else [])
+        if s.key in suppressed:
+            flags.append(f"SUPPRESSED: {suppressed[s.key][0]}")
         click.echo(f"{s.email}" + (f" ({s.name})" if s.name else "") + f"  [{', '.join(flags)}]"
                    + ("  " + "; ".join(what) if what else "  all papers"))
-    click.echo(f"{len(subs)} subscriber(s), {sum(1 for s in subs if s.paused)} paused")
+    click.echo(f"{len(subs)} subscriber(s), {sum(1 for s in subs if s.paused)} paused, "
+               f"{sum(1 for s in subs if s.key in suppressed)} suppressed")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,3 +128,22 @@ def set_(config_path: str | None, email: str, pause: bool | None, **filters: Any
         click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause)))
     except DigestMailerError as e:
         fail(e)
+
+
+@subscribers.command()
+@config_option
+@click.argument("email")
+def unsuppress(config_path: str | None, email: str) -> None:
+    """Send to an address again after it unsubscribed or bounced (the operator's call)."""
+    from digest_mailer.store import Ledger
+
+    config = load(config_path)
+    try:
+        with Ledger.open(config.state_path) as ledger:
+            was = ledger.suppressed(email)
+            ledger.unsuppress(email)
+    except DigestMailerError as e:
+        fail(e)
+    if was is None:
+        fail(DigestMailerError(f"{email} is not suppressed"))
+    click.echo(f"{email} is no longer suppressed (was: {was})")

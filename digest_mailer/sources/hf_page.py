@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import replace
 from datetime import date
 
-from bs4 import BeautifulSoup, Tag
+from bs4 import BeautifulSoup, Tag, XMLParsedAsHTMLWarning
 
 from digest_mailer.errors import SourceError
 from digest_mailer.models import FetchResult, Paper
@@ -18,7 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def parse(data: bytes, origin: str) -> FetchResult:
-    soup = BeautifulSoup(data, "lxml")
+    with warnings.catch_warnings():
+        # Feeding it XML (a wrong kind) ends in the clear "no daily papers found" below.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(data, "lxml")
     holder = soup.select_one('[data-target="DailyPapers"][data-props]')
     if holder is not None:
         try:
