@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import datetime
 
 from digest_mailer.delivery import Backend
 from digest_mailer.errors import DeliveryError
 from digest_mailer.models import OutgoingMessage, Status, SubscriberOutcome
 from digest_mailer.store import Ledger
+from digest_mailer.store.outbox import Entry
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,14 @@ class Dispatcher:
         """One new message. In a dry run it only goes to the backend."""
         if not self.record:
             return self._attempt(None, message, len(included))
-        entry = self.ledger.outbox.add(
-            run_id=self.run_id, recipient=message.recipient, message_id=message.message_id,
-            subject=message.subject, envelope_from=message.envelope_from, data=message.data,
-            included=included, offered=offered, now=self.clock())
+        entry = self.ledger.outbox.add(message, run_id=self.run_id, included=included,
+                                       offered=offered, now=self.clock())
         return self._attempt(entry, message, len(included))
 
-    def leftovers(self, run_date: date) -> list[SubscriberOutcome]:
-        """Messages an earlier run left pending, in flight or deferred: sent again as they were
-        (same Message-ID), before anything new."""
+    def leftovers(self, rebuild: Callable[[Entry], OutgoingMessage | None]
+                  ) -> list[SubscriberOutcome]:
+        """Messages an earlier run left pending, in flight or deferred: rebuilt from their
+        stored template and sent again under the same Message-ID, before anything new."""
         outcomes = []
         for entry in self.ledger.outbox.open_entries():
             if self.stopped:
@@ -61,10 +61,10 @@ class Dispatcher:
             if why:
                 self.ledger.outbox.failed(entry.id, self.clock(), f"suppressed ({why})")
                 continue
-            message = OutgoingMessage(recipient=entry.recipient,
-                                      envelope_from=entry.envelope_from,
-                                      message_id=entry.message_id, subject=entry.subject,
-                                      data=entry.data, html="", run_date=run_date)
+            message = rebuild(entry)
+            if message is None:
+                self.ledger.outbox.failed(entry.id, self.clock(), "its template is gone")
+                continue
             outcome = self._attempt(entry.id, message, len(entry.included))
             outcomes.append(replace(outcome, detail=f"{outcome.detail} (left by an earlier "
                                                     f"run, {entry.state} then)"))

@@ -5,18 +5,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime
-from email import policy
+from email import policy, quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from urllib.parse import quote
 
-from digest_mailer.errors import DigestMailerError
+from digest_mailer.errors import DigestMailerError, RenderError
 from digest_mailer.models import OutgoingMessage, RenderedDigest, Subscriber
+from digest_mailer.render import DigestTemplate, Marks, one_line
 
 # SMTP policy: CRLF line ends, headers folded at 78. Raw headers set with `set_raw` are kept as
 # given, which is how List-Unsubscribe stays out of an encoded word (RFC 8058 clients need the
@@ -103,3 +105,146 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
         html=rendered.html,
         run_date=run_date,
     )
+
+
+def fold(name: str, value: object, *, raw: bool = False) -> bytes:
+    """One header exactly as the email package writes it: through the header registry, or
+    as given for a raw header (set_raw)."""
+    stored = value if raw else POLICY.header_factory(name, value)
+    return POLICY.fold(name, stored).encode("ascii", "surrogateescape")
+
+
+def _qp_line(line: str) -> bytes:
+    """One source line, quoted-printable, as the email package encodes it within a body: its
+    encoder works line by line, so encoding lines apart gives the same bytes."""
+    raw = line.encode("utf-8").decode("latin-1")
+    return quoprimime.body_encode(raw + "\n", POLICY.max_line_length).replace(
+        "\n", "\r\n").encode("ascii")
+
+
+def _qp_body(text: str) -> bytes:
+    lines = text.encode("utf-8").splitlines()
+    body = (b"\n".join(lines) + b"\n").decode("latin-1")
+    return quoprimime.body_encode(body, POLICY.max_line_length).replace("\n", "\r\n").encode(
+        "ascii")
+
+
+Piece = bytes | tuple[str, str]  # static bytes, or (part, source line) filled per subscriber
+_DYNAMIC = ("To", "Subject", "Message-ID", "List-Unsubscribe")
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """The parts of every message of a run that no digest or subscriber changes."""
+
+    sender: str
+    envelope_from: str
+    reply_to: str | None
+    list_id: str
+    mailto: str | None
+    when: datetime
+    run_date: date
+    signer: DkimSigner | None = None
+
+
+class MessageTemplate:
+    """A digest template serialised once; each subscriber's message is spliced from it: their
+    To, Subject, Message-ID and List-Unsubscribe headers, and the few body lines that hold their
+    name, address or link, re-encoded. The bytes equal build_message's for the same values
+    (the MIME boundary aside), which the tests check."""
+
+    def __init__(self, template: DigestTemplate, shared: Shared, *, set_id: int | None = None
+                 ) -> None:
+        self.template = template
+        self.shared = shared
+        self.set_id = set_id
+        marks = template.marks
+        self._subject_static = not any(m in template.subject for m in marks.all())
+        probe = build_message(
+            RenderedDigest(subject=one_line(template.subject), html=template.html,
+                           text=template.text),
+            subscriber=Subscriber(email="probe@example.invalid", name=marks.name),
+            sender=shared.sender, envelope_from=shared.envelope_from,
+            reply_to=shared.reply_to, list_id_header=shared.list_id,
+            unsubscribe="<probe>", message_id="<probe@example.invalid>", when=shared.when,
+            run_date=shared.run_date).data
+        head, body = probe.split(b"\r\n\r\n", 1)
+        self._head: list[tuple[str, bytes]] = []
+        for field in re.split(rb"\r\n(?![ \t])", head):
+            name = field.split(b":", 1)[0].decode("ascii")
+            dynamic = name in _DYNAMIC and not (name == "Subject" and self._subject_static)
+            self._head.append((name, b"" if dynamic else field + b"\r\n"))
+        self._pieces: list[Piece] = []
+        rest = b"\r\n" + body
+        for part, text in (("text", template.text), ("html", template.html)):
+            encoded = _qp_body(text)
+            at = rest.find(encoded)
+            if at < 0 or not text:
+                raise RenderError("could not splice the digest template (the email package "
+                                  "changed how it encodes?)")
+            self._static(rest[:at])
+            for line in text.encode("utf-8").splitlines():
+                source = line.decode("utf-8")
+                if any(m in source for m in marks.all()):
+                    self._pieces.append((part, source))
+                else:
+                    self._static(_qp_line(source))
+            rest = rest[at + len(encoded):]
+        self._static(rest)
+
+    def _static(self, chunk: bytes) -> None:
+        if self._pieces and isinstance(self._pieces[-1], bytes):
+            self._pieces[-1] += chunk
+        else:
+            self._pieces.append(chunk)
+
+    def personalize(self, *, email: str, name: str, unsubscribe_url: str, token: str,
+                    message_id: str, want_html: bool = False) -> OutgoingMessage:
+        t = self.template
+        subject = one_line(t.subject) if self._subject_static else t.fill_subject(
+            name, email, unsubscribe_url)
+        dynamic = {
+            "To": lambda: fold("To", Address(display_name=name, addr_spec=email)),
+            "Subject": lambda: fold("Subject", subject),
+            "Message-ID": lambda: fold("Message-ID", message_id),
+            "List-Unsubscribe": lambda: fold(
+                "List-Unsubscribe", list_unsubscribe(unsubscribe_url, self.shared.mailto, token),
+                raw=True),
+        }
+        out = [line or dynamic[field]() for field, line in self._head]
+        for piece in self._pieces:
+            if isinstance(piece, bytes):
+                out.append(piece)
+            elif piece[0] == "html":
+                out.append(_qp_line(t.fill_html(piece[1], name, email, unsubscribe_url)))
+            else:
+                out.append(_qp_line(t.fill_text(piece[1], name, email, unsubscribe_url)))
+        data = b"".join(out)
+        shared = self.shared
+        return OutgoingMessage(
+            recipient=email, envelope_from=shared.envelope_from, message_id=message_id,
+            subject=subject, data=shared.signer.sign(data) if shared.signer else data,
+            html=t.fill_html(t.html, name, email, unsubscribe_url) if want_html else "",
+            run_date=shared.run_date, set_id=self.set_id, name=name,
+            unsubscribe_url=unsubscribe_url, token=token)
+
+    def to_bytes(self) -> bytes:
+        """What the outbox stores to rebuild this template after a crash (the key aside)."""
+        t, s = self.template, self.shared
+        return json.dumps({
+            "subject": t.subject, "html": t.html, "text": t.text, "marks": list(t.marks.all()),
+            "sender": s.sender, "envelope_from": s.envelope_from, "reply_to": s.reply_to,
+            "list_id": s.list_id, "mailto": s.mailto, "when": s.when.isoformat(),
+            "run_date": s.run_date.isoformat()}).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, set_id: int, signer: DkimSigner | None
+                   ) -> MessageTemplate:
+        d = json.loads(data)
+        template = DigestTemplate(subject=d["subject"], html=d["html"], text=d["text"],
+                                  marks=Marks(*d["marks"]))
+        shared = Shared(sender=d["sender"], envelope_from=d["envelope_from"],
+                        reply_to=d["reply_to"], list_id=d["list_id"], mailto=d["mailto"],
+                        when=datetime.fromisoformat(d["when"]),
+                        run_date=date.fromisoformat(d["run_date"]), signer=signer)
+        return cls(template, shared, set_id=set_id)

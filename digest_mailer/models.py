@@ -153,6 +153,11 @@ class OutgoingMessage:
     data: bytes
     html: str
     run_date: date
+    # What rebuilds it from its digest template after a crash (the outbox keeps these).
+    set_id: int | None = None
+    name: str = ""
+    unsubscribe_url: str = ""
+    token: str = ""
 
 
 class Status(StrEnum):

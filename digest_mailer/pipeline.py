@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from digest_mailer import credentials
+from digest_mailer.compose import Composer
 from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.delivery import Backend, BackendOptions, open_backend
 from digest_mailer.dispatch import Dispatcher, Policy
@@ -20,22 +21,18 @@ from digest_mailer.errors import DigestMailerError
 from digest_mailer.lock import run_lock
 from digest_mailer.message import (
     DkimSigner,
-    build_message,
+    Shared,
     list_id,
-    list_unsubscribe,
-    make_message_id,
-    unsubscribe_token,
 )
 from digest_mailer.models import (
-    Digest,
     FetchResult,
+    Paper,
     RunReport,
     Status,
     Subscriber,
     SubscriberOutcome,
 )
 from digest_mailer.render import Renderer
-from digest_mailer.select import Filter, select
 from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
@@ -74,6 +71,16 @@ class Envelope:
     unsubscribe_mailto: str | None
     secret: bytes
     signer: DkimSigner | None = None
+
+    def composer(self, renderer: Renderer, papers: Sequence[Paper], run_date: date,
+                 ledger: Ledger | None, now: datetime) -> Composer:
+        shared = Shared(sender=self.sender, envelope_from=self.envelope_from,
+                        reply_to=self.reply_to, list_id=self.list_id,
+                        mailto=self.unsubscribe_mailto, when=now, run_date=run_date,
+                        signer=self.signer)
+        return Composer(renderer=renderer, shared=shared, newsletter=self.newsletter,
+                        domain=self.domain, unsubscribe_url=self.unsubscribe_url,
+                        secret=self.secret, papers=papers, ledger=ledger)
 
     @classmethod
     def of(cls, config: Config, secret: bytes) -> Envelope:
@@ -245,6 +252,8 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     dispatcher = Dispatcher(ledger, backend, run_id, clock=lambda: datetime.now(now.tzinfo),
                             wait=wait or (lambda seconds: should_stop()),
                             policy=policy or Policy())
+    composer = envelope.composer(renderer, fetched.papers, run_date,
+                                 ledger if record else None, now)
 
     def done(outcome: SubscriberOutcome) -> SubscriberOutcome:
         logger.info("%s: %s %s", outcome.email, outcome.status, outcome.detail)
@@ -252,13 +261,17 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
             on_progress(outcome)
         return outcome
 
-    outcomes = [done(o) for o in dispatcher.leftovers(run_date)] if record else []
+    outcomes: list[SubscriberOutcome] = []
+    if record:
+        outcomes = [done(o) for o in dispatcher.leftovers(
+            lambda entry: composer.rebuild(entry, envelope.signer))]
+    waiting = ledger.outbox.waiting_subscribers()
     for sub in subscribers:
         if not dispatcher.stopped and should_stop():
             dispatcher.stopped = "the run was asked to stop"
-        outcomes.append(done(_subscriber(sub, fetched, ledger=ledger, dispatcher=dispatcher,
-                                         renderer=renderer, envelope=envelope, now=now,
-                                         run_date=run_date, ignore_ledger=ignore_ledger)))
+        outcomes.append(done(_subscriber(
+            sub, fetched, ledger=ledger, dispatcher=dispatcher, composer=composer, now=now,
+            run_date=run_date, ignore_ledger=ignore_ledger, waiting=waiting)))
     retried = {o.message_id: done(o) for o in dispatcher.retry_deferred()}
     outcomes = [retried.get(o.message_id, o) if o.message_id else o for o in outcomes]
     stopped = dispatcher.stopped
@@ -267,7 +280,9 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                        skipped=fetched.skipped, skipped_reasons=fetched.skipped_reasons,
                        outcomes=tuple(outcomes), dry_run=not record, run_id=run_id,
                        stopped=stopped)
+    logger.info("%d distinct digest(s) rendered", composer.rendered_sets)
     if run_id is not None:
+        ledger.outbox.prune_sets()
         ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
                           sent=report.delivered, failed=report.failed,
                           outcome="stopped" if stopped else
@@ -276,8 +291,8 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
 
 
 def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
-                dispatcher: Dispatcher, renderer: Renderer, envelope: Envelope, now: datetime,
-                run_date: date, ignore_ledger: bool) -> SubscriberOutcome:
+                dispatcher: Dispatcher, composer: Composer, now: datetime, run_date: date,
+                ignore_ledger: bool, waiting: frozenset[str]) -> SubscriberOutcome:
     """One subscriber's share of the run: why nothing goes out, or their one email."""
     if dispatcher.stopped:
         return SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED, detail=dispatcher.stopped)
@@ -290,8 +305,9 @@ def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
     suppressed = ledger.suppressed(sub.email)
     if suppressed:
         return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
-    offered = frozenset() if ignore_ledger else ledger.offered_ids(sub.email)
-    selection = select(sub, fetched.papers, offered, Filter.of(sub))
+    offered = frozenset() if ignore_ledger else ledger.offered_ids(
+        sub.email, check_outbox=sub.key in waiting)
+    selection = composer.select(sub, offered)
     if not selection.matches:
         if selection.matched_total == 0:
             why = "no paper matches" if fetched.papers else "the feed is empty"
@@ -299,17 +315,7 @@ def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
         return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
                                  detail=f"all {selection.matched_total} matching papers were "
                                         "offered before")
-    token = unsubscribe_token(envelope.secret, sub.email)
-    url = envelope.unsubscribe_url.replace("{token}", token)
-    rendered = renderer.render(Digest(newsletter=envelope.newsletter, run_date=run_date,
-                                      subscriber=sub, matches=selection.matches,
-                                      over_cap=selection.over_cap, unsubscribe_url=url))
-    message = build_message(
-        rendered, subscriber=sub, sender=envelope.sender, envelope_from=envelope.envelope_from,
-        reply_to=envelope.reply_to, list_id_header=envelope.list_id,
-        unsubscribe=list_unsubscribe(url, envelope.unsubscribe_mailto, token),
-        message_id=make_message_id(envelope.domain, now), when=now, run_date=run_date,
-        signer=envelope.signer)
+    message = composer.compose(selection, run_date, now, want_html=dispatcher.backend.dry_run)
     outcome = dispatcher.send(message, [m.paper.id for m in selection.matches],
                               selection.offered)
     if outcome.status in (Status.SENT, Status.WRITTEN) and selection.over_cap:

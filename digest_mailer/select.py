@@ -97,20 +97,31 @@ def rank_key(paper: Paper) -> tuple[int, int, str]:
     return (-paper.upvotes, -ordinal, paper.id)
 
 
-def select(sub: Subscriber, papers: Iterable[Paper], offered: Collection[str],
-           compiled: Filter | None = None) -> Selection:
+def profile_key(sub: Subscriber) -> tuple[object, ...]:
+    """Subscribers with equal keys match the same papers for the same reasons."""
+    return (sub.topics, sub.exclude, sub.authors, sub.min_upvotes)
+
+
+def ranked_matches(sub: Subscriber, papers: Iterable[Paper]) -> tuple[Match, ...]:
+    """Every paper the subscriber's filters keep, best first, before the ledger and the cap:
+    the same for everyone with the same profile_key, so a run computes it once per profile."""
+    flt = Filter.of(sub)
+    kept = (v.match for v in (flt.judge(p) for p in papers)
+            if v.drop is None and v.match is not None)
+    return tuple(sorted(kept, key=lambda m: rank_key(m.paper)))
+
+
+def select_ranked(sub: Subscriber, ranked: tuple[Match, ...], offered: Collection[str]
+                  ) -> Selection:
+    fresh = [m for m in ranked if m.paper.id not in offered] if offered else list(ranked)
+    return Selection(subscriber=sub, matches=tuple(fresh[: sub.max_papers]),
+                     offered=tuple(m.paper.id for m in fresh), matched_total=len(ranked),
+                     already_offered=len(ranked) - len(fresh))
+
+
+def select(sub: Subscriber, papers: Iterable[Paper], offered: Collection[str]) -> Selection:
     """The subscriber's new matches, ranked and capped; `offered` ids are never offered again."""
-    flt = compiled or Filter.of(sub)
-    verdicts = [flt.judge(p, offered) for p in papers]
-    fresh = sorted((v.match for v in verdicts if v.drop is None and v.match is not None),
-                   key=lambda m: rank_key(m.paper))
-    return Selection(
-        subscriber=sub,
-        matches=tuple(fresh[: sub.max_papers]),
-        offered=tuple(m.paper.id for m in fresh),
-        matched_total=sum(1 for v in verdicts if v.drop in (None, Drop.ALREADY_OFFERED)),
-        already_offered=sum(1 for v in verdicts if v.drop is Drop.ALREADY_OFFERED),
-    )
+    return select_ranked(sub, ranked_matches(sub, papers), offered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,14 @@ import pytest
 
 from conftest import NOW
 from digest_mailer.errors import StoreError
-from digest_mailer.models import Paper
+from digest_mailer.models import OutgoingMessage, Paper
 from digest_mailer.store import SCHEMA_VERSION, Ledger
+
+
+def message(to: str, message_id: str, **kw: object) -> OutgoingMessage:
+    return OutgoingMessage(recipient=to, envelope_from="p@x.org", message_id=message_id,
+                           subject="S", data=b"", html="", run_date=date(2025, 6, 2),
+                           **kw)  # type: ignore[arg-type]
 
 
 def test_new_ledger_has_a_schema_version(tmp_path: Path) -> None:
@@ -27,8 +33,7 @@ def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
     with Ledger.open(path) as ledger:
         run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
         ledger.remember([Paper(id="1", title="One", upvotes=3)], NOW)
-        entry = ledger.outbox.add(run_id=run, recipient="Ada@Example.org", message_id="<m1@x>",
-                                  subject="S", envelope_from="p@x.org", data=b"x",
+        entry = ledger.outbox.add(message("Ada@Example.org", "<m1@x>"), run_id=run,
                                   included=["1"], offered=["1", "2"], now=NOW)
         ledger.outbox.sending(entry, NOW)
         ledger.outbox.sent(entry, NOW, run)
@@ -42,9 +47,8 @@ def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
 def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "s.sqlite3") as ledger:
         def add(who: str, paper: str) -> int:
-            return ledger.outbox.add(run_id=None, recipient=who, message_id="<m1@x>",
-                                     subject="S", envelope_from="p@x.org", data=b"x",
-                                     included=[paper], offered=[paper], now=NOW)
+            return ledger.outbox.add(message(who, "<m1@x>"), run_id=None, included=[paper],
+                                     offered=[paper], now=NOW)
 
         add("a@x.org", "1")
         with pytest.raises(StoreError):  # the same Message-ID twice violates UNIQUE
@@ -56,25 +60,27 @@ def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
 def test_outbox_states_and_what_counts_as_offered(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "s.sqlite3") as ledger:
         box = ledger.outbox
-        first = box.add(run_id=None, recipient="A@x.org", message_id="<1@x>", subject="S",
-                        envelope_from="p@x.org", data=b"bytes", included=["1"],
-                        offered=["1", "2"], now=NOW)
+        set_id = box.add_set(b"template bytes", NOW)
+        assert box.load_set(set_id) == b"template bytes"
+        first = box.add(message("A@x.org", "<1@x>", set_id=set_id, name="Ada"), run_id=None,
+                        included=["1"], offered=["1", "2"], now=NOW)
         box.sending(first, NOW)
         (entry,) = box.open_entries()
-        assert (entry.recipient, entry.state, entry.attempts, entry.data) == \
-            ("A@x.org", "sending", 1, b"bytes")
+        assert (entry.recipient, entry.state, entry.attempts, entry.set_id, entry.name) == \
+            ("A@x.org", "sending", 1, set_id, "Ada")
         box.deferred(first, NOW, "451 try later")
         assert ledger.offered_ids("a@x.org") == {"1", "2"}
         box.sent(first, NOW, None)
         assert box.open_entries() == [] and ledger.sent_papers("<1@x>") == ["1"]
         for n in range(2):
-            failed = box.add(run_id=None, recipient="A@x.org", message_id=f"<f{n}@x>",
-                             subject="S", envelope_from="p@x.org", data=b"x", included=["3"],
+            failed = box.add(message("A@x.org", f"<f{n}@x>"), run_id=None, included=["3"],
                              offered=["3"], now=NOW)
             box.failed(failed, NOW, "550 no such user")
         assert box.hard_failures("a@x.org") == 2
         assert ledger.offered_ids("a@x.org") == {"1", "2"}  # failed messages hold nothing
         assert box.counts() == {"sent": 1, "failed": 2}
+        box.prune_sets()
+        assert box.load_set(set_id) is None  # no unsent message needs it
 
 
 def test_suppressions_are_idempotent(tmp_path: Path) -> None:

@@ -152,16 +152,18 @@ class Ledger:
     def outbox(self) -> Outbox:
         return Outbox(self)
 
-    def offered_ids(self, subscriber: str) -> frozenset[str]:
+    def offered_ids(self, subscriber: str, *, check_outbox: bool = True) -> frozenset[str]:
         """Papers offered in a delivery, and those held by a message not sent yet: neither
-        goes into another email."""
+        goes into another email. `check_outbox=False` skips the second part for a subscriber
+        known to have no unsent message."""
         key = subscriber.lower()
         ids = {r[0] for r in self._conn.execute(
             "SELECT paper_id FROM offers WHERE subscriber = ?", (key,))}
-        for (offered,) in self._conn.execute(
-                "SELECT offered FROM outbox WHERE subscriber = ? AND state IN "
-                "('pending', 'sending', 'deferred')", (key,)):
-            ids.update(offered.split())
+        if check_outbox:
+            for (offered,) in self._conn.execute(
+                    "SELECT offered FROM outbox WHERE subscriber = ? AND state IN "
+                    "('pending', 'sending', 'deferred')", (key,)):
+                ids.update(offered.split())
         return frozenset(ids)
 
     # -- suppressions ---------------------------------------------------------------------

@@ -39,17 +39,26 @@ CREATE TABLE IF NOT EXISTS offers (
     included    INTEGER NOT NULL,
     PRIMARY KEY (subscriber, paper_id)
 ) WITHOUT ROWID;
--- Schema 2: the outbox and the suppression list.
+-- Schema 2: the outbox and the suppression list. A message is its digest template (stored once
+-- for everyone who shares it) and the few values that make it one subscriber's.
+CREATE TABLE IF NOT EXISTS outbox_sets (
+    id         INTEGER PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    template   BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
-    id            INTEGER PRIMARY KEY,
-    run_id        INTEGER REFERENCES runs(id),
-    subscriber    TEXT NOT NULL,
-    recipient     TEXT NOT NULL,
-    message_id    TEXT NOT NULL UNIQUE,
-    subject       TEXT NOT NULL,
-    envelope_from TEXT NOT NULL,
-    data          BLOB,
-    included      TEXT NOT NULL,
+    id              INTEGER PRIMARY KEY,
+    run_id          INTEGER REFERENCES runs(id),
+    set_id          INTEGER,
+    subscriber      TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    unsubscribe_url TEXT NOT NULL,
+    token           TEXT NOT NULL,
+    message_id      TEXT NOT NULL UNIQUE,
+    subject         TEXT NOT NULL,
+    envelope_from   TEXT NOT NULL,
+    included        TEXT NOT NULL,
     offered       TEXT NOT NULL,
     state         TEXT NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,

@@ -1,0 +1,110 @@
+"""The fast path (one template per distinct digest, spliced per subscriber) gives the same bytes
+as the simple path (everything rendered and serialised per subscriber), Message-ID and MIME
+boundary aside."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import capture
+from digest_mailer.compose import Composer
+from digest_mailer.message import (
+    MessageTemplate,
+    Shared,
+    build_message,
+    list_unsubscribe,
+    unsubscribe_token,
+)
+from digest_mailer.models import Digest, OutgoingMessage, Paper, Subscriber
+from digest_mailer.render import Renderer
+from digest_mailer.select import select
+from digest_mailer.sources import FileSource
+
+RUN = date(2025, 6, 2)
+WHEN = datetime(2025, 6, 2, 7, tzinfo=UTC)
+SECRET = b"fast-path-secret-0123456789"
+URL = "https://papers.example.org/unsubscribe/{token}"
+SHARED = Shared(sender="Daily Papers <papers@example.org>", envelope_from="papers@example.org",
+                reply_to="Editors <ed@example.org>", list_id="Daily Papers <dp.example.org>",
+                mailto="unsubscribe@example.org", when=WHEN, run_date=RUN)
+NAMES = ["Ada", "", "Zoë 李 🎉", "O'Brien & <Co> \"Q\"", "محمد", "N" * 90,
+         "Jean-Luc Picard, PhD", "zq0000000000000000nm"]
+PROFILES = [dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")),
+            dict(), dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
+
+
+@pytest.fixture(scope="module")
+def papers() -> tuple[Paper, ...]:
+    return FileSource(None, capture("hf_daily_papers_2025-06-02.json")).fetch(RUN).papers
+
+
+def subscribers() -> list[Subscriber]:
+    return [Subscriber(email=f"reader{n}+x@example.org", name=name, **PROFILES[n % 5])
+            for n, name in enumerate(NAMES * 2)]
+
+
+def slow(renderer: Renderer, sub: Subscriber, papers: tuple[Paper, ...],
+         message_id: str) -> OutgoingMessage:
+    selection = select(sub, papers, ())
+    token = unsubscribe_token(SECRET, sub.email)
+    url = URL.replace("{token}", token)
+    digest = Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)
+    return build_message(renderer.render(digest), subscriber=sub, sender=SHARED.sender,
+                         envelope_from=SHARED.envelope_from, reply_to=SHARED.reply_to,
+                         list_id_header=SHARED.list_id,
+                         unsubscribe=list_unsubscribe(url, SHARED.mailto, token),
+                         message_id=message_id, when=WHEN, run_date=RUN)
+
+
+def masked(data: bytes) -> bytes:
+    data = re.sub(rb"===============\d+==", b"BOUNDARY", data)
+    return re.sub(rb"Message-ID: <[^>]+>", b"Message-ID: <MASKED>", data)
+
+
+@pytest.mark.parametrize("subject", [None, "{{ count }} papers for {{ name or email }}"])
+def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
+                                          subject: str | None) -> None:
+    renderer = Renderer(subject_template=subject)
+    composer = Composer(renderer=renderer, shared=SHARED, newsletter="Daily Papers",
+                        domain="example.org", unsubscribe_url=URL, secret=SECRET, papers=papers,
+                        max_templates=3)  # small, so templates are also evicted and remade
+    # Grouped by profile: neighbours share a template, and the small cache still evicts.
+    for sub in sorted(subscribers(), key=lambda s: (s.topics, s.authors, s.max_papers)):
+        fast = composer.compose(composer.select(sub, ()), RUN, WHEN, want_html=True)
+        reference = slow(renderer, sub, papers, fast.message_id)
+        assert fast.data == reference.data or masked(fast.data) == masked(reference.data), \
+            sub.name
+        assert fast.html == reference.html and fast.subject == reference.subject
+    assert composer.rendered_sets < len(subscribers())  # templates were shared
+
+
+def test_rebuilt_from_the_stored_template(papers: tuple[Paper, ...]) -> None:
+    renderer = Renderer()
+    sub = subscribers()[2]
+    selection = select(sub, papers, ())
+    token = unsubscribe_token(SECRET, sub.email)
+    url = URL.replace("{token}", token)
+    template = MessageTemplate(renderer.render_template(
+        Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)), SHARED)
+    again = MessageTemplate.from_bytes(template.to_bytes(), set_id=7, signer=None)
+    kwargs = dict(email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
+                  message_id="<same@example.org>")
+    first, second = template.personalize(**kwargs), again.personalize(**kwargs)
+    assert masked(first.data) == masked(second.data)
+    assert second.set_id == 7 and second.message_id == "<same@example.org>"
+
+
+def test_marks_in_a_feed_are_only_text(tmp_path: Path, papers: tuple[Paper, ...]) -> None:
+    from dataclasses import replace
+
+    forged = replace(papers[0], title="zq0123456789abcdefnm zq0123456789abcdefur")
+    composer = Composer(renderer=Renderer(), shared=SHARED, newsletter="Daily Papers",
+                        domain="example.org", unsubscribe_url=URL, secret=SECRET,
+                        papers=(forged,))
+    sub = Subscriber(email="ada@example.org", name="Ada")
+    message = composer.compose(composer.select(sub, ()), RUN, WHEN, want_html=True)
+    assert "zq0123456789abcdefnm zq0123456789abcdefur" in message.html
