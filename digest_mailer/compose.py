@@ -5,6 +5,7 @@ profile. Caches are bounded, so memory stays flat however many subscribers there
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Composer:
     ledger: Ledger | None = None  # when set, each new template is stored for the outbox
     max_templates: int = 256
     rendered_sets: int = 0
+    render_seconds: float = 0.0  # spent rendering and serialising distinct digests
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
@@ -56,7 +58,9 @@ class Composer:
         if found is not None:
             self._templates.move_to_end(key)
             return found
+        started = time.perf_counter()
         template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+        self.render_seconds += time.perf_counter() - started
         if self.ledger is not None and not self.ledger.readonly:
             template.set_id = self.ledger.outbox.add_set(template.to_bytes(), now)
         self.rendered_sets += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import tomllib
 from email.headerregistry import Address
@@ -25,15 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from digest_mailer.constants import SOURCE_KINDS, WEEKDAYS
 from digest_mailer.errors import ConfigError
 from digest_mailer.models import Subscriber
 
-CONFIG_ENV = "DIGEST_MAILER_CONFIG"
-DEFAULT_CONFIG = "digest-mailer.toml"
-SOURCE_KINDS = ("huggingface", "huggingface-page", "arxiv")
-BACKENDS = ("smtp", "file")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+__all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "load_config", "parse_config",
+           "settings_table"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -326,12 +323,6 @@ class Config(_Section):
                        paused=s.pause)
             for s in self.subscribers
         )
-
-
-def find_config(explicit: str | None) -> Path:
-    """--config, then $DIGEST_MAILER_CONFIG, then ./digest-mailer.toml."""
-    chosen = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
-    return Path(chosen)
 
 
 def load_config(path: Path) -> Config:

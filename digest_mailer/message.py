@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -114,6 +115,33 @@ def fold(name: str, value: object, *, raw: bool = False) -> bytes:
     return POLICY.fold(name, stored).encode("ascii", "surrogateescape")
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.+_-]+@[A-Za-z0-9.-]+")
+
+
+def to_header(name: str, email: str) -> bytes:
+    """The To header, as fold() writes it, without its cost for the common cases: a plain
+    name (or none) as is; any other name folded once and reused for addresses of the same
+    shape, since folding sees an address only as a whole word of its length."""
+    if _PLAIN_ADDRESS.fullmatch(email):
+        line = f"To: {name} <{email}>" if name else f"To: {email}"
+        if (not name or _PLAIN_NAME.fullmatch(name)) and len(line) <= POLICY.max_line_length:
+            return line.encode("ascii") + b"\r\n"
+        local, _, domain = email.partition("@")
+        folded, stand_in = _to_shape(name, len(local), len(domain))
+        if folded.count(stand_in) == 1:
+            return folded.replace(stand_in, email.encode("ascii"))
+    return fold("To", Address(display_name=name, addr_spec=email))
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_shape(name: str, local: int, domain: int) -> tuple[bytes, bytes]:
+    if domain < 4:
+        return b"", b"-"  # no shape to stand in for: the caller folds this one itself
+    stand_in = "q" * local + "@" + "q" * (domain - 3) + ".qq"
+    return fold("To", Address(display_name=name, addr_spec=stand_in)), stand_in.encode()
+
+
 def _qp_line(line: str) -> bytes:
     """One source line, quoted-printable, as the email package encodes it within a body: its
     encoder works line by line, so encoding lines apart gives the same bytes."""
@@ -160,9 +188,12 @@ class MessageTemplate:
         self.set_id = set_id
         marks = template.marks
         self._subject_static = not any(m in template.subject for m in marks.all())
+        # The email package lays out the headers and the MIME frame around two stand-in
+        # bodies; the real bodies are encoded line by line below, as it would encode them.
+        stand_in = {"text": f"{marks.name}text", "html": f"{marks.name}html"}
         probe = build_message(
-            RenderedDigest(subject=one_line(template.subject), html=template.html,
-                           text=template.text),
+            RenderedDigest(subject=one_line(template.subject), html=stand_in["html"],
+                           text=stand_in["text"]),
             subscriber=Subscriber(email="probe@example.invalid", name=marks.name),
             sender=shared.sender, envelope_from=shared.envelope_from,
             reply_to=shared.reply_to, list_id_header=shared.list_id,
@@ -177,18 +208,24 @@ class MessageTemplate:
         self._pieces: list[Piece] = []
         rest = b"\r\n" + body
         for part, text in (("text", template.text), ("html", template.html)):
-            encoded = _qp_body(text)
+            encoded = _qp_body(stand_in[part])
             at = rest.find(encoded)
             if at < 0 or not text:
                 raise RenderError("could not splice the digest template (the email package "
                                   "changed how it encodes?)")
             self._static(rest[:at])
+            run: list[str] = []  # static lines, encoded together
             for line in text.encode("utf-8").splitlines():
                 source = line.decode("utf-8")
                 if any(m in source for m in marks.all()):
+                    if run:
+                        self._static(_qp_body("\n".join(run)))
+                        run = []
                     self._pieces.append((part, source))
                 else:
-                    self._static(_qp_line(source))
+                    run.append(source)
+            if run:
+                self._static(_qp_body("\n".join(run)))
             rest = rest[at + len(encoded):]
         self._static(rest)
 
@@ -204,7 +241,7 @@ class MessageTemplate:
         subject = one_line(t.subject) if self._subject_static else t.fill_subject(
             name, email, unsubscribe_url)
         dynamic = {
-            "To": lambda: fold("To", Address(display_name=name, addr_spec=email)),
+            "To": lambda: to_header(name, email),
             "Subject": lambda: fold("Subject", subject),
             "Message-ID": lambda: fold("Message-ID", message_id),
             "List-Unsubscribe": lambda: fold(

@@ -33,6 +33,7 @@ from digest_mailer.models import (
     SubscriberOutcome,
 )
 from digest_mailer.render import Renderer
+from digest_mailer.select import profile_key
 from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
@@ -266,12 +267,17 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
         outcomes = [done(o) for o in dispatcher.leftovers(
             lambda entry: composer.rebuild(entry, envelope.signer))]
     waiting = ledger.outbox.waiting_subscribers()
-    for sub in subscribers:
+    # Subscribers who share filters go one after another, so each distinct digest is rendered
+    # once while it is in the composer's bounded cache; the report keeps the config's order.
+    order = sorted(range(len(subscribers)), key=lambda i: batch_key(subscribers[i]))
+    own: dict[int, SubscriberOutcome] = {}
+    for i in order:
         if not dispatcher.stopped and should_stop():
             dispatcher.stopped = "the run was asked to stop"
-        outcomes.append(done(_subscriber(
-            sub, fetched, ledger=ledger, dispatcher=dispatcher, composer=composer, now=now,
-            run_date=run_date, ignore_ledger=ignore_ledger, waiting=waiting)))
+        own[i] = done(_subscriber(
+            subscribers[i], fetched, ledger=ledger, dispatcher=dispatcher, composer=composer,
+            now=now, run_date=run_date, ignore_ledger=ignore_ledger, waiting=waiting))
+    outcomes += [own[i] for i in range(len(subscribers))]
     retried = {o.message_id: done(o) for o in dispatcher.retry_deferred()}
     outcomes = [retried.get(o.message_id, o) if o.message_id else o for o in outcomes]
     stopped = dispatcher.stopped
@@ -280,7 +286,8 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                        skipped=fetched.skipped, skipped_reasons=fetched.skipped_reasons,
                        outcomes=tuple(outcomes), dry_run=not record, run_id=run_id,
                        stopped=stopped)
-    logger.info("%d distinct digest(s) rendered", composer.rendered_sets)
+    logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
+                composer.render_seconds)
     if run_id is not None:
         ledger.outbox.prune_sets()
         ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
@@ -288,6 +295,10 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                           outcome="stopped" if stopped else
                           "failures" if report.failed else "ok")
     return report
+
+
+def batch_key(sub: Subscriber) -> tuple[object, ...]:
+    return (*profile_key(sub), sub.max_papers, bool(sub.name))
 
 
 def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, base_config, toml_text
-from digest_mailer.config import find_config, load_config, settings_table
+from digest_mailer.cli.common import config_file as find_config
+from digest_mailer.config import load_config, settings_table
 from digest_mailer.errors import ConfigError
 
 EXAMPLE = REPO / "config.example.toml"

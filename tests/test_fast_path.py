@@ -32,7 +32,9 @@ SHARED = Shared(sender="Daily Papers <papers@example.org>", envelope_from="paper
                 reply_to="Editors <ed@example.org>", list_id="Daily Papers <dp.example.org>",
                 mailto="unsubscribe@example.org", when=WHEN, run_date=RUN)
 NAMES = ["Ada", "", "Zoë 李 🎉", "O'Brien & <Co> \"Q\"", "محمد", "N" * 90,
-         "Jean-Luc Picard, PhD", "zq0000000000000000nm"]
+         "Jean-Luc Picard, PhD", "zq0000000000000000nm", "Ada  Lovelace", "A.B. Smith",
+         "Zoë Nowak", "Søren Kierkegaard-Müller von und zu Lichtenstein-Hohenzollern Ω",
+         "Ada Lovelace Byron King Noel Countess of Lovelace Augusta Ada", "X"]
 PROFILES = [dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")),
             dict(), dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
 
@@ -42,9 +44,13 @@ def papers() -> tuple[Paper, ...]:
     return FileSource(None, capture("hf_daily_papers_2025-06-02.json")).fetch(RUN).papers
 
 
+EMAILS = ["reader{n}+x@example.org", "r{n}@a.io", "a.very.long.address.number.{n}@"
+          "subdomain.of.a.rather.long.domain.example.org"]
+
+
 def subscribers() -> list[Subscriber]:
-    return [Subscriber(email=f"reader{n}+x@example.org", name=name, **PROFILES[n % 5])
-            for n, name in enumerate(NAMES * 2)]
+    return [Subscriber(email=EMAILS[n % 3].format(n=n), name=name, **PROFILES[n % 5])
+            for n, name in enumerate(NAMES * 3)]
 
 
 def slow(renderer: Renderer, sub: Subscriber, papers: tuple[Paper, ...],

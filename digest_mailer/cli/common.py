@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from digest_mailer.config import SOURCE_KINDS, Config, find_config, load_config
+from digest_mailer.constants import CONFIG_ENV, DEFAULT_CONFIG, SOURCE_KINDS
 from digest_mailer.errors import ConfigError, DigestMailerError
+
+if TYPE_CHECKING:
+    from digest_mailer.config import Config
 
 
 def fail(e: DigestMailerError) -> NoReturn:
@@ -24,14 +28,17 @@ def fail(e: DigestMailerError) -> NoReturn:
 
 
 def load(path: str | None) -> Config:
+    from digest_mailer.config import load_config
+
     try:
-        return load_config(find_config(path))
+        return load_config(config_file(path))
     except DigestMailerError as e:
         fail(e)
 
 
 def config_file(path: str | None) -> Path:
-    return find_config(path)
+    """--config, then $DIGEST_MAILER_CONFIG, then ./digest-mailer.toml."""
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
 def now() -> datetime:

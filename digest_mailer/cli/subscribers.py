@@ -9,7 +9,7 @@ import click
 
 from digest_mailer.cli import cli
 from digest_mailer.cli.common import config_file, config_option, echo_json, fail, json_option, load
-from digest_mailer.config import WEEKDAYS
+from digest_mailer.constants import WEEKDAYS
 from digest_mailer.errors import DigestMailerError
 
 if TYPE_CHECKING:

@@ -66,7 +66,10 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            # WAL with NORMAL: every commit survives the process dying (SIGKILL included); only
+            # an OS crash or power loss can take back the last commits. FULL would fsync three
+            # times per message.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"{path}: cannot open the ledger ({e})",

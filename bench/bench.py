@@ -1,0 +1,438 @@
+"""digest-mailer's benchmark: personalised digests at scale, on this machine.
+
+    python bench/bench.py --subscribers 100000 --papers 100 --profiles 500
+
+It generates a config (subscribers spread over distinct topic profiles drawn from real ML
+vocabulary, names with non-ASCII letters) and a feed in the HF daily papers API schema, then
+measures, in the same run:
+
+1. building every personalised message (select + render + personalise + serialise);
+2. the naive pipeline (everything rendered and serialised per subscriber) on a sample;
+3. an end-to-end `run` through a local SMTP server on 127.0.0.1 (smtp-sink when installed,
+   else aiosmtpd, in a process of its own) against that server's raw throughput for
+   pre-built messages of the same size over the same connection count;
+4. peak RSS, and how time and memory grow from 1k to 10k to the full count;
+plus selection alone, `digest-mailer --help`, and the size of a 20-paper digest.
+Each figure is the median of --repeats runs. --json prints machine-readable results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+RUN = date(2025, 6, 2)
+NOW = datetime(2025, 6, 2, 7, tzinfo=UTC)
+SECRET = "bench-secret-0123456789abcdef"
+
+VOCABULARY = [
+    "diffusion", "diffusion transformer", "flow matching", "normalizing flow",
+    "reinforcement learning", "RLHF", "reward model", "preference optimization", "DPO",
+    "large language model", "language model", "instruction tuning", "chain-of-thought",
+    "reasoning", "mathematical reasoning", "code generation", "program synthesis", "agents",
+    "tool use", "retrieval-augmented generation", "retrieval", "embedding", "vision-language",
+    "multimodal", "video generation", "image generation", "text-to-image", "text-to-video",
+    "3D reconstruction", "gaussian splatting", "NeRF", "point cloud", "robotics",
+    "world model", "speech recognition", "text-to-speech", "audio", "music generation",
+    "mixture of experts", "sparse attention", "linear attention", "state space model", "Mamba",
+    "quantization", "pruning", "distillation", "knowledge distillation", "efficient inference",
+    "speculative decoding", "long context", "KV cache", "tokenization", "pretraining",
+    "scaling laws", "data curation", "synthetic data", "benchmark", "evaluation",
+    "hallucination", "alignment", "safety", "jailbreak", "red teaming", "interpretability",
+    "mechanistic interpretability", "federated learning", "graph neural network",
+    "time series", "medical imaging", "protein", "molecule", "weather forecasting",
+    "optical character recognition", "document understanding", "table understanding",
+    "autonomous driving", "semantic segmentation", "object detection", "video understanding",
+]
+EXCLUDES = ["survey", "benchmark", "dataset", "position paper", "workshop"]
+FIRST = ["Ada", "Zoë", "Łukasz", "José", "Søren", "Chloé", "Dmitri", "Ana", "Björn", "Mei",
+         "Aarav", "Fatima", "Yejin", "Jürgen", "Inês", "Kaito", "Nia", "Omar", "Priya", "Émile",
+         "李", "محمد", "Ἀλέξανδρος", "Oğuz"]
+LAST = ["Lovelace", "Nowak", "Müller", "García", "Kierkegaard", "Dubois", "Ivanov", "Lima",
+        "Berg", "Chen", "Sharma", "Khan", "Choi", "Schmidhuber", "Duarte", "Mori", "Okafor",
+        "Haddad", "Patel", "Zola", "小龙", "الخوارزمي", "Παπαδόπουλος", "Yılmaz"]
+
+
+# -- generation -------------------------------------------------------------------------------
+
+def make_feed(papers: int, rng: random.Random) -> list[dict[str, Any]]:
+    items = []
+    for n in range(papers):
+        terms = rng.sample(VOCABULARY, 3)
+        title = f"{terms[0].title()} Meets {terms[1]}: Towards Better {terms[2]}"
+        sentences = [f"We study {terms[0]} for {terms[1]}.",
+                     f"Our method improves {terms[2]} on standard benchmarks.",
+                     "Experiments across many settings show consistent gains over strong "
+                     "baselines, and an ablation isolates each component."] * 3
+        authors = [f"{rng.choice(FIRST)} {rng.choice(LAST)}" for _ in range(rng.randint(2, 12))]
+        upvotes = int(rng.paretovariate(1.2) * 3)
+        items.append({"paper": {
+            "id": f"2506.{n:05d}", "title": title, "summary": " ".join(sentences),
+            "authors": [{"name": a, "hidden": False} for a in authors],
+            "publishedAt": "2025-06-01T17:00:00.000Z",
+            "submittedOnDailyAt": "2025-06-02T06:00:00.000Z", "upvotes": upvotes,
+            "ai_summary": f"{terms[0].capitalize()} helps {terms[1]} and {terms[2]}.",
+            "ai_keywords": terms, "githubRepo": f"https://github.com/example/p{n}"},
+            "numComments": rng.randint(0, 9)})
+    return items
+
+
+def make_profiles(count: int, feed: list[dict[str, Any]], rng: random.Random
+                  ) -> list[dict[str, Any]]:
+    authors = sorted({a["name"] for item in feed for a in item["paper"]["authors"]})
+    profiles = []
+    for _ in range(count):
+        p: dict[str, Any] = {"topics": rng.sample(VOCABULARY, rng.randint(1, 3))}
+        if rng.random() < 0.3:
+            p["exclude"] = [rng.choice(EXCLUDES)]
+        if rng.random() < 0.2:
+            p["authors"] = [rng.choice(authors)]
+        if rng.random() < 0.05:
+            p = {}  # every paper
+        p["max_papers"] = rng.choice([5, 10, 20])
+        if rng.random() < 0.2:
+            p["min_upvotes"] = 3
+        profiles.append(p)
+    return profiles
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def write_config(folder: Path, subscribers: int, profiles: list[dict[str, Any]], feed: Path,
+                 rng: random.Random, port: int = 25) -> Path:
+    weights = [1 / (rank + 1) for rank in range(len(profiles))]  # a few popular profiles
+    lines = [
+        "[newsletter]", 'name = "Daily Papers"', 'from = "Daily Papers <papers@example.org>"',
+        "[source]", 'kind = "huggingface"', f"location = {json.dumps(str(feed))}",
+        "[state]", f"path = {json.dumps(str(folder / 'state.sqlite3'))}",
+        "[delivery]", 'backend = "smtp"', f"out_dir = {json.dumps(str(folder / 'out'))}",
+        "[delivery.smtp]", 'host = "127.0.0.1"', f"port = {port}", 'security = "none"',
+        "[unsubscribe]", 'url = "https://papers.example.org/unsubscribe/{token}"',
+        'mailto = "unsubscribe@example.org"',
+    ]
+    chosen = rng.choices(profiles, weights=weights, k=subscribers)
+    for n, profile in enumerate(chosen):
+        name = json.dumps(f"{rng.choice(FIRST)} {rng.choice(LAST)}", ensure_ascii=False)
+        lines += ["[[subscribers]]", f'email = "reader{n}@example.org"', f"name = {name}"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in profile.items()]
+    path = folder / f"config-{subscribers}-{port}.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# -- measurements -----------------------------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_all(config_path: Path) -> dict[str, Any]:
+    """Every subscriber's message built and dropped: what a run does before the network."""
+    from digest_mailer.config import load_config
+    from digest_mailer.pipeline import Envelope
+    from digest_mailer.render import Renderer
+    from digest_mailer.sources import FileSource
+
+    config = load_config(config_path)
+    subs = config.subscribers_view()
+    papers = FileSource("huggingface", Path(config.source_location)).fetch(RUN).papers
+    envelope = Envelope.of(config, SECRET.encode())
+    composer = envelope.composer(Renderer(), papers, RUN, None, NOW)
+    started = time.perf_counter()
+    emails = size = 0
+    for sub in subs:
+        selection = composer.select(sub, ())
+        if selection.matches:
+            message = composer.compose(selection, RUN, NOW)
+            emails += 1
+            size += len(message.data)
+    total = time.perf_counter() - started
+    build = total - composer.render_seconds
+    return {"subscribers": len(subs), "emails": emails, "seconds": total,
+            "sets": composer.rendered_sets, "set_seconds": composer.render_seconds,
+            "per_email_ms": build / emails * 1000, "emails_per_s": emails / build,
+            "mean_bytes": size / emails, "peak_rss_mb": peak_rss_mb()}
+
+
+def select_all(config_path: Path) -> dict[str, Any]:
+    from digest_mailer.config import load_config
+    from digest_mailer.pipeline import Envelope
+    from digest_mailer.render import Renderer
+    from digest_mailer.sources import FileSource
+
+    config = load_config(config_path)
+    subs = config.subscribers_view()
+    papers = FileSource("huggingface", Path(config.source_location)).fetch(RUN).papers
+    composer = Envelope.of(config, SECRET.encode()).composer(Renderer(), papers, RUN, None, NOW)
+    started = time.perf_counter()
+    for sub in subs:
+        composer.select(sub, ())
+    return {"subscribers": len(subs), "papers": len(papers),
+            "seconds": time.perf_counter() - started}
+
+
+def naive(config_path: Path, sample: int) -> dict[str, Any]:
+    """Everything per subscriber: select, Jinja, MJML, premailer, MIME."""
+    from digest_mailer.config import load_config
+    from digest_mailer.message import (
+        build_message,
+        list_unsubscribe,
+        make_message_id,
+        unsubscribe_token,
+    )
+    from digest_mailer.models import Digest
+    from digest_mailer.render import Renderer
+    from digest_mailer.select import select
+    from digest_mailer.sources import FileSource
+
+    config = load_config(config_path)
+    papers = FileSource("huggingface", Path(config.source_location)).fetch(RUN).papers
+    renderer = Renderer()
+    subs = [s for s in config.subscribers_view() if select(s, papers, ()).matches][:sample + 1]
+    emails, started = 0, 0.0
+    for n, sub in enumerate(subs):
+        if n == 1:  # the first one pays for importing MJML and premailer
+            started = time.perf_counter()
+        selection = select(sub, papers, ())
+        token = unsubscribe_token(SECRET.encode(), sub.email)
+        url = config.unsubscribe.url.replace("{token}", token)
+        rendered = renderer.render(Digest("Daily Papers", RUN, sub, selection.matches,
+                                          selection.over_cap, url))
+        build_message(rendered, subscriber=sub, sender=config.newsletter.from_,
+                      envelope_from=config.from_address, reply_to=None,
+                      list_id_header="Daily Papers <dp.example.org>",
+                      unsubscribe=list_unsubscribe(url, config.unsubscribe.mailto, token),
+                      message_id=make_message_id("example.org", NOW), when=NOW, run_date=RUN)
+        emails += n >= 1
+    seconds = time.perf_counter() - started
+    return {"emails": emails, "per_email_ms": seconds / emails * 1000,
+            "emails_per_s": emails / seconds}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sink(kind: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = free_port()
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if kind in ("auto", "smtp-sink") and os.path.exists(sink):
+        user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+        proc = subprocess.Popen([sink, "-u", user, f"127.0.0.1:{port}", "1000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        name = "smtp-sink"
+    else:
+        proc = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l",
+                                 f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        name = "aiosmtpd"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port, name
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"the SMTP sink ({name}) did not start")
+
+
+def raw_throughput(port: int, messages: list[bytes], recipients: list[str]) -> float:
+    started = time.perf_counter()
+    conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    try:
+        for data, rcpt in zip(messages, recipients, strict=True):
+            conn.sendmail("papers@example.org", [rcpt], data)
+    finally:
+        conn.quit()
+    return len(messages) / (time.perf_counter() - started)
+
+
+def end_to_end(folder: Path, subscribers: int, profiles: list[dict[str, Any]], feed: Path,
+               sink: str, seed: int) -> dict[str, Any]:
+    from digest_mailer.config import load_config
+    from digest_mailer.pipeline import Envelope, RunOptions, run
+    from digest_mailer.render import Renderer
+    from digest_mailer.sources import FileSource
+
+    proc, port, name = start_sink(sink)
+    try:
+        path = write_config(folder, subscribers, profiles, feed, random.Random(seed), port)
+        config = load_config(path)
+        papers = FileSource("huggingface", Path(config.source_location)).fetch(RUN).papers
+        composer = Envelope.of(config, SECRET.encode()).composer(Renderer(), papers, RUN, None,
+                                                                 NOW)
+        built = [(composer.compose(sel, RUN, NOW).data, s.email)
+                 for s in config.subscribers_view()
+                 if (sel := composer.select(s, ())).matches]
+        raw = raw_throughput(port, [b for b, _ in built], [r for _, r in built])
+        started = time.perf_counter()
+        report = run(config, RunOptions(run_date=RUN), now=NOW,
+                     env={"DIGEST_UNSUBSCRIBE_SECRET": SECRET})
+        seconds = time.perf_counter() - started
+    finally:
+        proc.kill()
+        proc.wait()
+    rate = report.delivered / seconds
+    return {"server": name, "connections": 1, "emails": report.delivered,
+            "failed": report.failed, "seconds": seconds, "emails_per_s": rate,
+            "raw_emails_per_s": raw, "ratio": rate / raw}
+
+
+def help_seconds(repeats: int) -> float:
+    exe = shutil.which("digest-mailer") or str(Path(sys.executable).parent / "digest-mailer")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([exe, "--help"], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def digest_size(folder: Path) -> int:
+    """The HTML part of a 20-paper digest of this feed."""
+    from digest_mailer.models import Digest, Subscriber
+    from digest_mailer.render import Renderer
+    from digest_mailer.select import select
+    from digest_mailer.sources import FileSource
+
+    papers = FileSource("huggingface", folder / "feed.json").fetch(RUN).papers
+    sub = Subscriber("reader@example.org", "Zoë Nowak", max_papers=20)
+    sel = select(sub, papers, ())
+    html = Renderer().render(Digest("Daily Papers", RUN, sub, sel.matches, sel.over_cap,
+                                    "https://papers.example.org/unsubscribe/x")).html
+    return len(html.encode("utf-8"))
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+def in_child(function: str, *args: str) -> dict[str, Any]:
+    """A measurement in a fresh process, so its peak RSS is its own."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import bench; print(json.dumps(bench.{function}(*sys.argv[1:])))")
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _build_child(path: str) -> dict[str, Any]:
+    return build_all(Path(path))
+
+
+def _select_child(path: str) -> dict[str, Any]:
+    return select_all(Path(path))
+
+
+def _naive_child(path: str, sample: str) -> dict[str, Any]:
+    return naive(Path(path), int(sample))
+
+
+def median_of(repeats: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    runs = [measure() for _ in range(repeats)]
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--subscribers", type=int, default=100_000)
+    ap.add_argument("--papers", type=int, default=100)
+    ap.add_argument("--profiles", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--naive-sample", type=int, default=100)
+    ap.add_argument("--e2e-subscribers", type=int, default=2000,
+                    help="subscribers in the end-to-end run (the SMTP server sets its pace)")
+    ap.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    rng = random.Random(args.seed)
+    folder = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+    feed = make_feed(args.papers, rng)
+    (folder / "feed.json").write_text(json.dumps(feed))
+    profiles = make_profiles(args.profiles, feed, rng)
+    sizes = sorted({n for n in (1_000, 10_000, args.subscribers) if n <= args.subscribers})
+    configs = {n: write_config(folder, n, profiles, folder / "feed.json", random.Random(n))
+               for n in sizes}
+    full = str(configs[args.subscribers])
+
+    result: dict[str, Any] = {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                              "subscribers": args.subscribers, "papers": args.papers,
+                              "profiles": args.profiles, "repeats": args.repeats}
+    result["build"] = median_of(args.repeats, lambda: in_child("_build_child", full))
+    result["select"] = median_of(args.repeats, lambda: in_child("_select_child", full))
+    result["naive"] = median_of(args.repeats, lambda: in_child(
+        "_naive_child", full, str(args.naive_sample)))
+    result["speedup"] = result["naive"]["per_email_ms"] / result["build"]["per_email_ms"]
+    result["speedup_with_sets"] = result["naive"]["per_email_ms"] / (
+        result["build"]["seconds"] * 1000 / result["build"]["emails"])
+    result["scaling"] = [in_child("_build_child", str(configs[n])) for n in sizes]
+    result["end_to_end"] = median_of(args.repeats, lambda: end_to_end(
+        folder, args.e2e_subscribers, profiles, folder / "feed.json", args.sink, args.seed))
+    result["help_seconds"] = help_seconds(5)
+    result["digest_20_html_bytes"] = digest_size(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    b, n, e = result["build"], result["naive"], result["end_to_end"]
+    rows = [
+        ("machine", f"{result['cores']} cores, Python {result['python']}"),
+        ("workload", f"{args.subscribers:,} subscribers, {args.papers} papers, "
+                     f"{args.profiles} profiles; median of {args.repeats}"),
+        ("build: per email (sets rendered)", f"{b['per_email_ms']:.3f} ms, "
+                                             f"{b['emails_per_s']:,.0f} emails/s"),
+        ("build: distinct digests", f"{b['sets']:,} in {b['set_seconds']:.1f} s"),
+        ("build: all, sets included", f"{b['emails']:,} emails in {b['seconds']:.1f} s"),
+        ("naive pipeline per email", f"{n['per_email_ms']:.2f} ms ({n['emails_per_s']:.0f}/s)"),
+        ("speed-up over naive", f"{result['speedup']:.0f}x per email, "
+                                f"{result['speedup_with_sets']:.0f}x with the sets"),
+        ("selection only", f"{result['select']['seconds']:.2f} s for "
+                           f"{result['select']['subscribers']:,}"),
+        ("end to end", f"{e['emails']:,} emails via {e['server']} ({e['connections']} conn): "
+                       f"{e['emails_per_s']:.0f}/s vs raw {e['raw_emails_per_s']:.0f}/s = "
+                       f"{e['ratio']:.0%}"),
+        ("peak RSS at full size", f"{b['peak_rss_mb']:.0f} MB"),
+        ("digest-mailer --help", f"{result['help_seconds']:.2f} s"),
+        ("20-paper digest HTML", f"{result['digest_20_html_bytes'] / 1000:.1f} KB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("scaling:")
+    for s in result["scaling"]:
+        print(f"  {s['subscribers']:>7,} subscribers: {s['seconds']:6.1f} s "
+              f"({s['sets']} sets, {s['set_seconds']:.1f} s of them), "
+              f"peak RSS {s['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
