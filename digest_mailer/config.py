@@ -193,7 +193,10 @@ class SmtpSettings(_Section):
     password_file: str | None = Field(
         None, description="a file holding the password, readable by its owner only; "
                           "instead of password_env")
-    rate_limit: float = Field(0.0, ge=0, description="messages per second at most; 0: no limit")
+    rate_limit: float = Field(0.0, ge=0, description="messages per second at most, per "
+                                                     "connection; 0: no limit")
+    connections: int = Field(1, ge=0, le=16, description="sender processes, one connection "
+                                                        "each; 0: send from the run's process")
 
     @property
     def effective_port(self) -> int:

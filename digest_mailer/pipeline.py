@@ -222,6 +222,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
         with opener(config.state_path) as ledger, \
                 _closing(open_backend(backend_name, bopts)) as backend:
             d = config.delivery
+            senders = d.smtp.connections if backend_name == "smtp" else 0
             return run_once(
                 subscribers=subscribers, source=source, ledger=ledger, backend=backend,
                 renderer=renderer, envelope=envelope, now=now,
@@ -229,7 +230,8 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                 policy=Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
                               max_hard_failures=d.max_hard_failures),
                 on_progress=on_progress, should_stop=should_stop,
-                wait=stoppable_sleep(should_stop))
+                wait=stoppable_sleep(should_stop), senders=senders,
+                open_sender_backend=lambda: open_backend(backend_name, bopts))
 
 
 def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Ledger,
@@ -237,7 +239,8 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
              run_date: date, ignore_ledger: bool = False, policy: Policy | None = None,
              on_progress: Callable[[SubscriberOutcome], None] | None = None,
              should_stop: Callable[[], bool] = lambda: False,
-             wait: Callable[[float], bool] | None = None) -> RunReport:
+             wait: Callable[[float], bool] | None = None, senders: int = 0,
+             open_sender_backend: Callable[[], Backend] | None = None) -> RunReport:
     record = not ledger.readonly
     run_id = ledger.start_run(now, run_date, source.origin) if record else None
     try:
@@ -252,7 +255,8 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
         ledger.remember(fetched.papers, now)
     dispatcher = Dispatcher(ledger, backend, run_id, clock=lambda: datetime.now(now.tzinfo),
                             wait=wait or (lambda seconds: should_stop()),
-                            policy=policy or Policy())
+                            policy=policy or Policy(), senders=senders,
+                            open_backend=open_sender_backend)
     composer = envelope.composer(renderer, fetched.papers, run_date,
                                  ledger if record else None, now)
 
@@ -262,24 +266,46 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
             on_progress(outcome)
         return outcome
 
-    outcomes: list[SubscriberOutcome] = []
+    # A message's outcome may come later than its subscriber's turn (from a sender process, or
+    # a retry); the last one heard for a Message-ID is final.
+    latest: dict[str, SubscriberOutcome] = {}
+    notes: dict[str, str] = {}
+
+    def absorb(outcomes: list[SubscriberOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.message_id:
+                latest[outcome.message_id] = done(outcome)
+
+    slots: list[SubscriberOutcome | str] = []
     if record:
-        outcomes = [done(o) for o in dispatcher.leftovers(
-            lambda entry: composer.rebuild(entry, envelope.signer))]
+        for message_id, outcome in dispatcher.leftovers(
+                lambda entry: composer.rebuild(entry, envelope.signer)):
+            notes[message_id] = "left by an earlier run"
+            slots.append(message_id)
+            absorb([outcome] if outcome else [])
     waiting = ledger.outbox.waiting_subscribers()
     # Subscribers who share filters go one after another, so each distinct digest is rendered
     # once while it is in the composer's bounded cache; the report keeps the config's order.
     order = sorted(range(len(subscribers)), key=lambda i: batch_key(subscribers[i]))
-    own: dict[int, SubscriberOutcome] = {}
+    own: dict[int, SubscriberOutcome | str] = {}
     for i in order:
         if not dispatcher.stopped and should_stop():
             dispatcher.stopped = "the run was asked to stop"
-        own[i] = done(_subscriber(
+        result = _subscriber(
             subscribers[i], fetched, ledger=ledger, dispatcher=dispatcher, composer=composer,
-            now=now, run_date=run_date, ignore_ledger=ignore_ledger, waiting=waiting))
-    outcomes += [own[i] for i in range(len(subscribers))]
-    retried = {o.message_id: done(o) for o in dispatcher.retry_deferred()}
-    outcomes = [retried.get(o.message_id, o) if o.message_id else o for o in outcomes]
+            now=now, run_date=run_date, ignore_ledger=ignore_ledger, waiting=waiting)
+        if isinstance(result, tuple):
+            message_id, note, outcome = result
+            notes[message_id] = note
+            own[i] = message_id
+            if outcome is not None:
+                absorb([outcome])
+        else:
+            own[i] = done(result)
+        absorb(dispatcher.poll())
+    slots += [own[i] for i in range(len(subscribers))]
+    absorb(dispatcher.finish())
+    outcomes = [_final(slot, latest, notes) for slot in slots]
     stopped = dispatcher.stopped
     report = RunReport(run_date=run_date, started_at=now, finished_at=datetime.now(now.tzinfo),
                        origin=fetched.origin, fetched=len(fetched.papers),
@@ -297,14 +323,27 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     return report
 
 
+def _final(slot: SubscriberOutcome | str, latest: dict[str, SubscriberOutcome],
+           notes: dict[str, str]) -> SubscriberOutcome:
+    if not isinstance(slot, str):
+        return slot
+    outcome = latest[slot]
+    note = notes.get(slot)
+    if note and (outcome.status in (Status.SENT, Status.WRITTEN) or note.startswith("left")):
+        return replace(outcome, detail=f"{outcome.detail}, {note}")
+    return outcome
+
+
 def batch_key(sub: Subscriber) -> tuple[object, ...]:
     return (*profile_key(sub), sub.max_papers, bool(sub.name))
 
 
 def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
                 dispatcher: Dispatcher, composer: Composer, now: datetime, run_date: date,
-                ignore_ledger: bool, waiting: frozenset[str]) -> SubscriberOutcome:
-    """One subscriber's share of the run: why nothing goes out, or their one email."""
+                ignore_ledger: bool, waiting: frozenset[str]
+                ) -> SubscriberOutcome | tuple[str, str, SubscriberOutcome | None]:
+    """One subscriber's share of the run: why nothing goes out, or their one email, as its
+    Message-ID, a note for the report, and its outcome when it is already known."""
     if dispatcher.stopped:
         return SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED, detail=dispatcher.stopped)
     if sub.paused:
@@ -329,7 +368,5 @@ def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
     message = composer.compose(selection, run_date, now, want_html=dispatcher.backend.dry_run)
     outcome = dispatcher.send(message, [m.paper.id for m in selection.matches],
                               selection.offered)
-    if outcome.status in (Status.SENT, Status.WRITTEN) and selection.over_cap:
-        return replace(outcome, detail=f"{outcome.detail}, {selection.over_cap} more over "
-                                       "the cap")
-    return outcome
+    note = f"{selection.over_cap} more over the cap" if selection.over_cap else ""
+    return message.message_id, note, outcome

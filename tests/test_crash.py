@@ -26,6 +26,19 @@ TOPICS = [["diffusion"], ["speech recognition"], ["reinforcement learning"], ["a
 KILLS = 10
 
 
+def survivors(config: Path) -> list[int]:
+    """Processes still running with this config on their command line, after a moment."""
+    time.sleep(1.5)
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(config).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path: Path,
                                                             smtp_server: SmtpServer) -> None:
     # A slow server (80 ms a message) and enough readers that one run takes several seconds,
@@ -53,6 +66,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path: Path,
             killed_while_sending += 1
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
+    assert survivors(path) == [], "a sender process outlived its killed run"
 
     config = load_config(path)
     papers = FileSource(None, Path(config.source_location)).fetch(date(2025, 6, 2)).papers
