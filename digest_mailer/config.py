@@ -19,9 +19,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from digest_mailer.constants import SOURCE_KINDS, WEEKDAYS
@@ -267,20 +267,10 @@ class Config(_Section):
     # Where the file was read from: relative paths in it are relative to this folder.
     base_dir: Path = Field(default=Path("."), exclude=True)
     path: str = Field(default="", exclude=True)
-
-    @model_validator(mode="after")
-    def _unique_addresses(self) -> Config:
-        seen: dict[str, int] = {}
-        problems = []
-        for i, sub in enumerate(self.subscribers):
-            key = sub.email.lower()
-            if key in seen:
-                problems.append(f"subscribers[{i}].email: {sub.email!r} duplicates "
-                                f"subscribers[{seen[key]}].email (addresses are case-insensitive)")
-            seen.setdefault(key, i)
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
+    # The subscribers, validated one by one and kept as light frozen values: a config with
+    # 100,000 of them must not hold 100,000 pydantic models. `subscribers` above is the
+    # schema (and stays empty); read them with subscribers_view().
+    _members: tuple[Subscriber, ...] = PrivateAttr(default=())
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -317,15 +307,14 @@ class Config(_Section):
         return Address(addr_spec=self.from_address).domain
 
     def subscribers_view(self) -> tuple[Subscriber, ...]:
-        cap = self.newsletter.max_papers
-        return tuple(
-            Subscriber(email=s.email, name=s.name, topics=tuple(s.topics),
-                       exclude=tuple(s.exclude), authors=tuple(s.authors),
-                       min_upvotes=s.min_upvotes, max_papers=s.max_papers or cap,
-                       frequency=s.frequency, weekday=WEEKDAYS.index(s.weekday),
-                       paused=s.pause)
-            for s in self.subscribers
-        )
+        return self._members
+
+
+def _member(s: SubscriberSettings, cap: int) -> Subscriber:
+    return Subscriber(email=s.email, name=s.name, topics=tuple(s.topics),
+                      exclude=tuple(s.exclude), authors=tuple(s.authors),
+                      min_upvotes=s.min_upvotes, max_papers=s.max_papers or cap,
+                      frequency=s.frequency, weekday=WEEKDAYS.index(s.weekday), paused=s.pause)
 
 
 def load_config(path: Path) -> Config:
@@ -345,16 +334,49 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{name}: invalid TOML: {e}",
                           hint="see config.example.toml for the syntax") from e
-    return parse_config(data, name=name, base_dir=path.resolve().parent)
+    return parse_config(data, name=name, base_dir=path.resolve().parent, consume=True)
 
 
-def parse_config(data: dict[str, Any], *, name: str, base_dir: Path) -> Config:
+def parse_config(data: dict[str, Any], *, name: str, base_dir: Path,
+                 consume: bool = False) -> Config:
+    """`consume=True` drops each subscriber's table from `data` once it is validated, so a
+    large list is never held twice."""
+    rest = {k: v for k, v in data.items() if k != "subscribers"}
+    raw = data.get("subscribers", [])
+    problems: list[str] = []
+    config = None
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(rest)
     except ValidationError as e:
-        problems = tuple(p for err in e.errors() for p in _describe(err, data, name))
-        raise ConfigError(problems[0], hint=_hint(len(problems)), problems=problems) from e
-    return config.model_copy(update={"base_dir": base_dir, "path": name})
+        problems += [p for err in e.errors() for p in _describe(err, name)]
+    members: list[Subscriber] = []
+    if not isinstance(raw, list):
+        problems.append(f"{name}: subscribers: expected [[subscribers]] tables, got "
+                        f"{type(raw).__name__}")
+        raw = []
+    cap = config.newsletter.max_papers if config else 20
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        if consume:
+            raw[i] = None
+        try:
+            member = _member(SubscriberSettings.model_validate(item), cap)
+        except ValidationError as e:
+            problems += [p for err in e.errors()
+                         for p in _describe({**err, "loc": ("subscribers", i, *err["loc"])},
+                                            name)]
+            continue
+        key = member.email.lower()
+        if key in seen:
+            problems.append(f"{name}: subscribers[{i}].email: {member.email!r} duplicates "
+                            f"subscribers[{seen[key]}].email (addresses are case-insensitive)")
+        seen.setdefault(key, i)
+        members.append(member)
+    if problems or config is None:
+        raise ConfigError(problems[0], hint=_hint(len(problems)), problems=tuple(problems))
+    config = config.model_copy(update={"base_dir": base_dir, "path": name})
+    config._members = tuple(members)
+    return config
 
 
 def _hint(count: int) -> str:
@@ -372,7 +394,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _describe(err: Any, data: dict[str, Any], name: str) -> list[str]:
+def _describe(err: Any, name: str) -> list[str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # Annotated validators and unions add their own names to the location; drop them.
     loc = tuple(p for p in loc if p not in ("str", "int", "list[str]", "constrained-str"))

@@ -109,7 +109,14 @@ class Dispatcher:
 
     def send(self, message: OutgoingMessage, included: Sequence[str],
              offered: Sequence[str]) -> SubscriberOutcome | None:
-        """One new message; in a dry run it only goes to the backend."""
+        """One new message; in a dry run it only goes to the backend. A sender process puts
+        it in the outbox itself, so one process writes while the run builds: were the run
+        killed before that, the message was never recorded, and its papers were never
+        offered, so the next run builds it again."""
+        pool = self._parallel()
+        if pool is not None:
+            pool.put(None, message, len(included), (tuple(included), tuple(offered)))
+            return None
         entry = None
         if self.record:
             entry = self.ledger.outbox.add(message, run_id=self.run_id, included=included,
@@ -120,7 +127,7 @@ class Dispatcher:
                    papers: int) -> SubscriberOutcome | None:
         pool = self._parallel()
         if pool is not None and entry is not None:
-            pool.put(entry, message, papers)
+            pool.put(entry, message, papers, None)
             return None
         outcome, fate = attempt(self.ledger, self.backend, self.policy, self.run_id, entry,
                                 message, papers, self.clock)
@@ -193,9 +200,10 @@ class _Pool:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._d = dispatcher
         ctx = multiprocessing.get_context("fork")
-        self._work: Any = ctx.Queue(maxsize=2 * dispatcher.senders)
+        # Deep enough that rendering a new digest in the run does not starve the senders.
+        self._work: Any = ctx.Queue(maxsize=64 * dispatcher.senders)
         self._done: Any = ctx.Queue()
-        self._in_flight: dict[int, tuple[OutgoingMessage, int]] = {}
+        self._in_flight: dict[str, tuple[OutgoingMessage, int]] = {}
         parent = os.getpid()
         self._procs = [ctx.Process(target=_sender, daemon=True, name=f"sender-{n}",
                                    args=(dispatcher, self._work, self._done, parent))
@@ -203,11 +211,14 @@ class _Pool:
         for proc in self._procs:
             proc.start()
 
-    def put(self, entry: int, message: OutgoingMessage, papers: int) -> None:
-        self._in_flight[entry] = (message, papers)
+    def put(self, entry: int | None, message: OutgoingMessage, papers: int,
+            new: tuple[tuple[str, ...], tuple[str, ...]] | None) -> None:
+        """`entry` is the outbox row of a message already there; a new one comes with its
+        (included, offered) papers for the sender to record."""
+        self._in_flight[message.message_id] = (message, papers)
         while True:
             try:
-                self._work.put((entry, message, papers), timeout=0.5)
+                self._work.put((entry, message, papers, new), timeout=0.5)
                 return
             except queue.Full:
                 if not any(p.is_alive() for p in self._procs):
@@ -225,7 +236,7 @@ class _Pool:
                 if not any(p.is_alive() for p in self._procs):
                     raise RuntimeError("every sender process died") from None
                 continue
-            message, papers = self._in_flight.pop(entry)
+            message, papers = self._in_flight.pop(outcome.message_id)
             self._d._settle(entry, message, papers, fate, outcome)
             out.append(outcome)
         return out
@@ -262,7 +273,10 @@ def _sender(d: Dispatcher, work: Any, done: Any, parent: int) -> None:
                 break
             if item is ...:
                 continue
-            entry, message, papers = item
+            entry, message, papers, new = item
+            if entry is None and new is not None:
+                entry = ledger.outbox.add(message, run_id=d.run_id, included=new[0],
+                                          offered=new[1], now=d.clock())
             if fatal:
                 done.put((entry, SubscriberOutcome(message.recipient, Status.NOT_ATTEMPTED,
                                                    papers, fatal,

@@ -59,7 +59,7 @@ class Tokens:
                 config = load_config(self.config_path)
                 secret = unsubscribe_secret(config, self.env, dry_run=False)
                 self._by_token = {unsubscribe_token(secret, s.email): s.email
-                                  for s in config.subscribers}
+                                  for s in config.subscribers_view()}
                 self._config, self._secret, self._stamp = config, secret, stamp
             return self._config
 

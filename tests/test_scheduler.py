@@ -87,7 +87,7 @@ def test_the_config_is_read_afresh_and_a_broken_one_skips_only_that_run(
     assert "subscribers[3].email: 'broken@' is not an email address" in caplog.text
     path.write_text(text + "\n[[subscribers]]\nemail = 'new@example.org'\n")
     d.job()
-    assert [len(c.subscribers) for c in runs.configs] == [3, 4]
+    assert [len(c.subscribers_view()) for c in runs.configs] == [3, 4]
 
 
 def test_catch_up_runs_once_when_the_last_fire_was_missed(tmp_path: Path) -> None:

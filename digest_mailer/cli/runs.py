@@ -70,7 +70,7 @@ def _run(config_path: str | None, options: RunOptions, as_json: bool = False) ->
     config = load(config_path)
     interactive = sys.stderr.isatty() and not as_json
     try:
-        with _progress(len(config.subscribers), interactive) as on_progress:
+        with _progress(len(config.subscribers_view()), interactive) as on_progress:
             report = run(config, options, now=now(), env=os.environ, on_progress=on_progress)
     except DigestMailerError as e:
         fail(e)
