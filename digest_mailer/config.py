@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,6 +23,8 @@ from pydantic import (
     field_validator,
 )
 
+from digest_mailer.config_errors import describe_error, problems_hint
+from digest_mailer.config_errors import settings_table as _settings_table
 from digest_mailer.constants import SOURCE_KINDS, WEEKDAYS
 from digest_mailer.errors import ConfigError
 from digest_mailer.models import Subscriber
@@ -348,7 +349,7 @@ def parse_config(data: dict[str, Any], *, name: str, base_dir: Path,
     try:
         config = Config.model_validate(rest)
     except ValidationError as e:
-        problems += [p for err in e.errors() for p in _describe(err, name)]
+        problems += [p for err in e.errors() for p in describe_error(err, name, Config)]
     members: list[Subscriber] = []
     if not isinstance(raw, list):
         problems.append(f"{name}: subscribers: expected [[subscribers]] tables, got "
@@ -363,8 +364,8 @@ def parse_config(data: dict[str, Any], *, name: str, base_dir: Path,
             member = _member(SubscriberSettings.model_validate(item), cap)
         except ValidationError as e:
             problems += [p for err in e.errors()
-                         for p in _describe({**err, "loc": ("subscribers", i, *err["loc"])},
-                                            name)]
+                         for p in describe_error({**err, "loc": ("subscribers", i, *err["loc"])},
+                                                 name, Config)]
             continue
         key = member.email.lower()
         if key in seen:
@@ -373,85 +374,12 @@ def parse_config(data: dict[str, Any], *, name: str, base_dir: Path,
         seen.setdefault(key, i)
         members.append(member)
     if problems or config is None:
-        raise ConfigError(problems[0], hint=_hint(len(problems)), problems=tuple(problems))
+        raise ConfigError(problems[0], hint=problems_hint(len(problems)), problems=tuple(problems))
     config = config.model_copy(update={"base_dir": base_dir, "path": name})
     config._members = tuple(members)
     return config
 
 
-def _hint(count: int) -> str:
-    more = f"{count - 1} more problem(s) follow; " if count > 1 else ""
-    return more + "every key is documented in config.example.toml"
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _describe(err: Any, name: str) -> list[str]:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    # Annotated validators and unions add their own names to the location; drop them.
-    loc = tuple(p for p in loc if p not in ("str", "int", "list[str]", "constrained-str"))
-    path = _key_path(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return [f"{name}: {path}: unknown key{_did_you_mean(loc)}"]
-    if kind == "missing":
-        return [f"{name}: {path}: missing required key"]
-    msg = err["msg"]
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-        if not loc:  # a whole-config check: each line already names its key
-            return [f"{name}: {line}" for line in msg.split("\n")]
-        return [f"{name}: {path}: {msg}"]
-    value = err.get("input")
-    shown = f"{value!r}" if not isinstance(value, dict | list) else type(value).__name__
-    return [f"{name}: {path}: {shown} is not valid: {msg[0].lower()}{msg[1:]}"]
-
-
-def _did_you_mean(loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        inner = _section_model(field.annotation) if field else None
-        if inner is None:
-            return ""
-        model = inner
-    keys = [f.alias or n for n, f in model.model_fields.items() if n not in ("base_dir", "path")]
-    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(keys)})"
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The settings model inside `Model`, `list[Model]` or `Model | None`, if any."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
 def settings_table() -> dict[str, str]:
-    """Every documented key path -> its help, for `check` and the example-config test."""
-    table: dict[str, str] = {}
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for fname, field in model.model_fields.items():
-            if fname in ("base_dir", "path"):
-                continue
-            key = prefix + (field.alias or fname)
-            inner = _section_model(field.annotation)
-            if inner is not None:
-                walk(inner, key + ("[]." if get_origin(field.annotation) is list else "."))
-            else:
-                table[key] = field.description or ""
-
-    walk(Config, "")
-    return table
+    """Every documented key path -> its help."""
+    return _settings_table(Config)
