@@ -37,7 +37,7 @@ class Composer:
     secret: bytes
     papers: Sequence[Paper]
     ledger: Ledger | None = None  # when set, each new template is stored for the outbox
-    max_templates: int = 256
+    max_templates: int = 32  # subscribers come batched by profile: recent templates suffice
     rendered_sets: int = 0
     render_seconds: float = 0.0  # spent rendering and serialising distinct digests
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
