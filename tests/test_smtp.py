@@ -159,3 +159,28 @@ def test_a_run_with_a_bad_login_sends_nothing(tls_server: tuple[SmtpHandler, int
     env["DIGEST_SMTP_PASSWORD"] = "s3cret"
     report = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=env)
     assert report.delivered == 2 and len(handler.received) == 2
+
+
+def test_lines_starting_with_dots_arrive_intact(smtp_server: Any) -> None:
+    body = (b"Subject: dots\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nend\r\n"
+            + b"x" * 70 + b"=\r\n.continued after a soft break\r\n")
+    backend = SmtpBackend(host="127.0.0.1", port=smtp_server.port, security="none", timeout=5)
+    for data in (body, b"." + body, body.rstrip(b"\r\n")):
+        backend.send(OutgoingMessage(recipient="ada@example.org", envelope_from="p@example.org",
+                                     message_id="<1@x>", subject="dots", data=data, html="",
+                                     run_date=date(2025, 6, 2)))
+    backend.close()
+    got = [r.data for r in smtp_server.handler.received]
+    assert got[0] == body and got[1] == b"." + body
+    assert got[2].rstrip(b"\r\n") == body.rstrip(b"\r\n")
+
+
+def test_bare_line_ends_take_smtplibs_own_path(smtp_server: Any) -> None:
+    from digest_mailer.delivery.smtp import transmit
+
+    conn = __import__("smtplib").SMTP("127.0.0.1", smtp_server.port, timeout=5)
+    conn.ehlo()
+    transmit(conn, "p@example.org", "ada@example.org", b"Subject: a\n\nbare line ends\n")
+    conn.quit()
+    got = smtp_server.handler.received[0].data.replace(b"\r\n", b"\n")
+    assert got.rstrip(b"\n") == b"Subject: a\n\nbare line ends"

@@ -119,7 +119,7 @@ class SmtpBackend:
         if self._conn is None:
             self._conn = self._connect()
         try:
-            self._conn.sendmail(message.envelope_from, [message.recipient], message.data)
+            transmit(self._conn, message.envelope_from, message.recipient, message.data)
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()))
             self._closing(code)
@@ -175,6 +175,44 @@ class SmtpBackend:
             pass
         finally:
             conn.close()
+
+
+def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> None:
+    """MAIL, RCPT and DATA for one message, raising what smtplib's sendmail raises. Our
+    messages are already CRLF throughout, so the body only needs its dots stuffed: a byte
+    replace instead of sendmail's two regular expressions over the whole message, which cost
+    more than everything else a send does."""
+    if not (sender + recipient).isascii() or data.count(b"\n") != data.count(b"\r\n"):
+        conn.sendmail(sender, [recipient], data)  # SMTPUTF8, or not our own bytes: the long way
+        return
+    code, reply = conn.mail(sender)
+    if code != 250:
+        _refused(conn, code)
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    code, reply = conn.rcpt(recipient)
+    if code not in (250, 251):
+        _refused(conn, code)
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    conn.putcmd("data")
+    code, reply = conn.getreply()
+    if code != 354:
+        _refused(conn, code)
+        raise smtplib.SMTPDataError(code, reply)
+    body = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
+    conn.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+    code, reply = conn.getreply()
+    if code != 250:
+        _refused(conn, code)
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _refused(conn: smtplib.SMTP, code: int) -> None:
+    """After a refusal: 421 means the server is closing; anything else, reset the session."""
+    if code == 421:
+        conn.close()
+    else:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            conn.rset()
 
 
 def _drop(conn: smtplib.SMTP | None) -> None:
