@@ -185,6 +185,7 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> No
     if not (sender + recipient).isascii() or data.count(b"\n") != data.count(b"\r\n"):
         conn.sendmail(sender, [recipient], data)  # SMTPUTF8, or not our own bytes: the long way
         return
+    conn.ehlo_or_helo_if_needed()
     code, reply = conn.mail(sender)
     if code != 250:
         _refused(conn, code)
