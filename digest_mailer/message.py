@@ -34,9 +34,6 @@ def unsubscribe_token(secret: bytes, email: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def unsubscribe_url(template: str, secret: bytes, email: str) -> str:
-    return template.replace("{token}", unsubscribe_token(secret, email))
-
 
 def list_unsubscribe(url: str, mailto: str | None, token: str) -> str:
     """`<https://...>, <mailto:...>`; folded between the two URIs, never inside one."""

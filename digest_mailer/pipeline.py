@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -178,14 +178,6 @@ def today(config: Config, now: datetime) -> date:
     return now.astimezone(ZoneInfo(config.newsletter.timezone)).date()
 
 
-@contextmanager
-def _closing(backend: Backend) -> Iterator[Backend]:
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
 def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str, str],
         on_progress: Callable[[SubscriberOutcome], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False) -> RunReport:
@@ -220,7 +212,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
         source = open_source(spec, lambda: http)
         opener = Ledger.open_readonly if dry else Ledger.open
         with opener(config.state_path) as ledger, \
-                _closing(open_backend(backend_name, bopts)) as backend:
+                closing(open_backend(backend_name, bopts)) as backend:
             d = config.delivery
             senders = d.smtp.connections if backend_name == "smtp" else 0
             return run_once(

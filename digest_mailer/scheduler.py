@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,6 @@ class Daemon:
     pipeline, in production); `now` and `stop` are passed in so tests can drive it."""
 
     config_path: Path
-    env: Mapping[str, str]
     run: Callable[[Config, threading.Event], RunReport]
     now: Callable[[], datetime]
     stop: threading.Event

@@ -55,7 +55,7 @@ class Runs:
 
 
 def daemon(path: Path, runs: Runs, now: datetime = NOW) -> Daemon:
-    return Daemon(config_path=path, env=ENV, run=runs, now=lambda: now,
+    return Daemon(config_path=path, run=runs, now=lambda: now,
                   stop=threading.Event())
 
 

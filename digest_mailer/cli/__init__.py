@@ -11,7 +11,20 @@ import click
 from digest_mailer import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Any DigestMailerError from any command becomes `Error:` lines, a hint and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from digest_mailer.cli.common import fail
+        from digest_mailer.errors import DigestMailerError
+
+        try:
+            return super().invoke(ctx)
+        except DigestMailerError as e:
+            fail(e)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="digest-mailer")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default=None, help="how much to log to stderr (default: info for serve, "

@@ -30,10 +30,7 @@ def fail(e: DigestMailerError) -> NoReturn:
 def load(path: str | None) -> Config:
     from digest_mailer.config import load_config
 
-    try:
-        return load_config(config_file(path))
-    except DigestMailerError as e:
-        fail(e)
+    return load_config(config_file(path))
 
 
 def config_file(path: str | None) -> Path:

@@ -12,7 +12,6 @@ from digest_mailer.cli.common import (
     config_option,
     date_option,
     echo_json,
-    fail,
     json_option,
     kind_option,
     load,
@@ -38,12 +37,9 @@ def history(config_path: str | None, email: str | None, paper: str | None,
     config = load(config_path)
     paper_id = canonical_id(paper) if paper else None
     if paper and paper_id is None:
-        fail(DigestMailerError(f"{paper!r} is not an arXiv id", hint="like 2505.24864"))
-    try:
-        with Ledger.open_readonly(config.state_path) as ledger:
-            rows = ledger.history(subscriber=email, paper=paper_id, since=since)
-    except DigestMailerError as e:
-        fail(e)
+        raise DigestMailerError(f"{paper!r} is not an arXiv id", hint="like 2505.24864")
+    with Ledger.open_readonly(config.state_path) as ledger:
+        rows = ledger.history(subscriber=email, paper=paper_id, since=since)
     if as_json:
         echo_json([{"sent_at": r.sent_at, "to": r.subscriber, "message_id": r.message_id,
                     "subject": r.subject, "papers": list(r.papers)} for r in rows])
@@ -69,12 +65,9 @@ def explain(config_path: str | None, email: str, source: str | None, source_kind
     from digest_mailer.pipeline import RunOptions
 
     config = load(config_path)
-    try:
-        result = explain_subscriber(config, RunOptions(source=source, source_kind=source_kind,
-                                                       run_date=run_date, only=email),
-                                    now=now())
-    except DigestMailerError as e:
-        fail(e)
+    result = explain_subscriber(config, RunOptions(source=source, source_kind=source_kind,
+                                                   run_date=run_date, only=email),
+                                now=now())
     if as_json:
         echo_json({"email": result.email, "note": result.note,
                    "papers": [{"id": x.paper.id, "title": x.paper.title,
@@ -98,10 +91,7 @@ def status(config_path: str | None, as_json: bool) -> None:
     """Last runs, next scheduled run, ledger size, subscribers."""
     from digest_mailer.overview import status as get_status
 
-    try:
-        info = get_status(load(config_path), now=now(), env=os.environ)
-    except DigestMailerError as e:
-        fail(e)
+    info = get_status(load(config_path), now=now(), env=os.environ)
     if as_json:
         echo_json(info)
         return

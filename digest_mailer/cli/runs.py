@@ -20,7 +20,6 @@ from digest_mailer.cli.common import (
     config_option,
     date_option,
     echo_json,
-    fail,
     json_option,
     kind_option,
     load,
@@ -69,11 +68,8 @@ def _run(config_path: str | None, options: RunOptions, as_json: bool = False) ->
 
     config = load(config_path)
     interactive = sys.stderr.isatty() and not as_json
-    try:
-        with _progress(len(config.subscribers_view()), interactive) as on_progress:
-            report = run(config, options, now=now(), env=os.environ, on_progress=on_progress)
-    except DigestMailerError as e:
-        fail(e)
+    with _progress(len(config.subscribers_view()), interactive) as on_progress:
+        report = run(config, options, now=now(), env=os.environ, on_progress=on_progress)
     if as_json:
         echo_json(report_dict(report))
     else:
@@ -102,10 +98,10 @@ def run(config_path: str | None, dry_run: bool, out_dir: Path | None, source: st
                          wait=None if wait else 0)
     report = _run(config_path, options, as_json)
     if report.failed:
-        fail(DigestMailerError(
+        raise DigestMailerError(
             f"{report.failed} of {len(report.outcomes)} subscriber(s) did not get their email",
             hint="fix the cause above; the next run sends what was not sent" if report.stopped
-            else "their papers stay unsent and go out with the next run"))
+            else "their papers stay unsent and go out with the next run")
 
 
 @cli.command()
@@ -150,13 +146,10 @@ def serve(config_path: str | None, once_now: bool) -> None:
         for line in report_lines(report):
             logger.info("%s", line)
 
-    daemon = Daemon(config_path=config_file(config_path), env=os.environ, run=scheduled_run,
+    daemon = Daemon(config_path=config_file(config_path), run=scheduled_run,
                     now=now, stop=stop, on_report=log_report)
     install_signal_handlers(stop)
-    try:
-        daemon.serve(once_now=once_now)
-    except DigestMailerError as e:
-        fail(e)
+    daemon.serve(once_now=once_now)
 
 
 @cli.command()
@@ -170,10 +163,7 @@ def web(config_path: str | None, host: str, port: int) -> None:
     from digest_mailer.web import Tokens, create_app
 
     tokens = Tokens(config_file(config_path), os.environ)
-    try:
-        tokens.refresh()  # a bad config or a missing secret fails now, not at the first click
-    except DigestMailerError as e:
-        fail(e)
+    tokens.refresh()  # a bad config or a missing secret fails now, not at the first click
     uvicorn.run(create_app(tokens), host=host, port=port, proxy_headers=True,
                 log_level=logging.getLevelName(logging.getLogger().level).lower(),
                 server_header=False)

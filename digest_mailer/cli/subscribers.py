@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from digest_mailer.cli import cli
-from digest_mailer.cli.common import config_file, config_option, echo_json, fail, json_option, load
+from digest_mailer.cli.common import config_file, config_option, echo_json, json_option, load
 from digest_mailer.constants import WEEKDAYS
 from digest_mailer.errors import DigestMailerError
 
@@ -30,11 +30,8 @@ def list_(config_path: str | None, as_json: bool) -> None:
 
     config = load(config_path)
     subs = config.subscribers_view()
-    try:
-        with Ledger.open_readonly(config.state_path) as ledger:
-            suppressed = ledger.suppressions()
-    except DigestMailerError as e:
-        fail(e)
+    with Ledger.open_readonly(config.state_path) as ledger:
+        suppressed = ledger.suppressions()
     if as_json:
         echo_json([{"email": s.email, "name": s.name, "topics": list(s.topics),
                     "exclude": list(s.exclude), "authors": list(s.authors),
@@ -96,10 +93,7 @@ def add(config_path: str | None, email: str, **filters: Any) -> None:
     """Add a subscriber (no --topic and no --author: every paper)."""
     from digest_mailer.config_edit import add_subscriber
 
-    try:
-        click.echo(add_subscriber(config_file(config_path), email, _change(filters, None)))
-    except DigestMailerError as e:
-        fail(e)
+    click.echo(add_subscriber(config_file(config_path), email, _change(filters, None)))
 
 
 @subscribers.command()
@@ -109,10 +103,7 @@ def remove(config_path: str | None, email: str) -> None:
     """Remove a subscriber (the ledger keeps what they were sent)."""
     from digest_mailer.config_edit import remove_subscriber
 
-    try:
-        click.echo(remove_subscriber(config_file(config_path), email))
-    except DigestMailerError as e:
-        fail(e)
+    click.echo(remove_subscriber(config_file(config_path), email))
 
 
 @subscribers.command("set")
@@ -124,10 +115,7 @@ def set_(config_path: str | None, email: str, pause: bool | None, **filters: Any
     """Change a subscriber; each option given replaces that key (--topic replaces all topics)."""
     from digest_mailer.config_edit import set_subscriber
 
-    try:
-        click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause)))
-    except DigestMailerError as e:
-        fail(e)
+    click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause)))
 
 
 @subscribers.command()
@@ -138,12 +126,9 @@ def unsuppress(config_path: str | None, email: str) -> None:
     from digest_mailer.store import Ledger
 
     config = load(config_path)
-    try:
-        with Ledger.open(config.state_path) as ledger:
-            was = ledger.suppressed(email)
-            ledger.unsuppress(email)
-    except DigestMailerError as e:
-        fail(e)
+    with Ledger.open(config.state_path) as ledger:
+        was = ledger.suppressed(email)
+        ledger.unsuppress(email)
     if was is None:
-        fail(DigestMailerError(f"{email} is not suppressed"))
+        raise DigestMailerError(f"{email} is not suppressed")
     click.echo(f"{email} is no longer suppressed (was: {was})")
