@@ -282,3 +282,16 @@ def test_open_source_refuses_other_schemes() -> None:
 def test_page_parser_module_reads_bytes_directly() -> None:
     data = capture("hf_papers_page_2024-08-01.html").read_bytes()
     assert len(hf_page.parse(data, "page").papers) == 13
+
+
+def test_capture_skips_without_the_captures_and_fails_under_ci(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import conftest
+
+    monkeypatch.setattr(conftest, "DATA", tmp_path / "absent")
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="the real captures are not in"):
+        conftest.capture("hf_daily_papers_2025-06-02.json")
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI must run with the real captures"):
+        conftest.capture("hf_daily_papers_2025-06-02.json")

@@ -24,9 +24,6 @@ from digest_mailer.sources.http import HttpFetcher
 
 logger = logging.getLogger(__name__)
 
-KINDS = SOURCE_KINDS
-
-
 class Source(Protocol):
     @property
     def origin(self) -> str: ...
@@ -57,7 +54,8 @@ def sniff_kind(data: bytes) -> str | None:
 def _module(kind: str) -> ModuleType:
     found = next((k for k in SOURCES if k.name == kind), None)
     if found is None:
-        raise SourceError(f"{kind!r} is not a source kind", hint=f"use one of: {', '.join(KINDS)}")
+        raise SourceError(f"{kind!r} is not a source kind",
+                          hint=f"use one of: {', '.join(SOURCE_KINDS)}")
     return importlib.import_module(f"{__name__}.{found.module}")
 
 
@@ -99,7 +97,7 @@ class FileSource:
         kind = self.kind or sniff_kind(data)
         if kind is None:
             raise SourceError(f"{self.path}: cannot tell what kind of feed this is",
-                              hint=f"pass --source-kind ({' | '.join(KINDS)})")
+                              hint=f"pass --source-kind ({' | '.join(SOURCE_KINDS)})")
         logger.info("reading %s as %s", self.path, kind)
         return parse(kind, data, str(self.path))
 
@@ -149,4 +147,4 @@ def open_source(spec: SourceSpec, http: Callable[[], HttpFetcher]) -> Source:
     if scheme not in ("http", "https"):
         raise SourceError(f"{spec.location}: only http and https URLs (or local files) can "
                           "be read")
-    return HttpSource(spec.kind or KINDS[0], spec.location, spec.lookback_days, http())
+    return HttpSource(spec.kind or SOURCE_KINDS[0], spec.location, spec.lookback_days, http())

@@ -41,8 +41,9 @@ def _items_of(doc: Any, origin: str) -> list[Any]:
     if isinstance(doc, list):
         return doc
     # The papers page embeds the same items as {"dailyPapers": [...]}.
-    if isinstance(doc, dict) and isinstance(doc.get("dailyPapers"), list):
-        return doc["dailyPapers"]
+    items = doc.get("dailyPapers") if isinstance(doc, dict) else None
+    if isinstance(items, list):
+        return items
     raise SourceError(f"{origin}: expected a JSON array of daily papers, got "
                       f"{type(doc).__name__}", hint="is [source] kind right?")
 
