@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from digest_mailer.config import Config
 from digest_mailer.errors import SourceError
+from digest_mailer.models import RunReport
 from digest_mailer.sources import SourceSpec, open_source
 from digest_mailer.sources.http import MAX_REDIRECTS, HttpFetcher
 
@@ -315,3 +318,42 @@ def test_any_answer_gives_bytes_or_one_source_error(status: str, fields: list[tu
             assert "\n" not in e.message and e.message
         else:
             assert isinstance(data, bytes) and len(data) <= 1_000_000
+
+
+def test_serve_retries_a_feed_that_cannot_be_read(tmp_path: Path) -> None:
+    """The whole way: a broken feed fails the real pipeline with a SourceError, which the daemon
+    retries (`source_attempts`) until the feed is readable again."""
+    from conftest import ENV, NOW, base_config, toml_text
+    from digest_mailer.pipeline import RunOptions
+    from digest_mailer.pipeline import run as run_pipeline
+    from digest_mailer.scheduler import Daemon
+
+    answers = iter([head(Content_Encoding="gzip", Content_Length="4") + b"nope",
+                    head("301 Moved", Location="/again", Content_Length="0")]
+                   + [head("301 Moved", Location="/again", Content_Length="0")] * MAX_REDIRECTS
+                   + [head(Content_Length=str(len(FEED))) + FEED] * 10)
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(next(answers))
+
+    with raw_server(behave) as (url, _):
+        doc = base_config(tmp_path, source=url + "/feed?day={date}", backend="file")
+        doc["source"].update({"lookback_days": 1, "retries": 0, "timeout": 2})
+        doc["schedule"] = {"cron": "0 7 * * *", "source_attempts": 3,
+                           "source_retry_delay": 0.01}
+        path = tmp_path / "c.toml"
+        path.write_text(toml_text(doc))
+        errors: list[str] = []
+
+        def attempt(config: Config, stop: threading.Event) -> RunReport:
+            try:
+                return run_pipeline(config, RunOptions(dry_run=True), now=NOW, env=ENV)
+            except SourceError as e:
+                errors.append(e.message)
+                raise
+
+        report = Daemon(config_path=path, run=attempt, now=lambda: NOW,
+                        stop=threading.Event()).job()
+    assert report is not None and report.fetched == 1
+    assert len(errors) == 2
+    assert "not valid gzip" in errors[0] and "more than 5 redirects" in errors[1]
