@@ -357,3 +357,44 @@ def test_serve_retries_a_feed_that_cannot_be_read(tmp_path: Path) -> None:
     assert report is not None and report.fetched == 1
     assert len(errors) == 2
     assert "not valid gzip" in errors[0] and "more than 5 redirects" in errors[1]
+
+
+def test_a_host_name_is_looked_up_and_connected() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(behave) as (url, seen):
+        assert get(url.replace("127.0.0.1", "localhost") + "/feed") == FEED
+    assert b"host: localhost:" in seen[0].lower()
+
+
+def test_a_dns_lookup_that_hangs_is_cut_at_the_deadline() -> None:
+    """No socket timeout covers getaddrinfo; the transport waits for it only until the
+    deadline. The resolver stands in for a DNS server that never answers."""
+    import httpx
+
+    from digest_mailer.sources.transport import Deadline, DeadlineTransport
+
+    release = threading.Event()
+
+    def hanging(*args: object, **kwargs: object) -> list[object]:
+        release.wait(30)
+        raise socket.gaierror("too late")
+
+    def failing(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    deadline = Deadline()
+    try:
+        with httpx.Client(transport=DeadlineTransport(deadline, hanging)) as client:
+            deadline.start(0.5)
+            start = time.monotonic()
+            with pytest.raises(httpx.TimeoutException, match=r"DNS lookup of feeds\.example"):
+                client.get("http://feeds.example/api")
+            assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+    with httpx.Client(transport=DeadlineTransport(deadline, failing)) as client:
+        deadline.start(5)
+        with pytest.raises(httpx.ConnectError, match=r"cannot resolve feeds\.example"):
+            client.get("http://feeds.example/api")

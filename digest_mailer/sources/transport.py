@@ -3,15 +3,20 @@
 httpx's timeouts are per operation: a server that drips one byte a second never trips a read
 timeout, and neither does one that drips its headers. Here each connect, read, write and TLS
 handshake gets at most the time left until `Deadline.at`, so a request is over by then, whatever
-the server does. Built from httpcore's public pieces (a NetworkBackend wrapping SyncBackend).
+the server does. The DNS lookup, which no socket timeout covers, runs in a thread that is waited
+for only until the deadline. Built from httpcore's public pieces (a NetworkBackend wrapping
+SyncBackend).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,17 +64,57 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+Resolver = Callable[..., list[Any]]  # socket.getaddrinfo's signature
+
+
+def _addresses(host: str, port: int, seconds: float, resolve: Resolver) -> list[str]:
+    """The IP addresses of `host`, looked up within `seconds`."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    found: list[list[Any] | OSError] = []
+
+    def lookup() -> None:
+        try:
+            found.append(resolve(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+
+    # A stuck lookup is left behind in its daemon thread; the request itself is over.
+    worker = threading.Thread(target=lookup, name=f"dns {host}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not found:
+        raise httpcore.ConnectTimeout(f"the DNS lookup of {host} took longer than the deadline")
+    result = found[0]
+    if isinstance(result, OSError):
+        raise httpcore.ConnectError(f"cannot resolve {host}: {result}")
+    return list(dict.fromkeys(str(info[4][0]) for info in result))
+
+
 class _Backend(httpcore.NetworkBackend):
-    def __init__(self, deadline: Deadline) -> None:
+    def __init__(self, deadline: Deadline, resolve: Resolver) -> None:
         self._inner = httpcore.SyncBackend()
         self._deadline = deadline
+        self._resolve = resolve
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        left = self._deadline.left(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.connect_tcp(host, port, left, local_address, socket_options),
-                       self._deadline)
+        addresses = _addresses(host, port, self._deadline.left(timeout, httpcore.ConnectTimeout),
+                               self._resolve)
+        error: Exception = httpcore.ConnectError(f"no address for {host}")
+        for address in addresses:  # TLS still checks the name: httpcore passes it on
+            left = self._deadline.left(timeout, httpcore.ConnectTimeout)
+            try:
+                inner = self._inner.connect_tcp(address, port, left, local_address,
+                                                socket_options)
+            except httpcore.ConnectError as e:
+                error = e
+                continue
+            return _Stream(inner, self._deadline)
+        raise error
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None
@@ -93,6 +138,8 @@ def _as_httpx() -> Iterator[None]:
         raise httpx.UnsupportedProtocol(str(e)) from e
     except httpcore.ProtocolError as e:
         raise httpx.RemoteProtocolError(str(e)) from e
+    except httpcore.ConnectError as e:
+        raise httpx.ConnectError(str(e)) from e
     except (httpcore.NetworkError, httpcore.ProxyError) as e:
         raise httpx.NetworkError(str(e)) from e
 
@@ -112,9 +159,9 @@ class _Body(httpx.SyncByteStream):
 
 
 class DeadlineTransport(httpx.BaseTransport):
-    def __init__(self, deadline: Deadline) -> None:
+    def __init__(self, deadline: Deadline, resolve: Resolver = socket.getaddrinfo) -> None:
         self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
-                                             network_backend=_Backend(deadline),
+                                             network_backend=_Backend(deadline, resolve),
                                              max_connections=4)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
