@@ -398,3 +398,25 @@ def test_a_dns_lookup_that_hangs_is_cut_at_the_deadline() -> None:
         deadline.start(5)
         with pytest.raises(httpx.ConnectError, match=r"cannot resolve feeds\.example"):
             client.get("http://feeds.example/api")
+
+
+def test_the_cli_prints_one_error_line_with_a_hint(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conftest import ENV, base_config, toml_text
+    from digest_mailer.cli import cli
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("301 Moved", Location="/loop", Content_Length="0"))
+
+    path = tmp_path / "c.toml"
+    with raw_server(behave) as (url, _):
+        doc = base_config(tmp_path, source=url + "/loop", backend="file")
+        doc["source"].update({"retries": 0, "timeout": 2, "lookback_days": 1})
+        path.write_text(toml_text(doc))
+        result = CliRunner().invoke(cli, ["run", "--dry-run", "--config", str(path), "--date",
+                                          "2025-06-02"], env=ENV)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [
+        f"Error: {url}/loop?date=2025-06-02&p=0&limit=100: more than 5 redirects (a loop?)",
+        "Hint: check [source] location in the config"]
