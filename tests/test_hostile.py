@@ -236,19 +236,33 @@ def test_every_parser_survives_garbage(data: bytes) -> None:
         _parses(parse, data)
 
 
+dates = st.one_of(st.text(max_size=30), st.sampled_from([
+    "2025-06-02T00:00:00Z", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00",
+    "Mon, 02 Jun 2025 00:00:00 -0400", "Mon, 02 Jun 99999 00:00:00 +9999", "x" * 5_000]))
 entries = st.lists(st.fixed_dictionaries({
     "id": st.sampled_from(["http://arxiv.org/abs/2501.00001v1", "", "junk", "oai:arXiv.org:x"]),
-    "title": st.text(max_size=20), "summary": st.text(max_size=40)}), max_size=4)
+    "title": st.text(max_size=20), "summary": st.text(max_size=40), "date": dates,
+    "deep": st.sampled_from([0, 0, 100, 20_000])}), max_size=4)
 
 
 @FAST
-@given(items=entries)
-def test_arxiv_parser_on_generated_feeds(items: list[dict[str, str]]) -> None:
+@given(items=entries, rss=st.booleans())
+def test_arxiv_parser_on_generated_feeds(items: list[dict[str, Any]], rss: bool) -> None:
     from xml.sax.saxutils import escape
 
-    body = "".join(f"<entry><id>{escape(i['id'])}</id><title>{escape(i['title'])}</title>"
-                   f"<summary>{escape(i['summary'])}</summary></entry>" for i in items)
-    xml = f'<feed xmlns="http://www.w3.org/2005/Atom">{body}</feed>'
+    def title(i: dict[str, Any]) -> str:
+        return "<b>" * i["deep"] + escape(i["title"]) + "</b>" * i["deep"]
+
+    if rss:
+        body = "".join(f"<item><link>{escape(i['id'])}</link><title>{title(i)}</title>"
+                       f"<description>{escape(i['summary'])}</description>"
+                       f"<pubDate>{escape(i['date'])}</pubDate></item>" for i in items)
+        xml = f"<rss><channel>{body}</channel></rss>"
+    else:
+        body = "".join(f"<entry><id>{escape(i['id'])}</id><title>{title(i)}</title>"
+                       f"<summary>{escape(i['summary'])}</summary>"
+                       f"<published>{escape(i['date'])}</published></entry>" for i in items)
+        xml = f'<feed xmlns="http://www.w3.org/2005/Atom">{body}</feed>'
     _parses(arxiv.parse, xml.encode("utf-8", "surrogatepass"))
 
 
