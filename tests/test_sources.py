@@ -295,3 +295,27 @@ def test_capture_skips_without_the_captures_and_fails_under_ci(
     monkeypatch.setattr(conftest, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="CI must run with the real captures"):
         conftest.capture("hf_daily_papers_2025-06-02.json")
+
+
+def test_local_sources_that_are_not_plain_files(tmp_path: Path) -> None:
+    """A FIFO would block the run forever and /dev/zero would fill the memory."""
+    import os
+    import time
+
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with pytest.raises(SourceError, match=r"feed\.fifo: not a regular file"):
+        read(None, fifo)
+    assert time.monotonic() - start < 2
+    with pytest.raises(SourceError, match="/dev/zero: not a regular file"):
+        read("huggingface", Path("/dev/zero"))
+    with pytest.raises(SourceError, match=": not a regular file"):
+        read(None, tmp_path)
+    with pytest.raises(SourceError, match="not a usable file name"):
+        read(None, Path("feed\x00.json"))
+    big = tmp_path / "big.json"
+    big.write_bytes(b"[" + b" " * 5_000 + b"]")
+    with pytest.raises(SourceError, match=r"bigger than source.max_bytes \(1,000 bytes\)"):
+        open_source(SourceSpec(None, str(big), max_bytes=1_000), lambda: None).fetch(RUN)  # type: ignore[arg-type,return-value]
+    assert open_source(SourceSpec(None, str(big)), lambda: None).fetch(RUN).papers == ()  # type: ignore[arg-type,return-value]

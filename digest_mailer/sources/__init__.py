@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -31,11 +33,15 @@ class Source(Protocol):
     def fetch(self, run_date: date) -> FetchResult: ...
 
 
+DEFAULT_MAX_BYTES = 20_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
     kind: str | None  # None: a local file whose kind is read off its content
     location: str
     lookback_days: int = 2
+    max_bytes: int = DEFAULT_MAX_BYTES  # a local file's cap; HttpFetcher has its own
 
 
 def window(run_date: date, lookback_days: int) -> tuple[date, ...]:
@@ -77,29 +83,51 @@ def parse(kind: str, data: bytes, origin: str) -> FetchResult:
 class FileSource:
     kind: str | None
     path: Path
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def origin(self) -> str:
         return str(self.path)
 
     def fetch(self, run_date: date) -> FetchResult:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError as e:
-            raise SourceError(f"{self.path}: no such file",
-                              hint="check --source or [source] location") from e
-        except OSError as e:
-            raise SourceError(f"{self.path}: cannot read: {e.strerror}",
-                              hint="check --source or [source] location") from e
-        except ValueError as e:  # a NUL in the path
-            raise SourceError(f"{str(self.path)!r}: not a usable file name ({e})",
-                              hint="check --source or [source] location") from e
+        data = read_file(self.path, self.max_bytes)
         kind = self.kind or sniff_kind(data)
         if kind is None:
             raise SourceError(f"{self.path}: cannot tell what kind of feed this is",
                               hint=f"pass --source-kind ({' | '.join(SOURCE_KINDS)})")
         logger.info("reading %s as %s", self.path, kind)
         return parse(kind, data, str(self.path))
+
+
+def read_file(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most `max_bytes`: a FIFO would block the run forever and
+    /dev/zero would fill the memory, so neither is read."""
+    hint = "check --source or [source] location"
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as e:
+        raise SourceError(f"{path}: no such file", hint=hint) from e
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read: {e.strerror}", hint=hint) from e
+    except ValueError as e:  # a NUL in the path
+        raise SourceError(f"{str(path)!r}: not a usable file name ({e})", hint=hint) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise SourceError(f"{path}: not a regular file", hint=hint)
+    with os.fdopen(fd, "rb") as f:
+        too_big = SourceError(f"{path}: bigger than source.max_bytes ({max_bytes:,} bytes)",
+                              hint="raise [source] max_bytes if the feed is that big")
+        if info.st_size > max_bytes:
+            raise too_big
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise SourceError(f"{path}: cannot read: {e.strerror}", hint=hint) from e
+        if len(data) > max_bytes:
+            raise too_big
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +163,7 @@ class HttpSource:
 def open_source(spec: SourceSpec, http: Callable[[], HttpFetcher]) -> Source:
     """A Source for `spec`; `http` makes the HTTP client, only when a URL needs one."""
     if not is_url(spec.location):
-        return FileSource(spec.kind, Path(spec.location).expanduser())
+        return FileSource(spec.kind, Path(spec.location).expanduser(), spec.max_bytes)
     try:
         parts = urlsplit(spec.location)
     except ValueError as e:
@@ -143,7 +171,7 @@ def open_source(spec: SourceSpec, http: Callable[[], HttpFetcher]) -> Source:
                           hint="check --source or [source] location") from e
     scheme = parts.scheme.lower()
     if scheme == "file":
-        return FileSource(spec.kind, Path(parts.path))
+        return FileSource(spec.kind, Path(parts.path), spec.max_bytes)
     if scheme not in ("http", "https"):
         raise SourceError(f"{spec.location}: only http and https URLs (or local files) can "
                           "be read")
