@@ -25,11 +25,11 @@ from pydantic import (
 
 from digest_mailer.config_errors import describe_error, problems_hint
 from digest_mailer.config_errors import settings_table as _settings_table
-from digest_mailer.constants import SOURCE_KINDS, WEEKDAYS
+from digest_mailer.constants import SOURCE_KIND_HELP, SOURCE_KINDS, WEEKDAYS, SourceKindName
 from digest_mailer.errors import ConfigError
 from digest_mailer.models import Subscriber
+from digest_mailer.text import CONTROL as _CONTROL
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 __all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "load_config", "parse_config",
            "settings_table"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -135,9 +135,7 @@ class NewsletterSettings(_Section):
 
 
 class SourceSettings(_Section):
-    kind: Literal["huggingface", "huggingface-page", "arxiv"] = Field(
-        "huggingface",
-        description="huggingface (API JSON) | huggingface-page (HTML) | arxiv (Atom)")
+    kind: SourceKindName = Field("huggingface", description=SOURCE_KIND_HELP)
     location: str = Field(
         "https://huggingface.co/api/daily_papers",
         description="a URL or a local file path; '{date}' in a URL is replaced by each day",

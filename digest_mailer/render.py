@@ -17,6 +17,7 @@ import jinja2
 
 from digest_mailer.errors import RenderError
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
+from digest_mailer.text import CONTROL as _CONTROL
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ MAX_AUTHORS = 3
 BLURB_CHARS = 320
 SUBJECT_CHARS = 180
 SUBJECT_TOPICS = 3
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
 def shipped_templates() -> Path:

@@ -142,15 +142,20 @@ def test_feed_text_is_never_interpreted(write_config: Callable[..., Path],
     assert "{% raw %}" in html
 
 
-def test_golden_emails(write_config: Callable[..., Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("feed", ["sample", "capture"])
+def test_golden_emails(write_config: Callable[..., Path], tmp_path: Path, feed: str) -> None:
     """Whole emails against reviewed copies; UPDATE_GOLDEN=1 rewrites them."""
-    emails = dry_run(write_config())
-    doc = base_config(tmp_path, source=capture("hf_daily_papers_2025-06-02.json"), subscribers=[
-        {"email": "rl@example.org", "name": "Zoë 李", "topics": ["reinforcement learning"],
-         "exclude": ["diffusion"], "authors": ["Yejin Choi"], "max_papers": 3}])
-    doc["delivery"]["out_dir"] = str(tmp_path / "capture-out")
-    emails.update({f"capture-{k}": v for k, v in
-                   dry_run(write_config(doc, name="capture.toml")).items()})
+    if feed == "sample":
+        emails = dry_run(write_config())
+    else:
+        doc = base_config(tmp_path, source=capture("hf_daily_papers_2025-06-02.json"),
+                          subscribers=[{"email": "rl@example.org", "name": "Zoë 李",
+                                        "topics": ["reinforcement learning"],
+                                        "exclude": ["diffusion"], "authors": ["Yejin Choi"],
+                                        "max_papers": 3}])
+        doc["delivery"]["out_dir"] = str(tmp_path / "capture-out")
+        emails = {f"capture-{k}": v for k, v in
+                  dry_run(write_config(doc, name="capture.toml")).items()}
     for stem, data in sorted(emails.items()):
         msg = parse(data)
         text, html = parts(msg)
@@ -166,7 +171,8 @@ def test_golden_emails(write_config: Callable[..., Path], tmp_path: Path) -> Non
         for name, content in got.items():
             expected = (folder / name).read_text()
             assert content == expected, f"{folder / name} differs; review, then UPDATE_GOLDEN=1"
-    assert {p.name for p in GOLDEN.iterdir()} == set(emails)
+    assert {p.name for p in GOLDEN.iterdir()
+            if p.name.startswith("capture-") == (feed == "capture")} == set(emails)
 
 
 def test_sample_feed_ships_with_the_repo() -> None:

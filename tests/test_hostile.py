@@ -6,6 +6,7 @@ import base64
 import json
 import string
 from collections.abc import Callable
+from datetime import UTC
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ from hypothesis import strategies as st
 from conftest import ENV, NOW, base_config
 from digest_mailer.config import load_config, parse_config, settings_table
 from digest_mailer.errors import ConfigError, DigestMailerError, SourceError
-from digest_mailer.models import FetchResult
+from digest_mailer.models import FetchResult, Paper
 from digest_mailer.pipeline import RunOptions, run
 from digest_mailer.sources import arxiv, hf_api, hf_page
+from digest_mailer.sources.common import MAX_COUNT, MAX_REASONS, MAX_TEXT, MAX_YEAR, MIN_YEAR
+from digest_mailer.text import CONTROL
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -161,13 +164,23 @@ def test_config_loader_never_crashes(doc: dict[str, Any]) -> None:
         assert e.problems and all("\n" not in p and p.startswith("c.toml: ") for p in e.problems)
 
 
+# RAW stands for text spliced into the serialised JSON as it is: what json.dumps cannot write.
+RAW = "\x00raw"
+raw_json = st.sampled_from(["[" * 100_000 + "]" * 100_000, "{\"a\":" * 5_000 + "1" + "}" * 5_000,
+                            "[" * 65 + "]" * 65, "9" * 5_000, "-" + "9" * 5_000, "1e999",
+                            "-1e999", "Infinity", "NaN", "1" + "0" * 400 + ".5",
+                            '"\\ud800\\u0000"', str(2**63), str(2**64)])
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-              st.text(max_size=20), st.sampled_from(["2501.00001", "2501.00001v2", "paper"])),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+              st.integers(min_value=2**31 - 2, max_value=2**70), st.just(RAW),
+              st.text(max_size=20), st.sampled_from(["2501.00001", "2501.00001v2", "paper",
+                                                     "9999-12-31T23:59:59-23:59",
+                                                     "0001-01-01T00:00:00+14:00"])),
     lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(
         st.sampled_from(["paper", "id", "title", "summary", "authors", "name", "upvotes",
-                         "publishedAt", "ai_keywords", "githubRepo", "organization",
-                         "dailyPapers", "fullname", "hidden"]), inner, max_size=6)),
+                         "numComments", "publishedAt", "submittedOnDailyAt", "ai_keywords",
+                         "githubRepo", "organization", "dailyPapers", "fullname", "hidden",
+                         "date"]), inner, max_size=6)),
     max_leaves=30)
 
 
@@ -177,14 +190,43 @@ def _parses(parse: Callable[[bytes, str], FetchResult], data: bytes) -> None:
     except SourceError as e:
         assert "\n" not in e.message
         return
-    assert result.skipped == len(result.skipped_reasons)
-    assert all(p.id and p.title for p in result.papers)
+    assert len(result.skipped_reasons) == min(result.skipped, MAX_REASONS)
+    for p in result.papers:
+        assert p.id and p.title
+        _in_bounds(p)
+
+
+def _in_bounds(p: Paper) -> None:
+    """What every later stage may rely on: counts fit SQLite and a sort, dates convert, text
+    encodes as UTF-8 and holds no control character, nothing is huge."""
+    assert 0 <= p.upvotes <= MAX_COUNT and 0 <= p.num_comments <= MAX_COUNT
+    if p.published_at is not None:
+        assert p.published_at.tzinfo is not None
+        p.published_at.astimezone(UTC)
+        assert MIN_YEAR <= p.published_at.year <= MAX_YEAR
+    if p.listed_on is not None:
+        assert MIN_YEAR <= p.listed_on.year <= MAX_YEAR
+    texts = [p.title, p.abstract, p.ai_summary or "", p.organization or "", *p.authors,
+             *p.ai_keywords, p.github_url or "", p.project_url or ""]
+    for text in texts:
+        text.encode("utf-8")
+        assert not CONTROL.search(text) and len(text) <= MAX_TEXT
 
 
 @FAST
-@given(doc=json_values)
-def test_hf_api_parser_never_crashes(doc: Any) -> None:
-    _parses(hf_api.parse, json.dumps(doc).encode())
+@given(doc=json_values, raw=raw_json)
+def test_hf_api_parser_never_crashes(doc: Any, raw: str) -> None:
+    _parses(hf_api.parse, json.dumps(doc).replace(json.dumps(RAW), raw).encode())
+
+
+@FAST
+@given(doc=json_values, raw=raw_json)
+def test_hf_page_data_props_never_crash(doc: Any, raw: str) -> None:
+    from html import escape
+
+    props = json.dumps({"date": "2025-06-02", "dailyPapers": [doc]}).replace(json.dumps(RAW), raw)
+    page = f'<html><body><div data-target="DailyPapers" data-props="{escape(props)}"></div>'
+    _parses(hf_page.parse, (page + "</body></html>").encode())
 
 
 @FAST
@@ -194,19 +236,33 @@ def test_every_parser_survives_garbage(data: bytes) -> None:
         _parses(parse, data)
 
 
+dates = st.one_of(st.text(max_size=30), st.sampled_from([
+    "2025-06-02T00:00:00Z", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00",
+    "Mon, 02 Jun 2025 00:00:00 -0400", "Mon, 02 Jun 99999 00:00:00 +9999", "x" * 5_000]))
 entries = st.lists(st.fixed_dictionaries({
     "id": st.sampled_from(["http://arxiv.org/abs/2501.00001v1", "", "junk", "oai:arXiv.org:x"]),
-    "title": st.text(max_size=20), "summary": st.text(max_size=40)}), max_size=4)
+    "title": st.text(max_size=20), "summary": st.text(max_size=40), "date": dates,
+    "deep": st.sampled_from([0, 0, 100, 20_000])}), max_size=4)
 
 
 @FAST
-@given(items=entries)
-def test_arxiv_parser_on_generated_feeds(items: list[dict[str, str]]) -> None:
+@given(items=entries, rss=st.booleans())
+def test_arxiv_parser_on_generated_feeds(items: list[dict[str, Any]], rss: bool) -> None:
     from xml.sax.saxutils import escape
 
-    body = "".join(f"<entry><id>{escape(i['id'])}</id><title>{escape(i['title'])}</title>"
-                   f"<summary>{escape(i['summary'])}</summary></entry>" for i in items)
-    xml = f'<feed xmlns="http://www.w3.org/2005/Atom">{body}</feed>'
+    def title(i: dict[str, Any]) -> str:
+        return "<b>" * i["deep"] + escape(i["title"]) + "</b>" * i["deep"]
+
+    if rss:
+        body = "".join(f"<item><link>{escape(i['id'])}</link><title>{title(i)}</title>"
+                       f"<description>{escape(i['summary'])}</description>"
+                       f"<pubDate>{escape(i['date'])}</pubDate></item>" for i in items)
+        xml = f"<rss><channel>{body}</channel></rss>"
+    else:
+        body = "".join(f"<entry><id>{escape(i['id'])}</id><title>{title(i)}</title>"
+                       f"<summary>{escape(i['summary'])}</summary>"
+                       f"<published>{escape(i['date'])}</published></entry>" for i in items)
+        xml = f'<feed xmlns="http://www.w3.org/2005/Atom">{body}</feed>'
     _parses(arxiv.parse, xml.encode("utf-8", "surrogatepass"))
 
 
@@ -219,3 +275,142 @@ def test_page_parser_on_generated_cards(cards: list[tuple[str, str]]) -> None:
                    f"</article>" for title, href in cards)
     _parses(hf_page.parse, f"<html><body>{body or '<p/>'}</body></html>".encode(
         "utf-8", "surrogatepass"))
+
+
+# -- hostile feeds, one shape at a time -------------------------------------------------------
+
+def _items(*papers: str, comments: str = "0") -> bytes:
+    """A daily papers array whose values are spliced in as raw JSON text."""
+    return ("[" + ",".join(f'{{"paper": {{"id": "2506.0000{n}", "title": "Paper {n}", '
+                           f'"upvotes": {up}}}, "numComments": {comments}}}'
+                           for n, up in enumerate(papers)) + "]").encode()
+
+
+@pytest.mark.parametrize(("raw", "count"), [
+    ("Infinity", MAX_COUNT), ("-Infinity", 0), ("NaN", 0), ("1e999", MAX_COUNT),
+    ("-1e999", 0), (str(2**63), MAX_COUNT), (str(2**31), MAX_COUNT), ("9" * 5_000, MAX_COUNT),
+    ("-" + "9" * 5_000, 0), ("1" + "0" * 400 + ".5", MAX_COUNT), ("12.9", 12), ('"12"', 0),
+    ("true", 0), ("[1]", 0),
+])
+def test_numbers_out_of_bounds_are_clamped(raw: str, count: int) -> None:
+    result = hf_api.parse(_items(raw, "7", comments=raw), "feed")
+    assert result.skipped == 0
+    first, second = result.papers
+    assert (first.upvotes, first.num_comments, second.upvotes) == (count, count, 7)
+
+
+def test_huge_counts_survive_a_real_run(write_config: Callable[..., Path],
+                                        tmp_path: Path) -> None:
+    """A dry run never wrote the ledger, so 2**63 upvotes only crashed the real run."""
+    source = tmp_path / "feed.json"
+    source.write_bytes(_items(str(2**63), "Infinity", "9" * 5_000, comments="1e999"))
+    config = load_config(write_config(source=source, backend="file"))
+    report = run(config, RunOptions(run_date=NOW.date()), now=NOW, env=ENV)
+    assert report.fetched == 3 and report.skipped == 0
+    import sqlite3
+
+    with sqlite3.connect(config.state_path) as db:
+        assert {u for (u,) in db.execute("SELECT upvotes FROM papers")} == {MAX_COUNT}
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(("where", "papers", "skipped"), [
+    ("top", 0, 1), ("item", 1, 1), ("authors", 1, 1), ("object", 1, 1)])
+def test_json_nested_100000_deep_skips_only_that_item(where: str, papers: int,
+                                                      skipped: int) -> None:
+    deep = {"top": "[" * DEEP + "]" * DEEP,
+            "item": '{"paper": ' * DEEP + "1" + "}" * DEEP,
+            "authors": '{"paper": {"id": "2506.00001", "title": "A", "authors": '
+                       + "[" * DEEP + "]" * DEEP + "}}",
+            "object": '{"paper": {"id": "2506.00001", "title": "A", "x": '
+                      + '{"a": ' * DEEP + "1" + "}" * DEEP + "}}"}[where]
+    ok = '{"paper": {"id": "2506.00002", "title": "B"}}'
+    doc = deep if where == "top" else f"[{deep}, {ok}]"
+    result = hf_api.parse(doc.encode(), "feed")
+    assert len(result.papers) == papers and result.skipped == skipped
+    assert [p.id for p in result.papers] == (["2506.00002"] if papers else [])
+    assert result.skipped_reasons == ("feed item 0: nested more than 64 levels deep",)
+
+
+def test_data_props_nested_100000_deep(tmp_path: Path) -> None:
+    from html import escape
+
+    props = ('{"date": "2025-06-02", "dailyPapers": [{"paper": {"id": "2506.00001", "title": '
+             '"A", "authors": ' + "[" * DEEP + "]" * DEEP + '}}, {"paper": {"id": "2506.00002",'
+             ' "title": "B"}}]}')
+    page = f'<html><body><div data-target="DailyPapers" data-props="{escape(props)}"></div>'
+    result = hf_page.parse(page.encode(), "page")
+    assert [p.id for p in result.papers] == ["2506.00002"] and result.skipped == 1
+    whole = "[" * DEEP + "]" * DEEP
+    page = f'<html><body><div data-target="DailyPapers" data-props="{whole}"></div>'
+    with pytest.raises(SourceError, match="no daily papers found"):
+        hf_page.parse(page.encode(), "page")  # not the papers' shape: falls back to the cards
+
+
+def test_markup_nested_100000_deep() -> None:
+    atom = ('<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>http://arxiv.org/abs/2501.'
+            '00001</id><title>' + "<b>" * DEEP + "x" + "</b>" * DEEP + "</title></entry></feed>")
+    (paper,) = arxiv.parse(atom.encode(), "feed").papers
+    assert paper.title == "x"
+    html = ("<html><body>" + "<div>" * DEEP + "</div>" * DEEP + '<article><h3><a href="/papers/'
+            '2501.00001">T</a></h3></article></body></html>')
+    _parses(hf_page.parse, html.encode())
+
+
+def test_skip_reasons_are_capped_but_counted() -> None:
+    result = hf_api.parse(json.dumps([{"paper": {"title": "no id"}}] * 10_000).encode(), "feed")
+    assert result.skipped == 10_000 and len(result.skipped_reasons) == MAX_REASONS
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00",
+                                   "1066-10-14T09:00:00", "99999-01-01", "not a date"])
+def test_dates_out_of_range_are_dropped(value: str) -> None:
+    doc = [{"paper": {"id": "2506.00001", "title": "A", "publishedAt": value,
+                      "submittedOnDailyAt": value}}]
+    (paper,) = hf_api.parse(json.dumps(doc).encode(), "feed").papers
+    assert paper.published_at is None and paper.listed_on is None
+
+
+@pytest.mark.parametrize("pub", ["Mon, 02 Jun 99999 00:00:00 +9999", "Mon, 02 Jun 1066 00:00 "
+                                 "+1400", "x" * 100_000, "Mon, 31 Feb 2025 00:00:00 GMT"])
+def test_rss_dates_out_of_range_are_dropped(pub: str) -> None:
+    rss = (f"<rss><channel><item><title>T</title><link>https://arxiv.org/abs/2501.00001</link>"
+           f"<pubDate>{pub}</pubDate></item></channel></rss>")
+    (paper,) = arxiv.parse(rss.encode(), "feed").papers
+    assert paper.published_at is None
+
+
+def test_odd_ids_strings_and_characters() -> None:
+    doc = [{"paper": {"id": 2506.00001, "title": "float id"}},
+           {"paper": {"id": ["2506.00002"], "title": "list id"}},
+           {"paper": {"id": {"$oid": "2506.00003"}, "title": "object id"}},
+           {"paper": {"id": 10**30, "title": "huge id"}},
+           {"paper": {"id": "2506.00004", "title": "Lone \ud800 surrogate, NUL\x00, NEL\x85",
+                      "summary": "x" * 5_000_000, "authors": [{"name": "A" * 10_000}] * 20_000,
+                      "ai_keywords": ["k"] * 100_000, "githubRepo": "https://github.com/" +
+                      "a" * 5_000}}]
+    result = hf_api.parse(json.dumps(doc).encode(), "feed")
+    assert [p.id for p in result.papers] == ["2506.00001", "2506.00004"]
+    assert result.skipped == 3
+    assert "id=a list" in result.skipped_reasons[0] and "id=a dict" in result.skipped_reasons[1]
+    paper = result.papers[1]
+    _in_bounds(paper)
+    assert paper.title == "Lone \ufffd surrogate, NUL , NEL"
+    assert len(paper.abstract) == MAX_TEXT and paper.abstract.endswith("…")
+    assert len(paper.authors) == 5_000 and len(paper.ai_keywords) == 100
+    assert paper.github_url is None
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe\x00garbage", b"\x00" * 10, "[\"\ud800\"]".encode(
+    "utf-8", "surrogatepass"), b'[{"paper": {"id": "2506.00001", "title": "A"}}] trailing'])
+def test_feeds_that_cannot_be_read_at_all_are_one_source_error(data: bytes,
+                                                               tmp_path: Path) -> None:
+    from digest_mailer.sources import FileSource
+
+    path = tmp_path / "feed.json"
+    path.write_bytes(data)
+    with pytest.raises(SourceError) as info:
+        FileSource("huggingface", path).fetch(NOW.date())
+    assert "\n" not in info.value.message and info.value.hint

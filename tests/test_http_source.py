@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HttpServer, Reply, Request, capture, slow
+from conftest import HttpServer, Reply, Request, capture, feed_fixture, slow
 from digest_mailer.errors import SourceError
 from digest_mailer.sources import SourceSpec, open_source
 from digest_mailer.sources.http import USER_AGENT, HttpFetcher
@@ -57,6 +57,13 @@ def test_paginates_each_day_until_an_empty_page(http_server: HttpServer) -> None
     merged = next(p for p in result.papers if p.id == "2506.00001")
     assert merged.upvotes == 7 and merged.listed_on == date(2025, 6, 1)
     assert all(r.headers["user-agent"] == USER_AGENT for r in http_server.requests)
+
+
+def test_fixture_served_over_http(http_server: HttpServer) -> None:
+    body = feed_fixture("hf_api_2025-06-02.json").read_bytes()
+    http_server.routes["/api/daily_papers"] = \
+        lambda req: (200, JSON, body if req.query["p"] == "0" else b"[]")
+    assert len(fetch(http_server, "/api/daily_papers").papers) == 6
 
 
 def test_real_capture_served_over_http(http_server: HttpServer) -> None:
@@ -129,11 +136,24 @@ def test_server_that_ignores_the_page_parameter_stops(http_server: HttpServer) -
 
 
 def test_page_and_arxiv_urls_with_a_date_placeholder(http_server: HttpServer) -> None:
-    page = capture("hf_papers_page_2024-08-01.html").read_bytes()
+    page = feed_fixture("hf_papers_page_2024-08-01.html").read_bytes()
     http_server.routes["/papers/date/2025-06-01"] = lambda req: (200, {}, page)
     http_server.routes["/papers/date/2025-06-02"] = lambda req: (200, {}, page)
     result = fetch(http_server, "/papers/date/{date}", kind="huggingface-page", days=2)
-    assert len(result.papers) == 13 and len(http_server.requests) == 2
-    atom = capture("arxiv_api_atom_legacy_au_del_maestro.xml").read_bytes()
+    assert len(result.papers) == 4 and len(http_server.requests) == 2
+    atom = feed_fixture("arxiv_api_query.xml").read_bytes()
     http_server.routes["/api/query"] = lambda req: (200, {}, atom)
-    assert len(fetch(http_server, "/api/query", kind="arxiv").papers) == 10
+    assert len(fetch(http_server, "/api/query", kind="arxiv").papers) == 3
+    rss = feed_fixture("arxiv_listing_cs.LG.rss").read_bytes()
+    http_server.routes["/rss/cs.LG"] = lambda req: (200, {}, rss)
+    assert len(fetch(http_server, "/rss/cs.LG", kind="arxiv").papers) == 3
+
+
+def test_a_deep_or_huge_feed_over_http_skips_the_bad_item(http_server: HttpServer) -> None:
+    body = ('[{"paper": {"id": "2506.00001", "title": "A", "authors": ' + "[" * 100_000
+            + "]" * 100_000 + '}}, {"paper": {"id": "2506.00002", "title": "B", "upvotes": '
+            + "9" * 5_000 + "}}]").encode()
+    http_server.routes["/api"] = lambda req: (200, JSON, body if req.query["p"] == "0" else b"[]")
+    result = fetch(http_server, "/api")
+    assert [(p.id, p.upvotes) for p in result.papers] == [("2506.00002", 2**31 - 1)]
+    assert result.skipped == 1 and "nested more than 64 levels" in result.skipped_reasons[0]

@@ -1,4 +1,5 @@
-"""Every parser against the real captures in ../shared/data, plus small fixtures of our own."""
+"""Every parser against the repository's own fixtures (tests/fixtures/, always) and against the
+real captures in ../shared/data (skipped without them, outside CI)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, capture
+from conftest import SAMPLE, capture, feed_fixture
 from digest_mailer.errors import SourceError
 from digest_mailer.sources import (
     FileSource,
@@ -29,6 +30,87 @@ RUN = date(2025, 6, 2)
 def read(kind: str | None, path: Path):
     return FileSource(kind, path).fetch(RUN)
 
+
+# -- the repository's fixtures: every parser, on a clean clone -------------------------------
+
+def test_fixture_hf_api_2025_schema() -> None:
+    result = read(None, feed_fixture("hf_api_2025-06-02.json"))  # kind sniffed
+    assert len(result.papers) == 6 and result.skipped == 0
+    first = result.papers[0]
+    assert first.id == "2506.10001"
+    assert first.title == ("Curriculum Reinforcement Learning for Long-Horizon Reasoning in "
+                           "Small Language Models")  # the "\n  " is folded
+    assert first.authors == ("Ines Duarte", "Kwame Mensah", "Li Wei", "Sofia Rossi")  # hidden
+    assert (first.upvotes, first.num_comments, first.listed_on) == (58, 4, date(2025, 6, 2))
+    assert first.organization == "Example Lab"
+    assert first.github_url == "https://github.com/example-lab/curriculum-rl"
+    assert first.project_url == "https://example-lab.github.io/curriculum-rl/"
+    assert first.ai_summary and first.ai_summary.startswith("A length-ordered curriculum")
+    assert "reinforcement learning" in first.ai_keywords
+    assert "\n" not in first.abstract and first.abstract.startswith("We train small")
+    assert [p.id for p in result.papers if p.ai_summary is None] == ["2506.10002"]
+    assert {p.authors[2] for p in result.papers if p.id == "2506.10002"} == {"Zoë Laurent"}
+
+
+def test_fixture_hf_api_2024_schema() -> None:
+    result = read("huggingface", feed_fixture("hf_api_2024-08-01.json"))
+    assert [(p.id, p.upvotes) for p in result.papers] == [
+        ("2408.00101", 66), ("2408.00102", 31), ("2408.00103", 12), ("2408.00104", 4)]
+    first = result.papers[0]
+    assert first.ai_summary is None and first.ai_keywords == ()
+    assert first.listed_on == date(2024, 8, 1) and first.published_at is not None
+    assert first.abstract.startswith("We train sparse autoencoders") and first.num_comments == 3
+
+
+def test_fixture_hf_page_props_and_cards_agree(tmp_path: Path) -> None:
+    page = feed_fixture("hf_papers_page_2024-08-01.html")
+    full = read(None, page)
+    api = read(None, feed_fixture("hf_api_2024-08-01.json"))
+    assert full.papers == api.papers  # the same items, embedded
+    stripped = tmp_path / "cards.html"
+    stripped.write_text(re.sub(r'data-target="DailyPapers" data-props="[^"]*"', "",
+                               page.read_text()))
+    cards = read("huggingface-page", stripped)
+    assert [(p.id, p.title, p.upvotes) for p in cards.papers] == \
+           [(p.id, p.title, p.upvotes) for p in full.papers]
+
+
+def test_fixture_arxiv_api_atom() -> None:
+    result = read(None, feed_fixture("arxiv_api_query.xml"))
+    assert [p.id for p in result.papers] == ["2506.20001", "hep-th/9901001", "2506.20003"]
+    first = result.papers[0]
+    assert first.title == "Entanglement Growth in Monitored Bosonic Chains"
+    assert first.authors == ("Helena Voss", "Kenji Mori")
+    assert first.abstract.startswith("We study monitored chains") and "\n" not in first.abstract
+    assert first.listed_on == date(2025, 6, 1)
+
+
+@pytest.mark.parametrize("name", ["arxiv_listing_cs.LG.atom", "arxiv_listing_cs.LG.rss"])
+def test_fixture_arxiv_listing_feeds(name: str) -> None:
+    result = read(None, feed_fixture(name))
+    assert [p.id for p in result.papers] == ["2506.01234", "2506.01777", "2505.09876"]
+    first = result.papers[0]
+    assert first.abstract == ("We revisit sparse mixture-of-experts layers for models under 1B "
+                              "parameters.")  # the "arXiv:... Announce Type: new Abstract:" gone
+    assert first.authors == ("Ana Lima", "Björn Berg")
+    assert first.listed_on == date(2025, 6, 2)
+
+
+def test_every_registered_kind_has_a_parser_a_fixture_and_a_sniff() -> None:
+    from digest_mailer.constants import SOURCES
+    from digest_mailer.sources import parse
+
+    fixtures = {"huggingface": "hf_api_2025-06-02.json",
+                "huggingface-page": "hf_papers_page_2024-08-01.html",
+                "arxiv": "arxiv_api_query.xml"}
+    assert {k.name for k in SOURCES} == set(fixtures)
+    for kind in SOURCES:
+        data = feed_fixture(fixtures[kind.name]).read_bytes()
+        assert sniff_kind(data) == kind.name
+        assert parse(kind.name, data, "f").papers
+
+
+# -- the real captures ------------------------------------------------------------------------
 
 def test_hf_api_2025_schema() -> None:
     result = read("huggingface", capture("hf_daily_papers_2025-06-02.json"))
@@ -200,3 +282,40 @@ def test_open_source_refuses_other_schemes() -> None:
 def test_page_parser_module_reads_bytes_directly() -> None:
     data = capture("hf_papers_page_2024-08-01.html").read_bytes()
     assert len(hf_page.parse(data, "page").papers) == 13
+
+
+def test_capture_skips_without_the_captures_and_fails_under_ci(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import conftest
+
+    monkeypatch.setattr(conftest, "DATA", tmp_path / "absent")
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="the real captures are not in"):
+        conftest.capture("hf_daily_papers_2025-06-02.json")
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI must run with the real captures"):
+        conftest.capture("hf_daily_papers_2025-06-02.json")
+
+
+def test_local_sources_that_are_not_plain_files(tmp_path: Path) -> None:
+    """A FIFO would block the run forever and /dev/zero would fill the memory."""
+    import os
+    import time
+
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with pytest.raises(SourceError, match=r"feed\.fifo: not a regular file"):
+        read(None, fifo)
+    assert time.monotonic() - start < 2
+    with pytest.raises(SourceError, match="/dev/zero: not a regular file"):
+        read("huggingface", Path("/dev/zero"))
+    with pytest.raises(SourceError, match=": not a regular file"):
+        read(None, tmp_path)
+    with pytest.raises(SourceError, match="not a usable file name"):
+        read(None, Path("feed\x00.json"))
+    big = tmp_path / "big.json"
+    big.write_bytes(b"[" + b" " * 5_000 + b"]")
+    with pytest.raises(SourceError, match=r"bigger than source.max_bytes \(1,000 bytes\)"):
+        open_source(SourceSpec(None, str(big), max_bytes=1_000), lambda: None).fetch(RUN)  # type: ignore[arg-type,return-value]
+    assert open_source(SourceSpec(None, str(big)), lambda: None).fetch(RUN).papers == ()  # type: ignore[arg-type,return-value]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from xml.etree.ElementTree import Element, ParseError
 
 from defusedxml import DefusedXmlException
@@ -14,11 +13,14 @@ from defusedxml.ElementTree import fromstring
 from digest_mailer.errors import SourceError
 from digest_mailer.models import FetchResult, Paper
 from digest_mailer.sources.common import (
+    MAX_NAMES,
     canonical_id,
     clean_text,
     collect,
     parse_datetime,
+    parse_rfc822,
     safe_url,
+    shown,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,20 +59,21 @@ def _text(entry: Element, tag: str) -> str:
 
 def _authors(entry: Element, atom_names: list[str]) -> tuple[str, ...]:
     if atom_names:
-        return tuple(atom_names)
-    creators = ", ".join(_text(c, ".") for c in entry.findall(f"{DC}creator"))
-    return tuple(a for a in (clean_text(x) for x in creators.split(",")) if a)
+        return tuple(atom_names[:MAX_NAMES])
+    creators = ", ".join(_text(c, ".") for c in entry.findall(f"{DC}creator")[:MAX_NAMES])
+    return tuple(a for a in (clean_text(x, 300) for x in creators.split(",")) if a)[:MAX_NAMES]
 
 
 def _atom_entry(entry: Element) -> tuple[Paper | None, str]:
     raw_id = _text(entry, f"{ATOM}id")
     pid = canonical_id(raw_id)
     if pid is None:
-        return None, f"no arXiv id (id={raw_id!r:.60})"
+        return None, f"no arXiv id (id={shown(raw_id)})"
     title = _text(entry, f"{ATOM}title")
     if not title:
         return None, f"{pid}: no title"
-    names = [n for n in (_text(a, f"{ATOM}name") for a in entry.findall(f"{ATOM}author")) if n]
+    authors = entry.findall(f"{ATOM}author")[:MAX_NAMES]
+    names = [n for n in (clean_text(_text(a, f"{ATOM}name"), 300) for a in authors) if n]
     published = parse_datetime(_text(entry, f"{ATOM}published"))
     return Paper(
         id=pid,
@@ -88,14 +91,11 @@ def _rss_item(item: Element) -> tuple[Paper | None, str]:
     link = _text(item, "link")
     pid = canonical_id(link) or canonical_id(_text(item, "guid"))
     if pid is None:
-        return None, f"no arXiv id (link={link!r:.60})"
+        return None, f"no arXiv id (link={shown(link)})"
     title = _text(item, "title")
     if not title:
         return None, f"{pid}: no title"
-    try:
-        published = parsedate_to_datetime(_text(item, "pubDate"))
-    except (TypeError, ValueError):
-        published = None
+    published = parse_rfc822(_text(item, "pubDate"))
     return Paper(
         id=pid,
         title=title,

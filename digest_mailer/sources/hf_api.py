@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import date
@@ -11,16 +10,20 @@ from typing import Any
 from digest_mailer.errors import SourceError
 from digest_mailer.models import FetchResult, Paper
 from digest_mailer.sources.common import (
+    MAX_KEYWORDS,
+    MAX_NAMES,
     as_int,
     canonical_id,
     clean_text,
     collect,
-    merge_papers,
+    combine,
     parse_date,
     parse_datetime,
     safe_url,
+    shown,
 )
 from digest_mailer.sources.http import HttpFetcher
+from digest_mailer.sources.jsondoc import MAX_DEPTH, holds_too_deep, loads
 
 logger = logging.getLogger(__name__)
 
@@ -29,37 +32,41 @@ MAX_PAGES = 50  # a day has tens of papers; this only stops a server that ignore
 
 
 def parse(data: bytes, origin: str) -> FetchResult:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{origin}: not valid JSON ({e})",
-                          hint="is [source] kind right? 'huggingface' expects the API's "
-                               "JSON") from e
-    return parse_items(_items_of(doc, origin), origin)
+    doc, cut = loads(data, origin, hint="is [source] kind right? 'huggingface' expects the "
+                                        "API's JSON")
+    return parse_items(_items_of(doc, origin), origin, cut=cut)
 
 
 def _items_of(doc: Any, origin: str) -> list[Any]:
     if isinstance(doc, list):
         return doc
     # The papers page embeds the same items as {"dailyPapers": [...]}.
-    if isinstance(doc, dict) and isinstance(doc.get("dailyPapers"), list):
-        return doc["dailyPapers"]
+    items = doc.get("dailyPapers") if isinstance(doc, dict) else None
+    if isinstance(items, list):
+        return items
     raise SourceError(f"{origin}: expected a JSON array of daily papers, got "
                       f"{type(doc).__name__}", hint="is [source] kind right?")
 
 
-def parse_items(items: Iterable[Any], origin: str) -> FetchResult:
-    return collect(items, paper_from_item, origin, "item")
+def parse_items(items: Iterable[Any], origin: str, *, cut: bool = False) -> FetchResult:
+    """`cut`: the decoder replaced parts nested too deep; the items holding them are skipped."""
+    return collect(items, _checked if cut else paper_from_item, origin, "item")
+
+
+def _checked(item: Any) -> tuple[Paper | None, str]:
+    if holds_too_deep(item):
+        return None, f"nested more than {MAX_DEPTH} levels deep"
+    return paper_from_item(item)
 
 
 def paper_from_item(item: Any) -> tuple[Paper | None, str]:
     if not isinstance(item, dict):
-        return None, f"not an object ({type(item).__name__})"
+        return None, f"not an object ({shown(item)})"
     inner = item.get("paper")
     paper: dict[str, Any] = inner if isinstance(inner, dict) else item
     pid = canonical_id(paper.get("id"))
     if pid is None:
-        return None, f"no arXiv id (id={paper.get('id')!r:.60})"
+        return None, f"no arXiv id (id={shown(paper.get('id'))})"
     title = clean_text(paper.get("title")) or clean_text(item.get("title"))
     if not title:
         return None, f"{pid}: no title"
@@ -79,7 +86,7 @@ def paper_from_item(item: Any) -> tuple[Paper | None, str]:
         github_url=safe_url(paper.get("githubRepo")),
         project_url=safe_url(paper.get("projectPage")),
         ai_summary=clean_text(paper.get("ai_summary")) or None,
-        ai_keywords=tuple(k for k in (clean_text(k) for k in keywords) if k)
+        ai_keywords=tuple(k for k in (clean_text(k, 200) for k in keywords[:MAX_KEYWORDS]) if k)
         if isinstance(keywords, list) else (),
         num_comments=as_int(item.get("numComments")),
     ), ""
@@ -89,11 +96,11 @@ def _authors(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list):
         return ()
     names = []
-    for a in raw:
+    for a in raw[:MAX_NAMES]:
         if isinstance(a, dict) and not a.get("hidden"):
-            name = clean_text(a.get("name"))
+            name = clean_text(a.get("name"), 300)
         else:
-            name = clean_text(a) if isinstance(a, str) else ""
+            name = clean_text(a, 300) if isinstance(a, str) else ""
         if name:
             names.append(name)
     return tuple(names)
@@ -101,29 +108,23 @@ def _authors(raw: Any) -> tuple[str, ...]:
 
 def fetch(location: str, http: HttpFetcher, days: Sequence[date]) -> FetchResult:
     """One request per day (`?date=`), paginated with `p`/`limit` until an empty page."""
-    papers: list[Paper] = []
-    reasons: list[str] = []
+    results: list[FetchResult] = []
     for day in days:
         seen: set[str] = set()
         for page in range(MAX_PAGES):
             params: dict[str, str | int] = {"date": day.isoformat(), "p": page,
                                             "limit": PAGE_SIZE}
             origin = f"{location} (date={day}, p={page})"
-            body = http.get(location, params=params)
-            try:
-                items = _items_of(json.loads(body), origin)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise SourceError(f"{origin}: not valid JSON ({e})",
-                                  hint="is the location the daily papers API?") from e
+            doc, cut = loads(http.get(location, params=params), origin,
+                             hint="is the location the daily papers API?")
+            items = _items_of(doc, origin)
             if not items:
                 break
-            result = parse_items(items, origin)
+            result = parse_items(items, origin, cut=cut)
             new = [p for p in result.papers if p.id not in seen]
-            papers.extend(result.papers)
-            reasons.extend(result.skipped_reasons)
+            results.append(result)
             if not new and result.papers:
                 logger.warning("%s: the server repeats the previous page; stopping", origin)
                 break
             seen.update(p.id for p in result.papers)
-    return FetchResult(papers=merge_papers(papers), skipped=len(reasons),
-                       skipped_reasons=tuple(reasons), origin=location)
+    return combine(results, location)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import replace
@@ -13,7 +12,14 @@ from bs4 import BeautifulSoup, Tag, XMLParsedAsHTMLWarning
 from digest_mailer.errors import SourceError
 from digest_mailer.models import FetchResult, Paper
 from digest_mailer.sources import hf_api
-from digest_mailer.sources.common import canonical_id, clean_text, collect, parse_date
+from digest_mailer.sources.common import (
+    canonical_id,
+    clean_text,
+    collect,
+    count_text,
+    parse_date,
+)
+from digest_mailer.sources.jsondoc import loads
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +32,13 @@ def parse(data: bytes, origin: str) -> FetchResult:
     holder = soup.select_one('[data-target="DailyPapers"][data-props]')
     if holder is not None:
         try:
-            props = json.loads(str(holder["data-props"]))
-        except json.JSONDecodeError as e:
+            props, cut = loads(str(holder["data-props"]), origin, hint="")
+        except SourceError as e:
             logger.warning("%s: data-props is not JSON (%s); reading the cards", origin, e)
         else:
             items = props.get("dailyPapers") if isinstance(props, dict) else None
             if isinstance(items, list):
-                return _with_listing_day(hf_api.parse_items(items, origin),
+                return _with_listing_day(hf_api.parse_items(items, origin, cut=cut),
                                          parse_date(props.get("date")))
     articles = soup.find_all("article")
     if not articles:
@@ -54,8 +60,8 @@ def _card(card: Tag) -> tuple[Paper | None, str]:
         return None, f"{pid}: no title"
     # The vote count sits beside the (disabled) upvote checkbox.
     votes = card.select_one("input[type=checkbox] ~ div.leading-none")
-    upvotes = votes.get_text(strip=True) if votes else ""
-    return Paper(id=pid, title=title, upvotes=int(upvotes) if upvotes.isdigit() else 0), ""
+    return Paper(id=pid, title=title,
+                 upvotes=count_text(votes.get_text(strip=True)) if votes else 0), ""
 
 
 def _with_listing_day(result: FetchResult, day: date | None) -> FetchResult:

@@ -1,39 +1,47 @@
-"""Fetching bytes over HTTP: timeouts, a User-Agent, a size cap, retries with backoff."""
+"""Fetching bytes over HTTP: a total deadline per request, a User-Agent, size caps on the body as
+sent and as decoded, a redirect limit, retries with backoff. Every failure is a SourceError."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
 
 import httpx
 
 from digest_mailer import __version__
 from digest_mailer.errors import SourceError
+from digest_mailer.sources.transport import Deadline, DeadlineTransport
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"digest-mailer/{__version__} (+https://pypi.org/project/digest-mailer/)"
+MAX_REDIRECTS = 5
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 120.0
+_HINT = "check [source] location in the config"
 
 
 class HttpFetcher:
-    """One HTTP client for a run. `sleep` is passed in so tests need not wait for backoff."""
+    """One HTTP client for a run. Each request (redirects included) is over within `timeout`
+    seconds, whatever the server does. `sleep` is passed in so tests need not wait for
+    backoff."""
 
     def __init__(self, *, timeout: float = 30.0, retries: int = 3, max_bytes: int = 20_000_000,
-                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                 client: httpx.Client | None = None) -> None:
+                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self._timeout = timeout
         self._retries = retries
         self._max_bytes = max_bytes
         self._backoff = backoff
         self._sleep = sleep
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout), follow_redirects=True, max_redirects=5,
+        self._deadline = Deadline()
+        # The body is decoded here, not by httpx, so a gzip bomb stops at max_bytes.
+        self._client = httpx.Client(
+            transport=DeadlineTransport(self._deadline), timeout=httpx.Timeout(timeout),
+            follow_redirects=True, max_redirects=MAX_REDIRECTS,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"})
-        self.requests = 0
 
     def __enter__(self) -> HttpFetcher:
         return self
@@ -45,63 +53,124 @@ class HttpFetcher:
         self._client.close()
 
     def get(self, url: str, params: Mapping[str, str | int] | None = None) -> bytes:
+        shown = _shown(url, params)
         attempt = 0
         while True:
             attempt += 1
+            cause: Exception | None = None
+            retry_after: float | None = None
             try:
-                status, body, retry_after = self._get_once(url, params)
+                status, body, retry_after = self._get_once(url, params, shown)
             except httpx.TimeoutException as e:
-                problem, retry_after = f"timed out after {self._timeout:g}s", None
-                cause: Exception | None = e
+                problem, cause = f"timed out after {self._timeout:g}s", e
+            except httpx.TooManyRedirects as e:
+                raise SourceError(f"{shown}: more than {MAX_REDIRECTS} redirects (a loop?)",
+                                  hint=_HINT) from e
+            except httpx.UnsupportedProtocol as e:
+                raise SourceError(f"{shown}: redirected to a URL that is not http(s) "
+                                  f"({_reason(e)})", hint=_HINT) from e
+            except httpx.RemoteProtocolError as e:
+                problem, cause = f"the server broke HTTP ({_reason(e)})", e
             except httpx.TransportError as e:
-                problem, retry_after, cause = f"unreachable ({_reason(e)})", None, e
+                problem, cause = f"unreachable ({_reason(e)})", e
+            except httpx.InvalidURL as e:
+                raise SourceError(f"{shown}: not a valid URL ({_reason(e)})", hint=_HINT) from e
+            except httpx.HTTPError as e:  # anything else httpx may add: one clear line
+                problem, cause = f"failed ({type(e).__name__}: {_reason(e)})", e
             else:
-                if status < 400:
+                if 200 <= status < 300:
                     return body
-                problem, cause = f"HTTP {status}", None
+                problem = f"HTTP {status}"
                 if status not in _RETRY_STATUS:
-                    raise SourceError(f"{_shown(url, params)}: {problem}",
-                                      hint="check [source] location in the config")
+                    raise SourceError(f"{shown}: {problem}", hint=_HINT)
             if attempt > self._retries:
-                raise SourceError(
-                    f"{_shown(url, params)}: {problem} (gave up after {attempt} attempts)",
-                    hint="the feed may be down; the next run tries again") from cause
+                raise SourceError(f"{shown}: {problem} (gave up after {attempt} attempts)",
+                                  hint="the feed may be down; the next run tries again"
+                                  ) from cause
             delay = retry_after if retry_after is not None else self._backoff * 2 ** (attempt - 1)
-            logger.warning("%s: %s; retrying in %.1fs (%d/%d)", _shown(url, params), problem,
-                           delay, attempt, self._retries)
+            logger.warning("%s: %s; retrying in %.1fs (%d/%d)", shown, problem, delay, attempt,
+                           self._retries)
             self._sleep(delay)
 
-    def _get_once(self, url: str, params: Mapping[str, str | int] | None
+    def _get_once(self, url: str, params: Mapping[str, str | int] | None, shown: str
                   ) -> tuple[int, bytes, float | None]:
-        self.requests += 1
+        self._deadline.start(self._timeout)
         with self._client.stream("GET", url, params=params) as response:
-            if response.status_code >= 400:
+            if not 200 <= response.status_code < 300:
                 return response.status_code, b"", _retry_after(response.headers)
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self._max_bytes:
-                raise SourceError(f"{_shown(url, params)}: the response is {int(declared):,} "
-                                  f"bytes, over source.max_bytes ({self._max_bytes:,})")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > self._max_bytes:
-                    raise SourceError(f"{_shown(url, params)}: the response is over "
-                                      f"source.max_bytes ({self._max_bytes:,} bytes)")
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks), None
+            declared = response.headers.get("Content-Length", "").strip()
+            if declared.isascii() and declared.isdigit() and \
+                    (len(declared) > 15 or int(declared) > self._max_bytes):
+                raise SourceError(f"{shown}: the response is {_size(declared)} bytes, over "
+                                  f"source.max_bytes ({self._max_bytes:,})",
+                                  hint="raise [source] max_bytes if the feed is that big")
+            encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            return response.status_code, self._body(response.iter_raw(), encoding, shown), None
+
+    def _body(self, raw: Iterable[bytes], encoding: str, shown: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        decoded = " once decoded" if encoding else ""
+        for chunk in _decoded(self._capped(raw, shown), encoding, self._max_bytes, shown):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise SourceError(f"{shown}: the response is over source.max_bytes "
+                                  f"({self._max_bytes:,} bytes{decoded})",
+                                  hint="raise [source] max_bytes if the feed is that big")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _capped(self, raw: Iterable[bytes], shown: str) -> Iterator[bytes]:
+        size = 0
+        for chunk in raw:
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise SourceError(f"{shown}: the response is over source.max_bytes "
+                                  f"({self._max_bytes:,} bytes)",
+                                  hint="raise [source] max_bytes if the feed is that big")
+            yield chunk
+
+
+def _decoded(raw: Iterable[bytes], encoding: str, cap: int, shown: str) -> Iterator[bytes]:
+    """The body decoded as Content-Encoding says, never more than `cap` + 1 bytes at a time."""
+    if encoding in ("", "identity"):
+        yield from raw
+        return
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise SourceError(f"{shown}: the server sent Content-Encoding {encoding[:40]!r}, which "
+                          "was not asked for", hint="the server or a proxy is misbehaving")
+    decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, told apart
+    try:
+        for chunk in raw:
+            data = chunk
+            while data:
+                yield decoder.decompress(data, cap + 1)
+                data = decoder.unconsumed_tail
+        yield decoder.flush()
+    except zlib.error as e:
+        raise SourceError(f"{shown}: the body is not valid {encoding} as its Content-Encoding "
+                          f"says ({e})", hint="the server or a proxy is misbehaving") from e
+    if not decoder.eof:
+        raise SourceError(f"{shown}: the {encoding} body is cut short",
+                          hint="the server or a proxy is misbehaving; the next run tries again")
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("Retry-After")
+    value = headers.get("Retry-After", "").strip()
     if not value:
         return None
-    if value.strip().isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), _MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        wait = when.timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return min(max(when.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER)
+    return min(max(wait, 0.0), _MAX_RETRY_AFTER)
+
+
+def _size(digits: str) -> str:
+    return f"{int(digits):,}" if len(digits) <= 15 else f"a {len(digits)}-digit number of"
 
 
 def _reason(e: Exception) -> str:
@@ -110,4 +179,7 @@ def _reason(e: Exception) -> str:
 
 
 def _shown(url: str, params: Mapping[str, str | int] | None) -> str:
-    return str(httpx.URL(url, params=params)) if params else url
+    try:
+        return str(httpx.URL(url, params=params)) if params else url
+    except httpx.InvalidURL:
+        return url

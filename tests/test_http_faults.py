@@ -1,0 +1,422 @@
+"""The HTTP layer against a hand-written misbehaving server on 127.0.0.1 (raw sockets: no
+framework would drip headers, loop redirects or lie about gzip on demand)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from digest_mailer.config import Config
+from digest_mailer.errors import SourceError
+from digest_mailer.models import RunReport
+from digest_mailer.sources import SourceSpec, open_source
+from digest_mailer.sources.http import MAX_REDIRECTS, HttpFetcher
+
+RUN = date(2025, 6, 2)
+FEED = json.dumps([{"paper": {"id": "2506.00001", "title": "A paper", "upvotes": 3}}]).encode()
+Behaviour = Callable[[socket.socket, bytes, threading.Event], None]
+
+
+@contextmanager
+def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
+    """Accepts connections; each reads one request head, then `behave` answers as it likes.
+    Yields the base URL and the request heads seen."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    seen: list[bytes] = []
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                seen.append(head)
+                behave(conn, head, stop)
+            except OSError:  # the client hung up: that is what most tests want
+                pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def drip(conn: socket.socket, data: bytes, every: float, stop: threading.Event) -> None:
+    for i in range(len(data)):
+        if stop.is_set():
+            return
+        conn.sendall(data[i:i + 1])
+        time.sleep(every)
+
+
+def head(status: str = "200 OK", **headers: str) -> bytes:
+    """A response head; the server answers one request per connection, and says so."""
+    headers.setdefault("Connection", "close")
+    lines = [f"HTTP/1.1 {status}"] + [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def get(url: str, **kw: float) -> bytes:
+    with HttpFetcher(timeout=kw.get("timeout", 2.0), retries=int(kw.get("retries", 0)),
+                     max_bytes=int(kw.get("max_bytes", 1_000_000)), sleep=lambda s: None) as f:
+        return f.get(url)
+
+
+def timed(url: str, **kw: float) -> tuple[float, SourceError]:
+    start = time.monotonic()
+    with pytest.raises(SourceError) as info:
+        get(url, **kw)
+    return time.monotonic() - start, info.value
+
+
+# -- the total deadline --------------------------------------------------------------------
+
+def test_a_body_dripping_one_byte_at_a_time_is_cut_at_the_deadline() -> None:
+    body = b"[" + b" " * 200 + b"]"
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(body)), Content_Type="application/json"))
+        drip(conn, body, 0.05, stop)  # 10 s in all; each read is quick
+
+    with raw_server(behave) as (url, _):
+        elapsed, error = timed(url + "/feed", timeout=1.0)
+    assert "timed out after 1s" in error.message
+    assert 0.9 <= elapsed < 3.0, elapsed
+
+
+def test_headers_dripping_one_byte_at_a_time_are_cut_at_the_deadline() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        drip(conn, head(X_Slow="a" * 300, Content_Length="2") + b"[]", 0.03, stop)
+
+    with raw_server(behave) as (url, _):
+        elapsed, error = timed(url + "/feed", timeout=1.0)
+    assert "timed out after 1s" in error.message
+    assert 0.9 <= elapsed < 3.0, elapsed
+
+
+def test_the_deadline_covers_every_redirect_together() -> None:
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        hop = int(request.split(b" ")[1].rsplit(b"/", 1)[1] or b"0")
+        time.sleep(0.4)  # each hop is well within a per-operation timeout of 1 s
+        conn.sendall(head("302 Found", Location=f"/{hop + 1}", Content_Length="0"))
+
+    with raw_server(behave) as (url, seen):
+        elapsed, error = timed(url + "/0", timeout=1.0)
+    assert "timed out after 1s" in error.message
+    assert elapsed < 2.5 and len(seen) <= 4
+
+
+def test_retries_each_get_their_own_deadline_and_then_give_up() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        stop.wait(5)  # silent
+
+    with raw_server(behave) as (url, seen):
+        elapsed, error = timed(url + "/feed", timeout=0.5, retries=2)
+    assert "timed out after 0.5s (gave up after 3 attempts)" in error.message
+    assert 1.4 <= elapsed < 4.0 and len(seen) == 3
+
+
+# -- caps ----------------------------------------------------------------------------------
+
+def test_endless_headers_stop_at_the_header_cap() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        while not stop.is_set():
+            conn.sendall(line * 64)
+
+    with raw_server(behave) as (url, _):
+        elapsed, error = timed(url + "/feed", timeout=10.0)
+    assert "the server broke HTTP" in error.message
+    assert elapsed < 5.0
+
+
+def test_a_body_over_max_bytes_without_content_length() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Connection="close"))
+        while not stop.is_set():
+            conn.sendall(b" " * 65536)
+
+    with raw_server(behave) as (url, _):
+        _, error = timed(url + "/feed", max_bytes=100_000)
+    assert "over source.max_bytes (100,000 bytes)" in error.message
+
+
+@pytest.mark.parametrize("length", ["200000", "9" * 5000])
+def test_a_declared_length_over_max_bytes_is_refused_before_reading(length: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=length))
+        stop.wait(5)
+
+    with raw_server(behave) as (url, _):
+        elapsed, error = timed(url + "/feed", max_bytes=100_000)
+    assert "over source.max_bytes (100,000)" in error.message or "broke HTTP" in error.message
+    assert elapsed < 1.5
+
+
+def test_a_gzip_bomb_stops_at_max_bytes_once_decoded() -> None:
+    bomb = gzip.compress(b"[" + b" " * 50_000_000 + b"]")
+    assert len(bomb) < 100_000
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Encoding="gzip", Content_Length=str(len(bomb))) + bomb)
+
+    with raw_server(behave) as (url, _):
+        _, error = timed(url + "/feed", max_bytes=1_000_000)
+    assert "over source.max_bytes (1,000,000 bytes once decoded)" in error.message
+
+
+# -- lies and loops ------------------------------------------------------------------------
+
+def test_gzip_that_is_gzip_is_read() -> None:
+    body = gzip.compress(FEED)
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Encoding="gzip", Content_Length=str(len(body))) + body)
+
+    with raw_server(behave) as (url, seen):
+        assert get(url + "/feed") == FEED
+    assert b"accept-encoding: gzip, deflate" in seen[0].lower()
+
+
+@pytest.mark.parametrize(("encoding", "body", "expected"), [
+    ("gzip", b"this is not gzip at all", "the body is not valid gzip"),
+    ("deflate", b"\x00\x01\x02 nor deflate", "the body is not valid deflate"),
+    ("gzip", gzip.compress(FEED)[:-12], "the gzip body is cut short"),
+    ("br", b"whatever", "Content-Encoding 'br', which was not asked for"),
+])
+def test_a_body_that_lies_about_its_encoding(encoding: str, body: bytes, expected: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Encoding=encoding, Content_Length=str(len(body))) + body)
+
+    with raw_server(behave) as (url, _):
+        _, error = timed(url + "/feed")
+    assert expected in error.message and "\n" not in error.message
+
+
+def test_a_redirect_loop_is_one_clear_error() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("301 Moved Permanently", Location="/loop", Content_Length="0"))
+
+    with raw_server(behave) as (url, seen):
+        _, error = timed(url + "/loop")
+    assert error.message == f"{url}/loop: more than {MAX_REDIRECTS} redirects (a loop?)"
+    assert error.hint and len(seen) == MAX_REDIRECTS + 1
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/feed"])
+def test_a_redirect_off_http_is_refused(location: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("302 Found", Location=location, Content_Length="0"))
+
+    with raw_server(behave) as (url, _):
+        _, error = timed(url + "/feed")
+    assert "redirected to a URL that is not http(s)" in error.message
+
+
+def test_a_redirect_without_location_is_not_a_feed() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("302 Found", Content_Length="2") + b"[]")
+
+    with raw_server(behave) as (url, _):
+        _, error = timed(url + "/feed")
+    assert error.message == f"{url}/feed: HTTP 302"
+
+
+def test_odd_retry_after_values_fall_back_to_backoff() -> None:
+    answers = iter([head("503 Busy", Retry_After="²", Content_Length="0"),
+                    head("503 Busy", Retry_After="Mon, 01 Jan 99999 00:00:00 GMT",
+                         Content_Length="0"),
+                    head(Content_Length=str(len(FEED))) + FEED])
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(next(answers))
+
+    sleeps: list[float] = []
+    with raw_server(behave) as (url, _), HttpFetcher(timeout=2, retries=3, backoff=0.25,
+                                                     sleep=sleeps.append) as http:
+        assert http.get(url + "/feed") == FEED
+    assert sleeps == [0.25, 0.5]
+
+
+def test_a_source_that_cannot_be_read_is_one_source_error() -> None:
+    """Through the source, as a run sees it: a SourceError, which `serve` retries."""
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Encoding="gzip", Content_Length="4") + b"nope")
+
+    with raw_server(behave) as (url, _), HttpFetcher(timeout=2, retries=0) as http:
+        source = open_source(SourceSpec("huggingface", url + "/api", 1), lambda: http)
+        with pytest.raises(SourceError, match="not valid gzip"):
+            source.fetch(RUN)
+
+
+# -- property-based: whatever the server answers, bytes or one SourceError ----------------
+
+statuses = st.sampled_from(["200 OK", "204 No Content", "301 Moved", "302 Found", "404 Nope",
+                            "429 Slow", "500 Boom", "999 What", "20 Bad", "OK"])
+header_values = st.one_of(st.text(st.characters(codec="latin-1", exclude_characters="\r\n"),
+                                  max_size=30),
+                          st.sampled_from(["gzip", "deflate", "br", "chunked", "0", "-1", "²",
+                                           "9" * 40, "/loop", "file:///x", "http://[::1",
+                                           "Mon, 01 Jan 99999 00:00:00 GMT"]))
+headers = st.lists(st.tuples(st.sampled_from(["Content-Length", "Content-Encoding",
+                                              "Transfer-Encoding", "Location", "Retry-After",
+                                              "Content-Type", "X-Junk"]), header_values),
+                   max_size=5)
+bodies = st.one_of(st.binary(max_size=200), st.just(gzip.compress(FEED)),
+                   st.just(gzip.compress(FEED)[:20]), st.just(b"0\r\n\r\n"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(status=statuses, fields=headers, body=bodies)
+def test_any_answer_gives_bytes_or_one_source_error(status: str, fields: list[tuple[str, str]],
+                                                    body: bytes) -> None:
+    answer = (f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
+              + "\r\n").encode("latin-1") + body
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+
+    with raw_server(behave) as (url, _):
+        try:
+            data = get(url + "/feed", timeout=2.0)
+        except SourceError as e:
+            assert "\n" not in e.message and e.message
+        else:
+            assert isinstance(data, bytes) and len(data) <= 1_000_000
+
+
+def test_serve_retries_a_feed_that_cannot_be_read(tmp_path: Path) -> None:
+    """The whole way: a broken feed fails the real pipeline with a SourceError, which the daemon
+    retries (`source_attempts`) until the feed is readable again."""
+    from conftest import ENV, NOW, base_config, toml_text
+    from digest_mailer.pipeline import RunOptions
+    from digest_mailer.pipeline import run as run_pipeline
+    from digest_mailer.scheduler import Daemon
+
+    answers = iter([head(Content_Encoding="gzip", Content_Length="4") + b"nope",
+                    head("301 Moved", Location="/again", Content_Length="0")]
+                   + [head("301 Moved", Location="/again", Content_Length="0")] * MAX_REDIRECTS
+                   + [head(Content_Length=str(len(FEED))) + FEED] * 10)
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(next(answers))
+
+    with raw_server(behave) as (url, _):
+        doc = base_config(tmp_path, source=url + "/feed?day={date}", backend="file")
+        doc["source"].update({"lookback_days": 1, "retries": 0, "timeout": 2})
+        doc["schedule"] = {"cron": "0 7 * * *", "source_attempts": 3,
+                           "source_retry_delay": 0.01}
+        path = tmp_path / "c.toml"
+        path.write_text(toml_text(doc))
+        errors: list[str] = []
+
+        def attempt(config: Config, stop: threading.Event) -> RunReport:
+            try:
+                return run_pipeline(config, RunOptions(dry_run=True), now=NOW, env=ENV)
+            except SourceError as e:
+                errors.append(e.message)
+                raise
+
+        report = Daemon(config_path=path, run=attempt, now=lambda: NOW,
+                        stop=threading.Event()).job()
+    assert report is not None and report.fetched == 1
+    assert len(errors) == 2
+    assert "not valid gzip" in errors[0] and "more than 5 redirects" in errors[1]
+
+
+def test_a_host_name_is_looked_up_and_connected() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(behave) as (url, seen):
+        assert get(url.replace("127.0.0.1", "localhost") + "/feed") == FEED
+    assert b"host: localhost:" in seen[0].lower()
+
+
+def test_a_dns_lookup_that_hangs_is_cut_at_the_deadline() -> None:
+    """No socket timeout covers getaddrinfo; the transport waits for it only until the
+    deadline. The resolver stands in for a DNS server that never answers."""
+    import httpx
+
+    from digest_mailer.sources.transport import Deadline, DeadlineTransport
+
+    release = threading.Event()
+
+    def hanging(*args: object, **kwargs: object) -> list[object]:
+        release.wait(30)
+        raise socket.gaierror("too late")
+
+    def failing(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    deadline = Deadline()
+    try:
+        with httpx.Client(transport=DeadlineTransport(deadline, hanging)) as client:
+            deadline.start(0.5)
+            start = time.monotonic()
+            with pytest.raises(httpx.TimeoutException, match=r"DNS lookup of feeds\.example"):
+                client.get("http://feeds.example/api")
+            assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+    with httpx.Client(transport=DeadlineTransport(deadline, failing)) as client:
+        deadline.start(5)
+        with pytest.raises(httpx.ConnectError, match=r"cannot resolve feeds\.example"):
+            client.get("http://feeds.example/api")
+
+
+def test_the_cli_prints_one_error_line_with_a_hint(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conftest import ENV, base_config, toml_text
+    from digest_mailer.cli import cli
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("301 Moved", Location="/loop", Content_Length="0"))
+
+    path = tmp_path / "c.toml"
+    with raw_server(behave) as (url, _):
+        doc = base_config(tmp_path, source=url + "/loop", backend="file")
+        doc["source"].update({"retries": 0, "timeout": 2, "lookback_days": 1})
+        path.write_text(toml_text(doc))
+        result = CliRunner().invoke(cli, ["run", "--dry-run", "--config", str(path), "--date",
+                                          "2025-06-02"], env=ENV)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [
+        f"Error: {url}/loop?date=2025-06-02&p=0&limit=100: more than 5 redirects (a loop?)",
+        "Hint: check [source] location in the config"]
