@@ -3,17 +3,22 @@ plain-text part from its own template with the same content."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
 import textwrap
-from collections import Counter
+import traceback
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+from jinja2 import nodes
+from jinja2.sandbox import SandboxedEnvironment
 
 from digest_mailer.errors import RenderError
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
@@ -37,11 +42,53 @@ def shipped_templates() -> Path:
     return installed if installed.is_dir() else here.parent / "templates"
 
 
-def escape_value(value: str) -> str:
-    """A subscriber's value for the compiled HTML: safe in a text node and in a
-    double-quoted attribute alike."""
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))
+_PLAIN = re.compile(r"[A-Za-z0-9@.+_-]*")
+_ESCAPED = re.compile(r'<p title="(.*)">(.*)</p><a href="(.*)">x</a>', re.S)
+
+
+@functools.lru_cache(maxsize=4096)
+def escaped(value: str) -> tuple[str, str, str, str]:
+    """A subscriber's value as the compiled HTML carries it, in each place a template can put
+    it: (text, attribute, URI attribute, raw text such as a comment). Jinja escapes it and lxml
+    (inside premailer) writes it out again, each context in its own way; the same two steps on
+    a small snippet give the same result, so the fast path equals rendering with the value."""
+    if _PLAIN.fullmatch(value):
+        return value, value, value, value
+    import markupsafe
+    from lxml import etree
+    from lxml import html as lxml_html
+
+    e = str(markupsafe.escape(value))
+    root = lxml_html.fromstring(f'<div><p title="{e}">{e}</p><a href="{e}">x</a></div>')
+    out = etree.tostring(root, method="html", encoding="utf-8").decode("utf-8")
+    found = _ESCAPED.search(out)
+    if found is None:  # cannot happen for a value the config accepts
+        raise RenderError(f"{value!r}: cannot place this value in HTML")
+    title, text, href = found.groups()
+    return text, title, href, e
+
+
+_PREFIXES = ("zq", "zqx", "zqy", "zqz")  # text, attribute, URI attribute, raw
+_URI_ATTRIBUTES = frozenset({"href", "src", "action", "background", "cite", "longdesc",
+                             "usemap", "codebase", "data", "classid", "profile"})
+_RAW = re.compile(r"<!--|-->|<(/?)(style|script)\b", re.I)
+_ATTRIBUTE_NAME = re.compile(r"([\w:-]+)\s*=\s*(?:\"[^\"]*|'[^']*|[^\s\"'=<>`]*)$")
+
+
+def _context(html: str, at: int) -> int:
+    """Where position `at` of the HTML is: 0 text, 1 attribute, 2 URI attribute, 3 raw."""
+    raw = False
+    for found in _RAW.finditer(html, 0, at):
+        token = found.group().lower()
+        raw = token == "<!--" or (token.startswith("<") and not found.group(1)
+                                 and token != "-->")
+    if raw:
+        return 3
+    open_tag, close_tag = html.rfind("<", 0, at), html.rfind(">", 0, at)
+    if open_tag <= close_tag:
+        return 0
+    attribute = _ATTRIBUTE_NAME.search(html, open_tag, at)
+    return 2 if attribute and attribute.group(1).lower() in _URI_ATTRIBUTES else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +109,23 @@ class Marks:
     def all(self) -> tuple[str, str, str]:
         return (self.name, self.email, self.url)
 
+    def every(self) -> tuple[str, ...]:
+        """Each mark and its variants: in the HTML a mark says in which context it sits
+        (`zqx`: an attribute, `zqy`: a URI attribute, `zqz`: a comment or style), since each
+        escapes the value its own way."""
+        return tuple(f"{p}{m[2:]}" for m in self.all() for p in _PREFIXES)
+
+    def placed(self, html: str) -> str:
+        """The compiled HTML with each mark replaced by the variant for where it sits."""
+        pattern = re.compile("|".join(self.all()))
+        out: list[str] = []
+        last = 0
+        for found in pattern.finditer(html):
+            start = found.start()
+            out.append(html[last:start] + _PREFIXES[_context(html, start)] + found.group()[2:])
+            last = found.end()
+        return "".join(out) + html[last:]
+
 
 @dataclass(frozen=True, slots=True)
 class DigestTemplate:
@@ -71,9 +135,11 @@ class DigestTemplate:
     marks: Marks
 
     def fill_html(self, text: str, name: str, email: str, url: str) -> str:
-        m = self.marks
-        return (text.replace(m.name, escape_value(name)).replace(m.email, escape_value(email))
-                .replace(m.url, escape_value(url)))
+        for mark, value in zip(self.marks.all(), (name, email, url), strict=True):
+            if mark[2:] in text:
+                for prefix, shown in zip(_PREFIXES, escaped(value), strict=True):
+                    text = text.replace(prefix + mark[2:], shown)
+        return text
 
     def fill_text(self, text: str, name: str, email: str, url: str) -> str:
         m = self.marks
@@ -81,11 +147,6 @@ class DigestTemplate:
 
     def fill_subject(self, name: str, email: str, url: str) -> str:
         return one_line(self.fill_text(self.subject, name, email, url))
-
-    def fill(self, name: str, email: str, url: str) -> RenderedDigest:
-        return RenderedDigest(subject=self.fill_subject(name, email, url),
-                              html=self.fill_html(self.html, name, email, url),
-                              text=self.fill_text(self.text, name, email, url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,34 +223,145 @@ def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+PERSONAL = frozenset({"name", "email", "unsubscribe_url"})
+# Inside these, output is captured or transformed before it reaches the email.
+_CAPTURING = (nodes.FilterBlock, nodes.AssignBlock, nodes.Macro, nodes.CallBlock,
+              nodes.EvalContextModifier, nodes.With)
+
+
+def alters_personal(node: nodes.Node, passes: bool = False, captured: bool = False) -> bool:
+    """Whether a template uses a subscriber's value other than by printing it whole or testing
+    its truth. Marks survive only those two uses (a mark is true exactly when the value is);
+    anything else (a filter, a comparison, an index, a macro) must see the real value."""
+    if isinstance(node, nodes.Name):
+        return node.name in PERSONAL and node.ctx == "load" and not passes
+    if isinstance(node, _CAPTURING):
+        captured = True
+    if isinstance(node, nodes.Output):
+        return any(alters_personal(c, not captured, captured) for c in node.nodes)
+    if isinstance(node, nodes.If):
+        return (alters_personal(node.test, True, captured)
+                or any(alters_personal(c, False, captured)
+                       for c in (*node.body, *node.elif_, *node.else_)))
+    if isinstance(node, nodes.CondExpr):
+        return (alters_personal(node.test, True, captured)
+                or any(alters_personal(c, passes, captured)
+                       for c in (node.expr1, node.expr2) if c is not None))
+    if isinstance(node, nodes.And | nodes.Or | nodes.Concat):
+        return any(alters_personal(c, passes, captured) for c in node.iter_child_nodes())
+    if isinstance(node, nodes.Not):
+        return alters_personal(node.node, True, captured)
+    return any(alters_personal(c, False, captured) for c in node.iter_child_nodes())
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Operators' templates cannot reach Python objects (the sandbox), nor make a huge number
+    or string out of a small template."""
+
+    intercepted_binops = frozenset({"**", "*"})
+    LIMIT = 100_000
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise jinja2.sandbox.SecurityError(f"power {right} is over the limit (64)")
+        if operator == "*":
+            sized, times = ((left, right) if isinstance(right, int) else (right, left))
+            if isinstance(sized, str | list | tuple) and isinstance(times, int) and \
+                    len(sized) * times > self.LIMIT:
+                raise jinja2.sandbox.SecurityError("a repeated string or list over "
+                                                   f"{self.LIMIT} items")
+        return super().call_binop(context, operator, left, right)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    template: jinja2.Template
+    origin: str  # what an error blames: a file, or the config key
+    personal: bool
+
+
 class Renderer:
-    """The Jinja2 environments and the compile steps. One per run; holds no per-email state."""
+    """The Jinja2 environments (sandboxed) and the compile steps. One per run."""
 
     def __init__(self, templates_dir: Path | None = None, subject_template: str | None = None
                  ) -> None:
-        dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
         if templates_dir is not None and not templates_dir.is_dir():
-            raise RenderError(f"{templates_dir}: templates_dir is not a folder",
-                              hint="fix newsletter.templates_dir or remove it")
-        loader = jinja2.FileSystemLoader(dirs)
+            raise RenderError(f"newsletter.templates_dir: {templates_dir} is not a folder",
+                              hint="create it, or remove newsletter.templates_dir to use the "
+                                   "shipped templates")
+        self._dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
+        self._custom = str(templates_dir) if templates_dir is not None else None
+        loader = jinja2.FileSystemLoader(self._dirs)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
                                   "keep_trailing_newline": True}
-        self._html = jinja2.Environment(autoescape=True, **common)
-        self._text = jinja2.Environment(autoescape=False, **common)
-        self._text.filters["wrap"] = _wrap
-        try:
-            self._html_t = self._html.get_template(HTML_TEMPLATE)
-            self._text_t = self._text.get_template(TEXT_TEMPLATE)
-            self._subject_t = (self._text.from_string(subject_template) if subject_template
-                               else self._text.get_template(SUBJECT_TEMPLATE))
-        except jinja2.TemplateSyntaxError as e:
-            raise RenderError(f"{e.filename or 'newsletter.subject'}:{e.lineno}: template "
-                              f"syntax error: {e.message}") from e
-        except jinja2.TemplateNotFound as e:
-            raise RenderError(f"template {e.name!r} not found in {', '.join(dirs)}",
-                              hint="reinstall digest-mailer or fix newsletter.templates_dir") from e
+        html_env = _Sandbox(autoescape=True, **common)
+        text_env = _Sandbox(autoescape=False, **common)
+        text_env.filters["wrap"] = _wrap
+        self._html = self._load(html_env, HTML_TEMPLATE)
+        self._text = self._load(text_env, TEXT_TEMPLATE)
+        self._subject = (self._compile_subject(text_env, subject_template) if subject_template
+                         else self._load(text_env, SUBJECT_TEMPLATE))
+        # Bodies rendered with marks, by digest, for when only the subject is personal.
+        self._bodies: OrderedDict[tuple[object, ...], tuple[Marks, str, str]] = OrderedDict()
 
-    def context(self, digest: Digest, marks: Marks) -> dict[str, Any]:
+    @property
+    def personal(self) -> bool:
+        """Whether some template must be rendered with each subscriber's real values."""
+        return self._html.personal or self._text.personal or self._subject.personal
+
+    def _hint(self, origin: str) -> str:
+        if origin == "newsletter.subject":
+            return ("fix newsletter.subject in the config; its variables: newsletter, count, "
+                    "topics, more_topics, authors, date, name, email")
+        if self._custom and origin.startswith(self._custom):
+            return f"fix {origin} (it overrides the shipped template) or remove it"
+        return "the shipped template failed: reinstall digest-mailer"
+
+    def _load(self, env: jinja2.Environment, name: str) -> _Part:
+        assert env.loader is not None
+        try:
+            filename = env.loader.get_source(env, name)[1] or name
+        except jinja2.TemplateNotFound as e:
+            raise RenderError(f"template {name!r} not found in {', '.join(self._dirs)}",
+                              hint="reinstall digest-mailer or fix newsletter.templates_dir"
+                              ) from e
+        try:
+            template = env.get_template(name)
+            personal = self._personal(env, env.parse(env.loader.get_source(env, name)[0]),
+                                      {name})
+        except jinja2.TemplateSyntaxError as e:
+            where = e.filename or filename
+            raise RenderError(f"{where}:{e.lineno}: template syntax error: {e.message}",
+                              hint=self._hint(where)) from e
+        except jinja2.TemplateNotFound as e:
+            raise RenderError(f"{filename}: it uses the template {e.name!r}, which is not in "
+                              f"{', '.join(self._dirs)}", hint=self._hint(filename)) from e
+        return _Part(template, filename, personal)
+
+    def _compile_subject(self, env: jinja2.Environment, source: str) -> _Part:
+        try:
+            template = env.from_string(source)
+            personal = self._personal(env, env.parse(source), set())
+        except jinja2.TemplateSyntaxError as e:
+            raise RenderError(f"newsletter.subject: template syntax error: {e.message} "
+                              f"(in {source!r})", hint=self._hint("newsletter.subject")) from e
+        return _Part(template, "newsletter.subject", personal)
+
+    def _personal(self, env: jinja2.Environment, ast: nodes.Template, seen: set[str]) -> bool:
+        """Also looks into what the template includes, imports or extends."""
+        if alters_personal(ast):
+            return True
+        for name in jinja2.meta.find_referenced_templates(ast):
+            if name is None:
+                return True  # a name computed at render time: assume the worst
+            if name in seen or env.loader is None:
+                continue
+            seen.add(name)
+            if self._personal(env, env.parse(env.loader.get_source(env, name)[0]), seen):
+                return True
+        return False
+
+    def context(self, digest: Digest, name: str, email: str, url: str) -> dict[str, Any]:
         sub = digest.subscriber
         terms = top_terms(digest.matches, ReasonKind.TOPIC)
         count = len(digest.matches)
@@ -197,8 +369,8 @@ class Renderer:
             "newsletter": digest.newsletter,
             "date": digest.run_date.isoformat(),
             "date_long": f"{digest.run_date:%A}, {digest.run_date.day} {digest.run_date:%B %Y}",
-            "name": marks.name if sub.name else "",
-            "email": marks.email,
+            "name": name if sub.name else "",
+            "email": email,
             "count": count,
             "over_cap": digest.over_cap,
             "papers": [paper_view(m) for m in digest.matches],
@@ -206,35 +378,83 @@ class Renderer:
             "more_topics": max(len(terms) - SUBJECT_TOPICS, 0),
             "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
             "following": following(sub),
-            "unsubscribe_url": marks.url,
+            "unsubscribe_url": url,
             "preview": one_line(f"{count} new: " + "; ".join(m.paper.title for m in
                                                             digest.matches[:3]), 150),
         }
 
-    def render_template(self, digest: Digest, marks: Marks | None = None) -> DigestTemplate:
-        """The email for everyone who shares this digest's papers, reasons and filters, with
-        marks where each subscriber's name, address and unsubscribe link go."""
-        marks = marks or Marks.new()
-        ctx = self.context(digest, marks)
+    def _render(self, part: _Part, ctx: dict[str, Any]) -> str:
         try:
-            mjml_source = self._html_t.render(ctx)
-            text = self._text_t.render(ctx)
-            subject = self._subject_t.render(ctx)
-        except jinja2.TemplateError as e:
-            raise RenderError(f"rendering the digest failed: {e}",
-                              hint="check the templates in newsletter.templates_dir") from e
-        return DigestTemplate(subject=subject, html=compile_mjml(mjml_source), text=text,
-                              marks=marks)
+            return part.template.render(ctx)
+        except Exception as e:  # an operator's template can raise anything (1/0, a sandbox
+            # refusal, an undefined name): it is that template's fault, said as such
+            line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+                         if f.filename in (part.origin, "<template>")), None)
+            where = part.origin + (f":{line}" if line and part.origin.endswith(".j2") else "")
+            raise RenderError(f"{where}: rendering failed: {type(e).__name__}: {e}",
+                              hint=self._hint(part.origin)) from e
+
+    def _real(self, digest: Digest) -> dict[str, Any]:
+        sub = digest.subscriber
+        return self.context(digest, sub.name, sub.email, digest.unsubscribe_url)
+
+    def template_key(self, digest: Digest) -> tuple[object, ...]:
+        """Digests with equal keys render to the same template. When a template uses a
+        subscriber's value other than by printing it, each subscriber has their own."""
+        key = template_key(digest)
+        if self.personal:
+            sub = digest.subscriber
+            return (*key, sub.name, sub.email, digest.unsubscribe_url)
+        return key
+
+    def render_template(self, digest: Digest, marks: Marks | None = None) -> DigestTemplate:
+        """The email for everyone who shares this digest's template key, with marks where each
+        subscriber's name, address and unsubscribe link go (or their real values, in the
+        templates that need them)."""
+        marks = marks or Marks.new()
+        real = self._real(digest) if self.personal else {}
+        if self._html.personal or self._text.personal:
+            ctx = self.context(digest, *marks.all())
+            html = (self._compile(self._render(self._html, real)) if self._html.personal
+                    else marks.placed(self._compile(self._render(self._html, ctx))))
+            text = self._render(self._text, real if self._text.personal else ctx)
+        else:
+            marks, html, text = self._bodies_for(digest, marks)
+        subject = self._render(self._subject, real if self._subject.personal else
+                               self.context(digest, *marks.all()))
+        return DigestTemplate(subject=subject, html=html, text=text, marks=marks)
+
+    def _bodies_for(self, digest: Digest, marks: Marks) -> tuple[Marks, str, str]:
+        key = template_key(digest)
+        found = self._bodies.get(key)
+        if found is None:
+            ctx = self.context(digest, *marks.all())
+            found = (marks, marks.placed(self._compile(self._render(self._html, ctx))),
+                     self._render(self._text, ctx))
+            self._bodies[key] = found
+            if len(self._bodies) > 8:
+                self._bodies.popitem(last=False)
+        return found
+
+    def _compile(self, mjml_source: str) -> str:
+        try:
+            return compile_mjml(mjml_source)
+        except RenderError as e:
+            raise RenderError(f"{self._html.origin}: {e.message}",
+                              hint=self._hint(self._html.origin)) from e
 
     def render(self, digest: Digest) -> RenderedDigest:
-        """One subscriber's email, the simple way: rendered and filled for them alone."""
-        sub = digest.subscriber
-        return self.render_template(digest).fill(sub.name, sub.email, digest.unsubscribe_url)
+        """One subscriber's email, the simple way: every template rendered with their real
+        values. The reference the fast path is held to."""
+        ctx = self._real(digest)
+        return RenderedDigest(subject=one_line(self._render(self._subject, ctx)),
+                              html=self._compile(self._render(self._html, ctx)),
+                              text=self._render(self._text, ctx))
 
 
 def template_key(digest: Digest) -> tuple[object, ...]:
-    """Digests with equal keys render to the same template: everything the templates show
-    except the name, the address and the unsubscribe link."""
+    """Digests with equal keys render to the same template when it is filled by marks:
+    everything the templates show except the name, the address and the unsubscribe link."""
     sub = digest.subscriber
     return (digest.newsletter, digest.run_date, digest.over_cap, bool(sub.name),
             following(sub), tuple((m.paper.id, m.why) for m in digest.matches))

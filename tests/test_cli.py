@@ -45,7 +45,7 @@ def test_check_an_invalid_config_lists_every_problem(tmp_path: Path) -> None:
         f"Error: {path}: subscribers[1].topcis: unknown key (did you mean 'topics'?)",
         f"Error: {path}: subscribers[2].email: 'ada@' is not an email address (There must be "
         "something after the @-sign.)",
-        "Hint: 1 more problem(s) follow; every key is documented in config.example.toml",
+        "Hint: 2 problems above; every key is documented in config.example.toml",
     ]
 
 

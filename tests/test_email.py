@@ -196,14 +196,44 @@ def test_subject_template_from_the_config(write_config: Callable[..., Path],
 
 def test_a_broken_template_is_a_clear_error(write_config: Callable[..., Path],
                                             tmp_path: Path) -> None:
-    from digest_mailer.errors import RenderError
+    from digest_mailer.errors import ConfigError
 
     doc = base_config(tmp_path)
     doc["newsletter"]["subject"] = "{{ count"
-    with pytest.raises(RenderError, match=r"newsletter\.subject:1: template syntax error"):
-        dry_run(write_config(doc))
-    doc["newsletter"]["subject"] = None
+    path = write_config(doc)
+    with pytest.raises(ConfigError, match=rf"^{path}: newsletter\.subject: template syntax "
+                                          "error") as e:
+        dry_run(path)
+    assert "templates_dir" not in str(e.value.hint)
     del doc["newsletter"]["subject"]
     doc["newsletter"]["templates_dir"] = str(tmp_path / "nope")
-    with pytest.raises(RenderError, match="templates_dir is not a folder"):
+    with pytest.raises(ConfigError, match="templates_dir: .*nope does not exist"):
         dry_run(write_config(doc))
+
+
+def test_operator_templates_run_in_a_sandbox(write_config: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    """A custom template can neither run commands nor read files."""
+    from digest_mailer.errors import ConfigError
+
+    mine = tmp_path / "my-templates"
+    mine.mkdir()
+    pwned = tmp_path / "pwned"
+    doc = base_config(tmp_path)
+    doc["newsletter"]["templates_dir"] = str(mine)
+    path = write_config(doc)
+    attacks = [
+        "{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}" % pwned,
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ lipsum.__globals__['os'].system('touch %s') }}" % pwned,
+        "{{ self._TemplateReference__context.cycler.__init__.__globals__ }}",
+        "{%% include '%s' %%}" % "../../../../../../etc/passwd",
+        "{{ 'x' * 10**9 }}",
+    ]
+    for attack in attacks:
+        (mine / "digest.txt.j2").write_text(attack + "\n")
+        with pytest.raises(ConfigError) as e:
+            dry_run(path)
+        assert str(mine / "digest.txt.j2") in str(e.value), attack
+        assert not pwned.exists()
+        assert "root:" not in str(e.value)

@@ -71,10 +71,35 @@ def masked(data: bytes) -> bytes:
     return re.sub(rb"Message-ID: <[^>]+>", b"Message-ID: <MASKED>", data)
 
 
-@pytest.mark.parametrize("subject", [None, "{{ count }} papers for {{ name or email }}"])
-def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
-                                          subject: str | None) -> None:
-    renderer = Renderer(subject_template=subject)
+SUBJECTS = [None, "{{ count }} papers for {{ name or email }}",
+            # each of these changes the value: only rendering with it gives the right subject
+            "Hi {{ name|title }}", "{% if name == 'Ada' %}Dear Ada{% else %}Hello{% endif %}",
+            "{{ email|upper }} {{ name|length }}", "{{ name[:1] }}: {{ count }}",
+            "{% set n = name %}{{ n|lower }}"]
+
+
+def custom_templates(tmp_path: Path, where: str) -> Path:
+    """The shipped templates with the subscriber's values put where an operator might."""
+    shipped = Path(__file__).resolve().parents[1] / "templates"
+    folder = tmp_path / "tpl"
+    folder.mkdir(exist_ok=True)
+    html = (shipped / "digest.mjml.j2").read_text()
+    text = (shipped / "digest.txt.j2").read_text()
+    extra = {
+        "contexts": '<p title="{{ name }}" data-x=\'{{ email }}\'>{{ name }} &amp; {{ email }}'
+                    '</p><!-- for {{ name }} --><p><a href="mailto:{{ email }}?s={{ name }}">'
+                    'me</a> <a href="{{ unsubscribe_url }}&amp;n={{ name }}">u</a></p>',
+        "filters": "<p>{{ name|upper }} {{ email|replace('@', ' at ') }}"
+                   "{% if name == 'Ada' %} (hi Ada){% endif %}</p>",
+    }[where]
+    html = html.replace("<p>You receive", extra + "\n          <p>You receive")
+    (folder / "digest.mjml.j2").write_text(html)
+    (folder / "digest.txt.j2").write_text(text + ("{{ name|upper }}\n" if where == "filters"
+                                                  else "{{ name }} {{ email }}\n"))
+    return folder
+
+
+def assert_fast_equals_real(renderer: Renderer, papers: tuple[Paper, ...]) -> Composer:
     composer = Composer(renderer=renderer, shared=SHARED, newsletter="Daily Papers",
                         domain="example.org", unsubscribe_url=URL, secret=SECRET, papers=papers,
                         max_templates=3)  # small, so templates are also evicted and remade
@@ -85,7 +110,38 @@ def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
         assert fast.data == reference.data or masked(fast.data) == masked(reference.data), \
             sub.name
         assert fast.html == reference.html and fast.subject == reference.subject
-    assert composer.rendered_sets < len(subscribers())  # templates were shared
+    return composer
+
+
+@pytest.mark.parametrize("where", ["contexts", "filters"])
+def test_operator_templates_see_the_real_values(papers: tuple[Paper, ...], tmp_path: Path,
+                                                where: str) -> None:
+    renderer = Renderer(custom_templates(tmp_path, where))
+    composer = assert_fast_equals_real(renderer, papers)
+    # Printing a value anywhere keeps templates shared; changing it makes them personal.
+    assert (composer.rendered_sets < len(subscribers())) == (where == "contexts")
+
+
+def test_a_filtered_name_in_the_subject_is_the_real_name(papers: tuple[Paper, ...]) -> None:
+    renderer = Renderer(subject_template="Hi {{ name|title }}{% if name == 'Ada' %}!{% endif %}")
+    composer = Composer(renderer=renderer, shared=SHARED, newsletter="Daily Papers",
+                        domain="example.org", unsubscribe_url=URL, secret=SECRET, papers=papers)
+    message = composer.compose(composer.select(Subscriber("ada@example.org", "Ada"), ()),
+                               RUN, WHEN)
+    assert message.subject == "Hi Ada!"
+    other = composer.compose(composer.select(Subscriber("bo@example.org", "bo smith"), ()),
+                             RUN, WHEN)
+    assert other.subject == "Hi Bo Smith"
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
+                                          subject: str | None) -> None:
+    renderer = Renderer(subject_template=subject)
+    composer = assert_fast_equals_real(renderer, papers)
+    assert renderer.personal == (subject in SUBJECTS[2:])
+    if not renderer.personal:
+        assert composer.rendered_sets < len(subscribers())  # templates were shared
 
 
 def test_rebuilt_from_the_stored_template(papers: tuple[Paper, ...]) -> None:

@@ -37,16 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@cli.command()
-@config_option
-def check(config_path: str | None) -> None:
-    """Validate the config and say what it sets up."""
-    from digest_mailer.overview import describe
-
-    for line in describe(load(config_path), os.environ):
-        click.echo(line)
-
-
 @contextmanager
 def _progress(total: int, enabled: bool) -> Iterator[Callable[[SubscriberOutcome], None] | None]:
     """A progress bar on a terminal (stderr); nothing otherwise: the log says it all."""
