@@ -29,12 +29,13 @@ def read_private_file(path: Path, what: str, key: str = "") -> bytes:
         raise DigestMailerError(f"{where}: cannot read the {what} ({e.strerror})",
                                 hint=f"let the user that runs digest-mailer read it, or {fix}"
                                 ) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise DigestMailerError(f"{where}: the {what} is not a regular file "
+                                f"({stat.filemode(info.st_mode)})",
+                                hint=f"point {key or 'it'} at a file holding the {what}")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise DigestMailerError(f"{where}: the {what} is not a regular file "
-                                    f"({stat.filemode(info.st_mode)})",
-                                    hint=f"point {key or 'it'} at a file holding the {what}")
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise DigestMailerError(
                 f"{where}: the {what} is readable by others (mode "

@@ -207,7 +207,7 @@ def test_a_broken_template_is_a_clear_error(write_config: Callable[..., Path],
     assert "templates_dir" not in str(e.value.hint)
     del doc["newsletter"]["subject"]
     doc["newsletter"]["templates_dir"] = str(tmp_path / "nope")
-    with pytest.raises(ConfigError, match="templates_dir: .*nope does not exist"):
+    with pytest.raises(ConfigError, match=r"templates_dir: .*nope does not exist"):
         dry_run(write_config(doc))
 
 
@@ -223,11 +223,11 @@ def test_operator_templates_run_in_a_sandbox(write_config: Callable[..., Path],
     doc["newsletter"]["templates_dir"] = str(mine)
     path = write_config(doc)
     attacks = [
-        "{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}" % pwned,
+        "{{ cycler.__init__.__globals__.os.popen('touch " + str(pwned) + "').read() }}",
         "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-        "{{ lipsum.__globals__['os'].system('touch %s') }}" % pwned,
+        "{{ lipsum.__globals__['os'].system('touch " + str(pwned) + "') }}",
         "{{ self._TemplateReference__context.cycler.__init__.__globals__ }}",
-        "{%% include '%s' %%}" % "../../../../../../etc/passwd",
+        "{% include '../../../../../../etc/passwd' %}",
         "{{ 'x' * 10**9 }}",
     ]
     for attack in attacks:
