@@ -72,7 +72,7 @@ class Composer:
     def compose(self, selection: Selection, run_date: date, now: datetime, *,
                 want_html: bool = False) -> OutgoingMessage:
         sub = selection.subscriber
-        token = unsubscribe_token(self.secret, sub.email)
+        token = unsubscribe_token(self.secret, sub.email, self.shared.list_id)
         url = self.unsubscribe_url.replace("{token}", token)
         digest = Digest(newsletter=self.newsletter, run_date=run_date, subscriber=sub,
                         matches=selection.matches, over_cap=selection.over_cap,

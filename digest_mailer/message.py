@@ -29,10 +29,22 @@ _MAX_LINE: int = POLICY.max_line_length or 78
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
-def unsubscribe_token(secret: bytes, email: str) -> str:
-    """HMAC-SHA256 over the lower-cased address: reveals nothing, cannot be forged."""
-    digest = hmac.new(secret, email.lower().encode("utf-8"), hashlib.sha256).digest()
+def unsubscribe_token(secret: bytes, email: str, list_id_header: str | None = None) -> str:
+    """HMAC-SHA256 over the list's id and the lower-cased address: reveals nothing, cannot be
+    forged, and works for this list only, even when lists share the secret. Without a list
+    (`list_id_header` None) it is the legacy form, over the address alone, that links sent
+    before tokens were bound to a list carry."""
+    what = email.lower()
+    if list_id_header is not None:
+        what = f"{list_ident(list_id_header)}\n{what}"
+    digest = hmac.new(secret, what.encode("utf-8"), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def list_ident(list_id_header: str) -> str:
+    """The id inside a List-Id header (`Name <id>` -> `id`): renaming the list keeps it."""
+    inside = list_id_header.rpartition("<")[2].partition(">")[0]
+    return (inside or list_id_header).lower()
 
 
 

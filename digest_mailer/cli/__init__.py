@@ -50,6 +50,7 @@ from digest_mailer.cli import (  # noqa: E402  (they register commands)
     ledger,
     runs,
     subscribers,
+    web,
 )
 
-__all__ = ["check", "cli", "ledger", "main", "runs", "subscribers"]
+__all__ = ["check", "cli", "ledger", "main", "runs", "subscribers", "web"]
