@@ -226,3 +226,17 @@ def test_subscribers_commands(write_config: Callable[..., Path]) -> None:
     again = invoke("subscribers", "remove", "grace@example.org", "--config", path)
     assert again.exit_code == 1
     assert again.stderr.splitlines()[0] == f"Error: {path}: grace@example.org is not a subscriber"
+
+
+def test_subscriber_flags_that_would_be_ignored_are_refused(
+        write_config: Callable[..., Path]) -> None:
+    path = str(write_config())
+    weekday = invoke("subscribers", "add", "w@example.org", "--config", path, "--weekday", "fri")
+    assert weekday.exit_code == 1
+    assert weekday.stderr.splitlines() == [
+        f"Error: {path}: --weekday fri applies to weekly subscribers only, and this one is "
+        "daily", "Hint: add --frequency weekly"]
+    cleared = invoke("subscribers", "set", "ada@example.org", "--config", path, "--clear-topics")
+    assert cleared.exit_code == 0 and cleared.stdout == "updated ada@example.org: cleared topics\n"
+    listed = json.loads(invoke("subscribers", "list", "--config", path, "--json").stdout)
+    assert next(s for s in listed if s["email"] == "ada@example.org")["topics"] == []
