@@ -52,6 +52,11 @@ def _address(value: str) -> str:
         raise ValueError(f"{value!r} is not an email address ({e})") from e
 
 
+def email_address(value: str) -> str:
+    """A bare address, normalised; ValueError saying what is wrong with it otherwise."""
+    return _address(value)
+
+
 def _mailbox(value: str) -> str:
     """`Name <addr@host>` or a bare address."""
     _one_line(value)

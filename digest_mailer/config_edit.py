@@ -27,7 +27,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 
-from digest_mailer.config import parse_config
+from digest_mailer.config import email_address, parse_config
 from digest_mailer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _parse(text: str) -> dict[str, Any]:
 Edit = Callable[[str], tuple[str, Callable[[list[Any]], bool], str]]
 
 
-def _edit(path: Path, edit: Edit, slow: Callable[[AoT], str]) -> str:
+def _edit(path: Path, email: str, edit: Edit, slow: Callable[[AoT], str]) -> str:
     target = Path(os.path.realpath(path))  # a symlink: edit what it points at
     with locked(target):
         text = _read(target)
@@ -181,10 +181,33 @@ def _edit(path: Path, edit: Edit, slow: Callable[[AoT], str]) -> str:
                         path)
             new_text, message = _slow_edit(path, text, slow)
             data = _parse_or_fail(path, new_text)
-        parse_config(data, name=str(path), base_dir=target.parent, consume=True)
+        _validate(path, email, data, target.parent)
         _write(target, new_text)
     logger.info("%s: %s", path, message)
     return message
+
+
+def _validate(path: Path, email: str, data: dict[str, Any], base_dir: Path) -> None:
+    """As the loader would; a finding in the edited entry is about what was typed."""
+    subs = data.get("subscribers")
+    index = next((i for i, t in enumerate(subs) if isinstance(t, dict) and str(
+        t.get("email", "")).lower() == email.lower()), -1) if isinstance(subs, list) else -1
+    try:
+        parse_config(data, name=str(path), base_dir=base_dir, consume=True)
+    except ConfigError as e:
+        mine = all(f": subscribers[{index}]." in p for p in e.problems)
+        raise ConfigError(e.message, problems=e.problems,
+                          hint="nothing was written; check the values given on the command "
+                               "line" if mine else "nothing was written; the file has "
+                          "problems of its own: `digest-mailer check` lists them") from e
+
+
+def typed_address(value: str) -> str:
+    """An address typed on the command line, checked before it goes near the file."""
+    try:
+        return email_address(value)
+    except ValueError as e:
+        raise ConfigError(str(e), hint="check the address given on the command line") from e
 
 
 def _parse_or_fail(path: Path, text: str) -> dict[str, Any]:
@@ -266,6 +289,7 @@ def _new_entry(email: str, change: SubscriberChange) -> str:
 
 
 def add_subscriber(path: Path, email: str, change: SubscriberChange) -> str:
+    typed_address(email)
     change.check(path, {})
     wanted: dict[str, Any] = {"email": email}
     apply(wanted, change)
@@ -290,7 +314,7 @@ def add_subscriber(path: Path, email: str, change: SubscriberChange) -> str:
         subs.append(table)
         return f"added {email}"
 
-    return _edit(path, fast, slow)
+    return _edit(path, email, fast, slow)
 
 
 def remove_subscriber(path: Path, email: str) -> str:
@@ -314,7 +338,7 @@ def remove_subscriber(path: Path, email: str) -> str:
         del subs[index]
         return f"removed {email}"
 
-    return _edit(path, fast, slow)
+    return _edit(path, email, fast, slow)
 
 
 def set_subscriber(path: Path, email: str, change: SubscriberChange) -> str:
@@ -349,4 +373,4 @@ def set_subscriber(path: Path, email: str, change: SubscriberChange) -> str:
         apply(table, change)
         return message
 
-    return _edit(path, fast, slow)
+    return _edit(path, email, fast, slow)

@@ -207,7 +207,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
         subscribers = tuple(s for s in subscribers if s.key == options.only.lower())
         if not subscribers:
             raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
-                                    hint="see `digest-mailer check` for the list")
+                                    hint="see `digest-mailer subscribers list`")
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, subscribers, run_date))
     c = config.source

@@ -241,3 +241,21 @@ def test_subscriber_flags_that_would_be_ignored_are_refused(
     assert cleared.exit_code == 0 and cleared.stdout == "updated ada@example.org: cleared topics\n"
     listed = json.loads(invoke("subscribers", "list", "--config", path, "--json").stdout)
     assert next(s for s in listed if s["email"] == "ada@example.org")["topics"] == []
+
+
+def test_hints_point_at_what_was_typed(write_config: Callable[..., Path]) -> None:
+    path = str(write_config())
+    nobody = invoke("preview", "--config", path, "--to", "nobody@example.org")
+    assert nobody.stderr.splitlines()[1] == "Hint: see `digest-mailer subscribers list`"
+    bad = invoke("subscribers", "add", "bad@", "--config", path)
+    assert bad.exit_code == 1
+    assert bad.stderr.splitlines() == [
+        "Error: 'bad@' is not an email address (There must be something after the @-sign.)",
+        "Hint: check the address given on the command line"]
+    empty = invoke("subscribers", "set", "ada@example.org", "--config", path, "--topic", " ")
+    assert empty.exit_code == 1
+    assert empty.stderr.splitlines()[0].endswith(
+        "subscribers[0].topics: an empty string matches nothing; remove it")
+    assert empty.stderr.splitlines()[1] == ("Hint: nothing was written; check the values given "
+                                            "on the command line")
+    assert "config.example.toml" not in bad.stderr + empty.stderr
