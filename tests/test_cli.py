@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import ENV, SAMPLE, SmtpServer, base_config, free_port, toml_text
+from conftest import ENV, SAMPLE, SmtpServer, base_config, free_port, local_smtp, toml_text
 from digest_mailer.cli import cli
 
 
@@ -90,8 +90,7 @@ def test_dry_run_prints_a_report(write_config: Callable[..., Path], tmp_path: Pa
 
 def test_run_sends_and_a_second_run_sends_nothing(tmp_path: Path,
                                                   smtp_server: SmtpServer) -> None:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
     first = invoke("run", "--config", str(path), env=ENV)
@@ -120,8 +119,7 @@ def test_run_errors_are_one_line_with_a_hint(write_config: Callable[..., Path],
 
 
 def test_an_unreachable_smtp_server_fails_the_run(tmp_path: Path) -> None:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": free_port(),
-                                      "security": "none", "timeout": 2})
+    doc = base_config(tmp_path, smtp=local_smtp(free_port(), timeout=2))
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
     result = invoke("run", "--config", str(path), env=ENV)
@@ -169,8 +167,7 @@ def test_json_report_history_explain_and_status(tmp_path: Path,
                                                 smtp_server: SmtpServer) -> None:
     import json
 
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     path = str(tmp_path / "c.toml")
     Path(path).write_text(toml_text(doc))
     result = invoke("run", "--config", path, "--json", "--date", "2025-06-02", env=ENV)

@@ -16,7 +16,7 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner, Result
 
-from conftest import ENV, NOW, SmtpHandler, base_config, start_smtp, toml_text
+from conftest import ENV, NOW, SmtpHandler, base_config, local_smtp, start_smtp, toml_text
 from digest_mailer.cli import cli
 from digest_mailer.config import load_config
 from digest_mailer.errors import ConfigError
@@ -180,7 +180,7 @@ def test_every_problem_is_listed_with_its_hint(tmp_path: Path) -> None:
 def test_the_run_refuses_before_it_fetches_or_sends(tmp_path: Path, http_server: Any,
                                                     smtp_server: Any) -> None:
     doc = base_config(tmp_path, source=f"{http_server.base}/api/daily_papers",
-                      smtp={"host": "127.0.0.1", "port": smtp_server.port, "security": "none"})
+                      smtp=local_smtp(smtp_server.port))
     doc["newsletter"]["subject"] = "{{ cuont }}"
     config = load_config(write(tmp_path, doc))
     with pytest.raises(ConfigError, match="cuont"):

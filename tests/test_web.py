@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-from conftest import ENV, NOW, SECRET, SmtpServer, base_config, free_port, toml_text
+from conftest import ENV, NOW, SECRET, SmtpServer, base_config, free_port, local_smtp, toml_text
 from digest_mailer.cli import cli
 from digest_mailer.config import load_config
 from digest_mailer.message import unsubscribe_token
@@ -32,8 +32,7 @@ ONE_CLICK = {"content": b"List-Unsubscribe=One-Click",
 
 @pytest.fixture
 def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     path = tmp_path / "digest-mailer.toml"
     path.write_text(toml_text(doc))
     return path
