@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
@@ -146,7 +146,7 @@ def _find(text: str, spans: list[tuple[int, int]], email: str) -> int | None:
 
 def _entry_text(entry: str, change: SubscriberChange) -> str:
     doc = tomlkit.parse(entry)
-    table = doc["subscribers"][0]  # type: ignore[index]
+    table = doc["subscribers"][0]
     apply(table, change)
     return tomlkit.dumps(doc)
 
@@ -268,7 +268,7 @@ def _table_dict(entry: str) -> dict[str, Any]:
     return data[0]
 
 
-def _not_found(path: Path, text: str, email: str) -> None:
+def _not_found(path: Path, text: str, email: str) -> NoReturn:
     """No entry found in the text: say so if the parsed file agrees, else edit the slow way."""
     subs = _parse(text).get("subscribers", [])
     if isinstance(subs, list) and not any(isinstance(t, dict) and str(
@@ -284,7 +284,7 @@ def _new_entry(email: str, change: SubscriberChange) -> str:
     apply(table, change)
     doc = tomlkit.document()
     doc["subscribers"] = tomlkit.aot()
-    doc["subscribers"].append(table)  # type: ignore[union-attr]
+    doc["subscribers"].append(table)
     return tomlkit.dumps(doc)
 
 

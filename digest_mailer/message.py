@@ -15,6 +15,7 @@ from email import policy, quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from typing import Any
 from urllib.parse import quote
 
 from digest_mailer.errors import DigestMailerError, RenderError
@@ -85,7 +86,7 @@ class DkimSigner:
         except dkim.DKIMException as e:
             raise DigestMailerError(f"DKIM signing failed: {e}",
                                     hint="check delivery.dkim.key_file") from e
-        return header + data
+        return bytes(header) + data
 
 
 def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: str,
@@ -121,8 +122,9 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
 def fold(name: str, value: object, *, raw: bool = False) -> bytes:
     """One header exactly as the email package writes it: through the header registry, or
     as given for a raw header (set_raw)."""
-    stored = value if raw else POLICY.header_factory(name, value)
-    return POLICY.fold(name, stored).encode("ascii", "surrogateescape")
+    stored: Any = value if raw else POLICY.header_factory(name, value)
+    folded: str = POLICY.fold(name, stored)
+    return folded.encode("ascii", "surrogateescape")
 
 
 def subject_field(subject: str) -> bytes:

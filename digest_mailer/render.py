@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from digest_mailer.errors import RenderError
@@ -263,12 +264,12 @@ class _Sandbox(SandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise jinja2.sandbox.SecurityError(f"power {right} is over the limit (64)")
+            raise SecurityError(f"power {right} is over the limit (64)")
         if operator == "*":
             sized, times = ((left, right) if isinstance(right, int) else (right, left))
             if isinstance(sized, str | list | tuple) and isinstance(times, int) and \
                     len(sized) * times > self.LIMIT:
-                raise jinja2.sandbox.SecurityError("a repeated string or list over "
+                raise SecurityError("a repeated string or list over "
                                                    f"{self.LIMIT} items")
         return super().call_binop(context, operator, left, right)
 

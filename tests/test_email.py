@@ -38,7 +38,8 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def parts(msg: EmailMessage) -> tuple[str, str]:
-    text, html = msg.get_payload()  # type: ignore[misc]
+    text, html = list(msg.iter_parts())
+    assert isinstance(text, EmailMessage) and isinstance(html, EmailMessage)
     return text.get_content(), html.get_content()
 
 

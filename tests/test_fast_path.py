@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,9 @@ NAMES = ["Ada", "", "Zoë 李 🎉", "O'Brien & <Co> \"Q\"", "محمد", "N" * 9
          "Jean-Luc Picard, PhD", "zq0000000000000000nm", "Ada  Lovelace", "A.B. Smith",
          "Zoë Nowak", "Søren Kierkegaard-Müller von und zu Lichtenstein-Hohenzollern Ω",
          "Ada Lovelace Byron King Noel Countess of Lovelace Augusta Ada", "X"]
-PROFILES = [dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")),
-            dict(), dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
+PROFILES: list[dict[str, Any]] = [
+    dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")), dict(),
+    dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,7 @@ def test_rebuilt_from_the_stored_template(papers: tuple[Paper, ...]) -> None:
     template = MessageTemplate(renderer.render_template(
         Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)), SHARED)
     again = MessageTemplate.from_bytes(template.to_bytes(), set_id=7, signer=None)
-    kwargs = dict(email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
+    kwargs: dict[str, Any] = dict(email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
                   message_id="<same@example.org>")
     first, second = template.personalize(**kwargs), again.personalize(**kwargs)
     assert masked(first.data) == masked(second.data)

@@ -26,7 +26,7 @@ from digest_mailer.pipeline import RunOptions, run
 from digest_mailer.store import Ledger
 from digest_mailer.web import Tokens, create_app
 
-ONE_CLICK = {"content": b"List-Unsubscribe=One-Click",
+ONE_CLICK: dict[str, Any] = {"content": b"List-Unsubscribe=One-Click",
              "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
 
 
