@@ -20,7 +20,8 @@ from digest_mailer.message import unsubscribe_token
 from digest_mailer.pipeline import RunOptions, run
 
 GOLDEN = REPO / "tests" / "golden"
-TOKEN = unsubscribe_token(ENV["DIGEST_UNSUBSCRIBE_SECRET"].encode(), "ada@example.org")
+TOKEN = unsubscribe_token(ENV["DIGEST_UNSUBSCRIBE_SECRET"].encode(), "ada@example.org",
+                          "Daily Papers <daily-papers.example.org>")
 
 
 def dry_run(config_path: Path, *, source: Path | None = None) -> dict[str, bytes]:

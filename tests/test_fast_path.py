@@ -58,7 +58,7 @@ def subscribers() -> list[Subscriber]:
 def slow(renderer: Renderer, sub: Subscriber, papers: tuple[Paper, ...],
          message_id: str) -> OutgoingMessage:
     selection = select(sub, papers, ())
-    token = unsubscribe_token(SECRET, sub.email)
+    token = unsubscribe_token(SECRET, sub.email, SHARED.list_id)
     url = URL.replace("{token}", token)
     digest = Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)
     return build_message(renderer.render(digest), subscriber=sub, sender=SHARED.sender,
@@ -150,7 +150,7 @@ def test_rebuilt_from_the_stored_template(papers: tuple[Paper, ...]) -> None:
     renderer = Renderer()
     sub = subscribers()[2]
     selection = select(sub, papers, ())
-    token = unsubscribe_token(SECRET, sub.email)
+    token = unsubscribe_token(SECRET, sub.email, SHARED.list_id)
     url = URL.replace("{token}", token)
     template = MessageTemplate(renderer.render_template(
         Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)), SHARED)
