@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import date, datetime
 from email import policy, quoprimime
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -130,7 +131,13 @@ def fold(name: str, value: object, *, raw: bool = False) -> bytes:
 def subject_field(subject: str) -> bytes:
     """The Subject header as the email package folds it, except that it never folds right
     after `Subject:` (it does when the whole value fits the next line): that leaves the value
-    starting with a space for every parser."""
+    starting with a space for every parser. A subject that is not ASCII is encoded by
+    email.header.Header, which keeps each space inside an encoded word: the policy's folder
+    puts some between encoded words, where RFC 2047 says to ignore them ("李 Zoë" read as
+    "李Zoë")."""
+    if not subject.isascii():
+        return ("Subject: " + Header(subject, "utf-8", header_name="Subject").encode(
+            linesep="\r\n") + "\r\n").encode("ascii")
     folded = fold("Subject", subject)
     head = b"Subject:\r\n "
     return b"Subject: " + folded[len(head):] if folded.startswith(head) else folded

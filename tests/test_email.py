@@ -239,3 +239,20 @@ def test_operator_templates_run_in_a_sandbox(write_config: Callable[..., Path],
         assert str(mine / "digest.txt.j2") in str(e.value), attack
         assert not pwned.exists()
         assert "root:" not in str(e.value)
+
+
+def test_the_subject_is_folded_inside_its_value(sample_emails: dict[str, bytes]) -> None:
+    """Folding right after `Subject:` left every parser a value starting with a space."""
+    data = sample_emails["grace_at_example.org"]
+    assert b"\r\nSubject: Daily Papers: 2 new papers on" in data
+    assert parse(data)["Subject"] == ("Daily Papers: 2 new papers on reinforcement learning, "
+                                      "speech recognition")
+    from digest_mailer.message import subject_field
+
+    for subject in ["x" * 75, ("Zoë 李 " * 30).strip(), "a " + "b" * 200,
+                    "Daily Papers: " + "w " * 59 + "w"]:
+        field = subject_field(subject)
+        assert field.startswith(b"Subject: ") and not field.startswith(b"Subject:  ")
+        assert max(len(line) for line in field.split(b"\r\n")) <= 998
+        parsed = message_from_bytes(field + b"\r\n", policy=policy.default)["Subject"]
+        assert parsed == subject
