@@ -145,9 +145,19 @@ def _paths(config: Config, *, source_given: bool, dry_run: bool) -> list[Finding
         out.append(Finding(f"delivery.out_dir: {out_dir} is not a folder",
                            hint="fix delivery.out_dir"))
     smtp = config.delivery.smtp
-    if smtp.ca_file and not config.resolve(smtp.ca_file).is_file():
-        out.append(Finding(f"delivery.smtp.ca_file: {config.resolve(smtp.ca_file)}: no such "
-                           "file", hint="fix delivery.smtp.ca_file (PEM certificates)"))
+    if smtp.ca_file:
+        ca_file = config.resolve(smtp.ca_file)
+        if not ca_file.is_file():
+            out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: no such file",
+                               hint="fix delivery.smtp.ca_file (PEM certificates)"))
+        else:
+            import ssl
+
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as e:
+                out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: not PEM certificates "
+                                   f"({e})", hint="fix delivery.smtp.ca_file"))
     return out
 
 

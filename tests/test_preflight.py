@@ -108,6 +108,9 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
     ("state under a file", lambda d, t: d["state"].update(
         path=str(private(t / "plain") / "state.sqlite3")),
      r"state\.path: .*plain is not a folder", "fix [state] path"),
+    ("ca_file not certificates", lambda d, t: d["delivery"]["smtp"].update(
+        ca_file=str(private(t / "ca.pem", "not a certificate"))),
+     r"delivery\.smtp\.ca_file: .*ca\.pem: not PEM certificates", "fix delivery.smtp.ca_file"),
     ("cron never fires", lambda d, t: d.update(schedule={"cron": "0 7 30 2 *"}),
      r"schedule\.cron: '0 7 30 2 \*' never fires", "config.example.toml"),
     ("misfire_grace overflows", lambda d, t: d.update(
