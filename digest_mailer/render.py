@@ -11,7 +11,7 @@ import textwrap
 import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,8 @@ def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
 
 
 PERSONAL = frozenset({"name", "email", "unsubscribe_url"})
+PROBE_NAME = "Zoë O'Neil & <Co> \"Q\""
+PROBE_EMAIL = "o'neil&co+probe@example.org"
 # Inside these, output is captured or transformed before it reaches the email.
 _CAPTURING = (nodes.FilterBlock, nodes.AssignBlock, nodes.Macro, nodes.CallBlock,
               nodes.EvalContextModifier, nodes.With)
@@ -304,6 +306,7 @@ class Renderer:
                          else self._load(text_env, SUBJECT_TEMPLATE))
         # Bodies rendered with marks, by digest, for when only the subject is personal.
         self._bodies: OrderedDict[tuple[object, ...], tuple[Marks, str, str]] = OrderedDict()
+        self._verified = False
 
     @property
     def personal(self) -> bool:
@@ -399,9 +402,38 @@ class Renderer:
         sub = digest.subscriber
         return self.context(digest, sub.name, sub.email, digest.unsubscribe_url)
 
+    def verify(self, digest: Digest) -> None:
+        """Once per renderer, on the first digest: a subscriber with awkward values (quotes,
+        ampersands, angle brackets, accents) rendered both ways, with marks then filled, and
+        with the values themselves. A template whose output differs (a value in CSS, which
+        premailer rewrites; anything the syntax check cannot see) is rendered per subscriber
+        from then on."""
+        if self._verified or self.personal:
+            return
+        self._verified = True
+        probe = replace(digest, subscriber=replace(digest.subscriber, name=PROBE_NAME,
+                                                   email=PROBE_EMAIL))
+        real = self.render(probe)
+        t = self.render_template(probe)
+        values = (PROBE_NAME, PROBE_EMAIL, probe.unsubscribe_url)
+        differs = {"html": t.fill_html(t.html, *values) != real.html,
+                   "text": t.fill_text(t.text, *values) != real.text,
+                   "subject": t.fill_subject(*values) != real.subject}
+        if any(differs.values()):
+            logger.warning("%s: the template changes a subscriber's values in a way shared "
+                           "rendering cannot follow; each email is rendered on its own",
+                           ", ".join(getattr(self, f"_{k}").origin for k, d in differs.items()
+                                     if d))
+            self._html = replace(self._html, personal=self._html.personal or differs["html"])
+            self._text = replace(self._text, personal=self._text.personal or differs["text"])
+            self._subject = replace(self._subject,
+                                    personal=self._subject.personal or differs["subject"])
+            self._bodies.clear()
+
     def template_key(self, digest: Digest) -> tuple[object, ...]:
         """Digests with equal keys render to the same template. When a template uses a
         subscriber's value other than by printing it, each subscriber has their own."""
+        self.verify(digest)
         key = template_key(digest)
         if self.personal:
             sub = digest.subscriber
@@ -412,6 +444,7 @@ class Renderer:
         """The email for everyone who shares this digest's template key, with marks where each
         subscriber's name, address and unsubscribe link go (or their real values, in the
         templates that need them)."""
+        self.verify(digest)
         marks = marks or Marks.new()
         real = self._real(digest) if self.personal else {}
         if self._html.personal or self._text.personal:
