@@ -49,6 +49,9 @@ def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
     if found.sample is not None:
         lines.append(f"templates: {templates}; a sample email renders, subject "
                      f"{found.sample.subject!r}")
+    if found.per_subscriber:
+        lines.append(f"templates rendered for each subscriber alone (slower: they change "
+                     f"name, email or unsubscribe_url): {', '.join(found.per_subscriber)}")
     lines += [f"warning: {w.message}" for w in found.warnings]
     if not subs:
         lines.append("warning: no [[subscribers]]: runs will send nothing")

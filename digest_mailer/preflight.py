@@ -41,6 +41,7 @@ class Findings:
     errors: tuple[Finding, ...]
     warnings: tuple[Finding, ...]
     sample: RenderedDigest | None = None  # the email rendered from sample data
+    per_subscriber: tuple[str, ...] = ()  # templates rendered for each subscriber alone
 
 
 def ensure_runnable(config: Config, env: Mapping[str, str], *, now: datetime,
@@ -103,11 +104,12 @@ def inspect(config: Config, env: Mapping[str, str], *, now: datetime,
         errors.append(Finding(f"${config.unsubscribe.secret_env} is too short "
                               f"({len(secret)} characters)",
                               hint=f"use at least {MIN_SECRET_BYTES} random characters"))
-    sample: list[RenderedDigest] = []
+    sample: list[tuple[RenderedDigest, tuple[str, ...]]] = []
     templates_dir = config.templates_dir
     if templates_dir is None or templates_dir.is_dir():
         attempt(lambda: sample.append(_render_sample(config, now)))
-    return Findings(tuple(errors), tuple(warnings), sample[0] if sample else None)
+    return Findings(tuple(errors), tuple(warnings), sample[0][0] if sample else None,
+                    sample[0][1] if sample else ())
 
 
 def _paths(config: Config, *, source_given: bool, dry_run: bool) -> list[Finding]:
@@ -205,7 +207,7 @@ def sample_digest(config: Config, run_date: date) -> Digest:
     return Digest(config.newsletter.name, run_date, sub, matches, 1, url)
 
 
-def _render_sample(config: Config, now: datetime) -> RenderedDigest:
+def _render_sample(config: Config, now: datetime) -> tuple[RenderedDigest, tuple[str, ...]]:
     """Every template compiled and one email built in memory, as a run builds it (the fast
     path), and signed when DKIM is on."""
     from digest_mailer.message import DkimSigner, MessageTemplate, Shared, list_id
@@ -235,4 +237,5 @@ def _render_sample(config: Config, now: datetime) -> RenderedDigest:
     if signer is not None and not message.data.startswith(b"DKIM-Signature:"):
         raise DigestMailerError("delivery.dkim: the sample email was not signed",
                                 hint="check delivery.dkim.key_file")
-    return RenderedDigest(subject=message.subject, html=message.html, text="")
+    return (RenderedDigest(subject=message.subject, html=message.html, text=""),
+            renderer.personal_origins())

@@ -313,6 +313,10 @@ class Renderer:
         """Whether some template must be rendered with each subscriber's real values."""
         return self._html.personal or self._text.personal or self._subject.personal
 
+    def personal_origins(self) -> tuple[str, ...]:
+        """The templates rendered per subscriber (they change a subscriber's values)."""
+        return tuple(p.origin for p in (self._html, self._text, self._subject) if p.personal)
+
     def _hint(self, origin: str) -> str:
         if origin == "newsletter.subject":
             return ("fix newsletter.subject in the config; its variables: newsletter, count, "

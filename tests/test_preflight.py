@@ -293,3 +293,13 @@ def test_check_smtp_over_implicit_tls_and_an_unverified_certificate(
     finally:
         controller.stop()
     assert handler.received == []
+
+
+def test_check_says_which_templates_are_rendered_per_subscriber(tmp_path: Path) -> None:
+    doc = base_config(tmp_path)
+    doc["newsletter"]["subject"] = "Hi {{ name|title }}"
+    result = invoke("check", "--config", str(write(tmp_path, doc)), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert ("templates rendered for each subscriber alone (slower: they change name, email or "
+            "unsubscribe_url): newsletter.subject") in result.stdout.splitlines()
+    assert "subject \"Hi Ada O'" in result.stdout  # the sample subject, with the real name
