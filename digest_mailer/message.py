@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import quote
 
 from digest_mailer.errors import DigestMailerError, RenderError
+from digest_mailer.marks import DigestTemplate, Marks, one_line
 from digest_mailer.models import OutgoingMessage, RenderedDigest, Subscriber
-from digest_mailer.render import DigestTemplate, Marks, one_line
 
 # SMTP policy: CRLF line ends, headers folded at 78. Raw headers set with `set_raw` are kept as
 # given, which is how List-Unsubscribe stays out of an encoded word (RFC 8058 clients need the

@@ -3,10 +3,8 @@ plain-text part from its own template with the same content."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import secrets
 import textwrap
 import traceback
 from collections import Counter, OrderedDict
@@ -18,22 +16,24 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from digest_mailer.errors import RenderError
+from digest_mailer.marks import DigestTemplate, Marks, one_line
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
+from digest_mailer.sandbox import Sandbox, alters_personal
 
 logger = logging.getLogger(__name__)
+
+# A subscriber whose values need escaping everywhere: the once-per-run check renders them.
+PROBE_NAME = "Zoë O'Neil & <Co> \"Q\""
+PROBE_EMAIL = "o'neil&co+probe@example.org"
 
 HTML_TEMPLATE = "digest.mjml.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
 SUBJECT_TEMPLATE = "subject.txt.j2"
 MAX_AUTHORS = 3
 BLURB_CHARS = 320
-SUBJECT_CHARS = 180
 SUBJECT_TOPICS = 3
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
 def shipped_templates() -> Path:
@@ -41,113 +41,6 @@ def shipped_templates() -> Path:
     here = Path(__file__).resolve().parent
     installed = here / "templates"
     return installed if installed.is_dir() else here.parent / "templates"
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9@.+_-]*")
-_ESCAPED = re.compile(r'<p title="(.*)">(.*)</p><a href="(.*)">x</a>', re.S)
-
-
-@functools.lru_cache(maxsize=4096)
-def escaped(value: str) -> tuple[str, str, str, str]:
-    """A subscriber's value as the compiled HTML carries it, in each place a template can put
-    it: (text, attribute, URI attribute, raw text such as a comment). Jinja escapes it and lxml
-    (inside premailer) writes it out again, each context in its own way; the same two steps on
-    a small snippet give the same result, so the fast path equals rendering with the value."""
-    if _PLAIN.fullmatch(value):
-        return value, value, value, value
-    import markupsafe
-    from lxml import etree
-    from lxml import html as lxml_html
-
-    e = str(markupsafe.escape(value))
-    root = lxml_html.fromstring(f'<div><p title="{e}">{e}</p><a href="{e}">x</a></div>')
-    out = etree.tostring(root, method="html", encoding="utf-8").decode("utf-8")
-    found = _ESCAPED.search(out)
-    if found is None:  # cannot happen for a value the config accepts
-        raise RenderError(f"{value!r}: cannot place this value in HTML")
-    title, text, href = found.groups()
-    return text, title, href, e
-
-
-_PREFIXES = ("zq", "zqx", "zqy", "zqz")  # text, attribute, URI attribute, raw
-_URI_ATTRIBUTES = frozenset({"href", "src", "action", "background", "cite", "longdesc",
-                             "usemap", "codebase", "data", "classid", "profile"})
-_RAW = re.compile(r"<!--|-->|<(/?)(style|script)\b", re.I)
-_ATTRIBUTE_NAME = re.compile(r"([\w:-]+)\s*=\s*(?:\"[^\"]*|'[^']*|[^\s\"'=<>`]*)$")
-
-
-def _context(html: str, at: int) -> int:
-    """Where position `at` of the HTML is: 0 text, 1 attribute, 2 URI attribute, 3 raw."""
-    raw = False
-    for found in _RAW.finditer(html, 0, at):
-        token = found.group().lower()
-        raw = token == "<!--" or (token.startswith("<") and not found.group(1)
-                                 and token != "-->")
-    if raw:
-        return 3
-    open_tag, close_tag = html.rfind("<", 0, at), html.rfind(">", 0, at)
-    if open_tag <= close_tag:
-        return 0
-    attribute = _ATTRIBUTE_NAME.search(html, open_tag, at)
-    return 2 if attribute and attribute.group(1).lower() in _URI_ATTRIBUTES else 1
-
-
-@dataclass(frozen=True, slots=True)
-class Marks:
-    """Stand-ins for the per-subscriber values while a digest renders. They carry a random
-    nonce, so nothing in a feed can forge one, and only letters and digits, so MJML, premailer
-    and escaping leave them as they are."""
-
-    name: str
-    email: str
-    url: str
-
-    @classmethod
-    def new(cls) -> Marks:
-        nonce = secrets.token_hex(8)
-        return cls(f"zq{nonce}nm", f"zq{nonce}em", f"zq{nonce}ur")
-
-    def all(self) -> tuple[str, str, str]:
-        return (self.name, self.email, self.url)
-
-    def every(self) -> tuple[str, ...]:
-        """Each mark and its variants: in the HTML a mark says in which context it sits
-        (`zqx`: an attribute, `zqy`: a URI attribute, `zqz`: a comment or style), since each
-        escapes the value its own way."""
-        return tuple(f"{p}{m[2:]}" for m in self.all() for p in _PREFIXES)
-
-    def placed(self, html: str) -> str:
-        """The compiled HTML with each mark replaced by the variant for where it sits."""
-        pattern = re.compile("|".join(self.all()))
-        out: list[str] = []
-        last = 0
-        for found in pattern.finditer(html):
-            start = found.start()
-            out.append(html[last:start] + _PREFIXES[_context(html, start)] + found.group()[2:])
-            last = found.end()
-        return "".join(out) + html[last:]
-
-
-@dataclass(frozen=True, slots=True)
-class DigestTemplate:
-    subject: str
-    html: str
-    text: str
-    marks: Marks
-
-    def fill_html(self, text: str, name: str, email: str, url: str) -> str:
-        for mark, value in zip(self.marks.all(), (name, email, url), strict=True):
-            if mark[2:] in text:
-                for prefix, shown in zip(_PREFIXES, escaped(value), strict=True):
-                    text = text.replace(prefix + mark[2:], shown)
-        return text
-
-    def fill_text(self, text: str, name: str, email: str, url: str) -> str:
-        m = self.marks
-        return text.replace(m.name, name).replace(m.email, email).replace(m.url, url)
-
-    def fill_subject(self, name: str, email: str, url: str) -> str:
-        return one_line(self.fill_text(self.subject, name, email, url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,63 +112,6 @@ def _wrap(text: str, width: int = 72, indent: str = "   ") -> str:
     return ("\n" + indent).join(lines)
 
 
-def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-PERSONAL = frozenset({"name", "email", "unsubscribe_url"})
-PROBE_NAME = "Zoë O'Neil & <Co> \"Q\""
-PROBE_EMAIL = "o'neil&co+probe@example.org"
-# Inside these, output is captured or transformed before it reaches the email.
-_CAPTURING = (nodes.FilterBlock, nodes.AssignBlock, nodes.Macro, nodes.CallBlock,
-              nodes.EvalContextModifier, nodes.With)
-
-
-def alters_personal(node: nodes.Node, passes: bool = False, captured: bool = False) -> bool:
-    """Whether a template uses a subscriber's value other than by printing it whole or testing
-    its truth. Marks survive only those two uses (a mark is true exactly when the value is);
-    anything else (a filter, a comparison, an index, a macro) must see the real value."""
-    if isinstance(node, nodes.Name):
-        return node.name in PERSONAL and node.ctx == "load" and not passes
-    if isinstance(node, _CAPTURING):
-        captured = True
-    if isinstance(node, nodes.Output):
-        return any(alters_personal(c, not captured, captured) for c in node.nodes)
-    if isinstance(node, nodes.If):
-        return (alters_personal(node.test, True, captured)
-                or any(alters_personal(c, False, captured)
-                       for c in (*node.body, *node.elif_, *node.else_)))
-    if isinstance(node, nodes.CondExpr):
-        return (alters_personal(node.test, True, captured)
-                or any(alters_personal(c, passes, captured)
-                       for c in (node.expr1, node.expr2) if c is not None))
-    if isinstance(node, nodes.And | nodes.Or | nodes.Concat):
-        return any(alters_personal(c, passes, captured) for c in node.iter_child_nodes())
-    if isinstance(node, nodes.Not):
-        return alters_personal(node.node, True, captured)
-    return any(alters_personal(c, False, captured) for c in node.iter_child_nodes())
-
-
-class _Sandbox(SandboxedEnvironment):
-    """Operators' templates cannot reach Python objects (the sandbox), nor make a huge number
-    or string out of a small template."""
-
-    intercepted_binops = frozenset({"**", "*"})
-    LIMIT = 100_000
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise SecurityError(f"power {right} is over the limit (64)")
-        if operator == "*":
-            sized, times = ((left, right) if isinstance(right, int) else (right, left))
-            if isinstance(sized, str | list | tuple) and isinstance(times, int) and \
-                    len(sized) * times > self.LIMIT:
-                raise SecurityError("a repeated string or list over "
-                                                   f"{self.LIMIT} items")
-        return super().call_binop(context, operator, left, right)
-
-
 @dataclass(frozen=True, slots=True)
 class _Part:
     template: jinja2.Template
@@ -297,8 +133,8 @@ class Renderer:
         loader = jinja2.FileSystemLoader(self._dirs)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
                                   "keep_trailing_newline": True}
-        html_env = _Sandbox(autoescape=True, **common)
-        text_env = _Sandbox(autoescape=False, **common)
+        html_env = Sandbox(autoescape=True, **common)
+        text_env = Sandbox(autoescape=False, **common)
         text_env.filters["wrap"] = _wrap
         self._html = self._load(html_env, HTML_TEMPLATE)
         self._text = self._load(text_env, TEXT_TEMPLATE)
