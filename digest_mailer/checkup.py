@@ -3,16 +3,18 @@ whether the SMTP server takes the connection and the login. Sends no mail."""
 
 from __future__ import annotations
 
-import smtplib
-import ssl
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digest_mailer import credentials
 from digest_mailer.config import Config
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.preflight import Findings
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
@@ -61,6 +63,9 @@ def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
 def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
     """Connect, STARTTLS or TLS, log in, QUIT, as a run would; say what happened at each
     step. Raises DigestMailerError at the step that fails."""
+    import smtplib  # only --smtp needs these
+    import ssl
+
     smtp = config.delivery.smtp
     where = f"{smtp.host}:{smtp.effective_port}"
     file = config.resolve(smtp.password_file) if smtp.password_file else None
@@ -125,6 +130,8 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
 
 
 def _tls(ca_file: Path | None) -> ssl.SSLContext:
+    import ssl
+
     ctx = ssl.create_default_context()
     if ca_file is not None:
         try:
