@@ -19,7 +19,7 @@ from digest_mailer.message import (
     unsubscribe_token,
 )
 from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selection, Subscriber
-from digest_mailer.render import Renderer, template_key
+from digest_mailer.render import Renderer
 from digest_mailer.select import profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
 from digest_mailer.store.outbox import Entry
@@ -53,7 +53,7 @@ class Composer:
         return select_ranked(sub, ranked, offered)
 
     def _template(self, digest: Digest, now: datetime) -> MessageTemplate:
-        key = template_key(digest)
+        key = self.renderer.template_key(digest)
         found = self._templates.get(key)
         if found is not None:
             self._templates.move_to_end(key)
@@ -72,7 +72,7 @@ class Composer:
     def compose(self, selection: Selection, run_date: date, now: datetime, *,
                 want_html: bool = False) -> OutgoingMessage:
         sub = selection.subscriber
-        token = unsubscribe_token(self.secret, sub.email)
+        token = unsubscribe_token(self.secret, sub.email, self.shared.list_id)
         url = self.unsubscribe_url.replace("{token}", token)
         digest = Digest(newsletter=self.newsletter, run_date=run_date, subscriber=sub,
                         matches=selection.matches, over_cap=selection.over_cap,

@@ -21,6 +21,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from digest_mailer.config_errors import describe_error, problems_hint
@@ -49,6 +50,11 @@ def _address(value: str) -> str:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as e:
         raise ValueError(f"{value!r} is not an email address ({e})") from e
+
+
+def email_address(value: str) -> str:
+    """A bare address, normalised; ValueError saying what is wrong with it otherwise."""
+    return _address(value)
 
 
 def _mailbox(value: str) -> str:
@@ -92,7 +98,10 @@ def _http_url(value: str) -> str:
 def _duration(value: object) -> float:
     """'90s', '15m', '1h', '2d' or a number of seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past what a float holds
+            raise ValueError("a number of seconds far too large for a duration") from None
     m = _DURATION.match(value) if isinstance(value, str) else None
     if m is None:
         raise ValueError(f"{value!r} is not a duration like '90s', '15m', '1h' or '2d'")
@@ -100,10 +109,17 @@ def _duration(value: object) -> float:
 
 
 def _cron(value: str) -> str:
-    from digest_mailer.cron import parse_cron
+    from datetime import UTC, datetime
 
-    parse_cron(value, "UTC")
+    from digest_mailer.cron import next_fire, parse_cron
+
+    # A date the calendar never has (30 February) parses, and then `serve` idles forever.
+    if next_fire(parse_cron(value, "UTC"), datetime(2000, 1, 1, tzinfo=UTC)) is None:
+        raise ValueError(f"{value!r} never fires (no such date in any year)")
     return value
+
+
+DAY = 86400.0
 
 
 OneLine = Annotated[str, AfterValidator(_one_line)]
@@ -112,7 +128,9 @@ Terms = Annotated[list[str], AfterValidator(_terms)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # No inf or nan anywhere: each number below has bounds, and inf would pass a `ge`.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True,
+                              allow_inf_nan=False)
 
 
 class NewsletterSettings(_Section):
@@ -144,7 +162,8 @@ class SourceSettings(_Section):
                                description="days to pull, ending with the run date")
     timeout: float = Field(30.0, gt=0, le=600, description="seconds per HTTP request")
     retries: int = Field(3, ge=0, le=10, description="retries on 429, 5xx and network errors")
-    max_bytes: int = Field(20_000_000, ge=1_000, description="largest response accepted")
+    max_bytes: int = Field(20_000_000, ge=1_000, le=1_000_000_000,
+                           description="largest response accepted")
 
     @field_validator("location")
     @classmethod
@@ -164,11 +183,22 @@ class ScheduleSettings(_Section):
     timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(
         None, description="the cron's IANA zone; default: newsletter.timezone")
     misfire_grace: Duration = Field(
-        3600.0, description="a run missed by less than this (asleep, restarted) still runs, once")
+        3600.0, ge=0, le=7 * DAY,
+        description="a run missed by less than this (asleep, restarted) still runs, once")
     source_attempts: int = Field(
         3, ge=1, le=20, description="tries per scheduled run when the source is down or empty")
     source_retry_delay: Duration = Field(
-        300.0, description="wait before the second try; doubles for each further one")
+        300.0, ge=0, le=DAY,
+        description="wait before the second try; doubles for each further one")
+
+    @model_validator(mode="after")
+    def _bounded_wait(self) -> ScheduleSettings:
+        total = self.source_retry_delay * (2 ** (self.source_attempts - 1) - 1)
+        if total > DAY:
+            raise ValueError(f"schedule.source_attempts = {self.source_attempts} with "
+                             f"source_retry_delay = {self.source_retry_delay:g}s waits "
+                             f"{total / 3600:.0f}h in all (doubling); keep it under a day")
+        return self
 
 
 class StateSettings(_Section):
@@ -192,7 +222,7 @@ class SmtpSettings(_Section):
     password_file: str | None = Field(
         None, description="a file holding the password, readable by its owner only; "
                           "instead of password_env")
-    rate_limit: float = Field(0.0, ge=0, description="messages per second at most, per "
+    rate_limit: float = Field(0.0, ge=0, le=100_000, description="messages per second at most, per "
                                                      "connection; 0: no limit")
     connections: int = Field(1, ge=0, le=16, description="sender processes, one connection "
                                                         "each; 0: send from the run's process")
@@ -215,11 +245,22 @@ class DeliverySettings(_Section):
                                                 "the config file")
     retry_attempts: int = Field(3, ge=0, le=10, description="retries of a deferred message "
                                                            "(4xx, dropped connection) in a run")
-    retry_delay: Duration = Field(30.0, description="before the first retry; doubles after")
-    max_hard_failures: int = Field(3, ge=1, description="permanent refusals in a row before an "
-                                                        "address is suppressed")
+    retry_delay: Duration = Field(30.0, ge=0, le=DAY,
+                                  description="before the first retry; doubles after")
+    max_hard_failures: int = Field(3, ge=1, le=1000, description="permanent refusals in a "
+                                                                 "row before an address is "
+                                                                 "suppressed")
     smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="the SMTP server")
     dkim: DkimSettings | None = Field(None, description="DKIM signing; off when absent")
+
+    @model_validator(mode="after")
+    def _bounded_wait(self) -> DeliverySettings:
+        total = self.retry_delay * (2 ** self.retry_attempts - 1)
+        if total > DAY:
+            raise ValueError(f"delivery.retry_attempts = {self.retry_attempts} with "
+                             f"retry_delay = {self.retry_delay:g}s waits {total / 3600:.0f}h "
+                             "in all (doubling); keep it under a day")
+        return self
 
 
 class UnsubscribeSettings(_Section):
@@ -245,7 +286,8 @@ class SubscriberSettings(_Section):
                           description="words or phrases; a paper matching any of them is sent")
     exclude: Terms = Field(default_factory=list, description="a paper matching any is never sent")
     authors: Terms = Field(default_factory=list, description="a paper by any of them is sent")
-    min_upvotes: int = Field(0, ge=0, description="papers with fewer upvotes are left out")
+    min_upvotes: int = Field(0, ge=0, le=1_000_000_000,
+                             description="papers with fewer upvotes are left out")
     max_papers: int | None = Field(None, ge=1, le=100,
                                    description="cap per email; default: newsletter.max_papers")
     frequency: Literal["daily", "weekly"] = Field(
@@ -330,7 +372,7 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{name}: not UTF-8 text (byte {e.start})") from e
-    except tomllib.TOMLDecodeError as e:
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError, and the int-digit limit
         raise ConfigError(f"{name}: invalid TOML: {e}",
                           hint="see config.example.toml for the syntax") from e
     return parse_config(data, name=name, base_dir=path.resolve().parent, consume=True)

@@ -10,8 +10,9 @@ from pydantic import BaseModel
 
 
 def problems_hint(count: int) -> str:
-    more = f"{count - 1} more problem(s) follow; " if count > 1 else ""
-    return more + "every key is documented in config.example.toml"
+    """Printed after the problems: say how many there were, not that more follow."""
+    many = f"{count} problems above; " if count > 1 else ""
+    return many + "every key is documented in config.example.toml"
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:

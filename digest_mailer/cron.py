@@ -54,15 +54,16 @@ def parse_cron(expr: str, timezone: str) -> CronTrigger:
 
 
 def next_fire(trigger: CronTrigger, after: datetime) -> datetime | None:
-    return trigger.get_next_fire_time(None, after)
+    fire: datetime | None = trigger.get_next_fire_time(None, after)
+    return fire
 
 
 def missed_fire(trigger: CronTrigger, now: datetime, grace: float,
                 last_run: datetime | None) -> datetime | None:
     """The latest scheduled time in the grace window before `now` that no run started at or
     after, or None. Several missed times coalesce into one: only the latest counts."""
-    latest = None
-    t = trigger.get_next_fire_time(None, now - timedelta(seconds=grace))
+    latest: datetime | None = None
+    t: datetime | None = trigger.get_next_fire_time(None, now - timedelta(seconds=grace))
     while t is not None and t <= now:
         latest = t
         t = trigger.get_next_fire_time(t, t + timedelta(seconds=1))

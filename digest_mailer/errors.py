@@ -14,14 +14,24 @@ class DigestMailerError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def hints(self) -> tuple[str, ...]:
+        return (self.hint,) if self.hint else ()
+
 
 class ConfigError(DigestMailerError):
-    """The config file is missing, unreadable or invalid; `problems` lists every finding."""
+    """The config file is missing, unreadable, invalid or cannot run; `problems` lists every
+    finding and `hints` what to do about them (several findings may share one hint)."""
 
     def __init__(self, message: str, hint: str | None = None,
-                 problems: tuple[str, ...] = ()) -> None:
+                 problems: tuple[str, ...] = (), hints: tuple[str, ...] = ()) -> None:
         super().__init__(message, hint)
         self.problems = problems or (message,)
+        self._hints = tuple(dict.fromkeys(hints)) or ((hint,) if hint else ())
+
+    @property
+    def hints(self) -> tuple[str, ...]:
+        return self._hints
 
 
 class SourceError(DigestMailerError):

@@ -12,26 +12,41 @@ import secrets
 from dataclasses import dataclass
 from datetime import date, datetime
 from email import policy, quoprimime
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from typing import Any
 from urllib.parse import quote
 
 from digest_mailer.errors import DigestMailerError, RenderError
+from digest_mailer.marks import DigestTemplate, Marks, one_line
 from digest_mailer.models import OutgoingMessage, RenderedDigest, Subscriber
-from digest_mailer.render import DigestTemplate, Marks, one_line
 
 # SMTP policy: CRLF line ends, headers folded at 78. Raw headers set with `set_raw` are kept as
 # given, which is how List-Unsubscribe stays out of an encoded word (RFC 8058 clients need the
 # URL as is).
 POLICY = policy.SMTP.clone(refold_source="none")
+_MAX_LINE: int = POLICY.max_line_length or 78
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
-def unsubscribe_token(secret: bytes, email: str) -> str:
-    """HMAC-SHA256 over the lower-cased address: reveals nothing, cannot be forged."""
-    digest = hmac.new(secret, email.lower().encode("utf-8"), hashlib.sha256).digest()
+def unsubscribe_token(secret: bytes, email: str, list_id_header: str | None = None) -> str:
+    """HMAC-SHA256 over the list's id and the lower-cased address: reveals nothing, cannot be
+    forged, and works for this list only, even when lists share the secret. Without a list
+    (`list_id_header` None) it is the legacy form, over the address alone, that links sent
+    before tokens were bound to a list carry."""
+    what = email.lower()
+    if list_id_header is not None:
+        what = f"{list_ident(list_id_header)}\n{what}"
+    digest = hmac.new(secret, what.encode("utf-8"), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def list_ident(list_id_header: str) -> str:
+    """The id inside a List-Id header (`Name <id>` -> `id`): renaming the list keeps it."""
+    inside = list_id_header.rpartition("<")[2].partition(">")[0]
+    return (inside or list_id_header).lower()
 
 
 
@@ -72,7 +87,7 @@ class DkimSigner:
         except dkim.DKIMException as e:
             raise DigestMailerError(f"DKIM signing failed: {e}",
                                     hint="check delivery.dkim.key_file") from e
-        return header + data
+        return bytes(header) + data
 
 
 def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: str,
@@ -84,7 +99,7 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
     msg["To"] = Address(display_name=subscriber.name, addr_spec=subscriber.email)
     if reply_to:
         msg["Reply-To"] = reply_to
-    msg["Subject"] = rendered.subject
+    msg.set_raw("Subject", subject_field(rendered.subject)[len(b"Subject: "):-2].decode("ascii"))
     msg["Date"] = format_datetime(when)
     msg["Message-ID"] = message_id
     msg["List-Id"] = list_id_header
@@ -108,8 +123,24 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
 def fold(name: str, value: object, *, raw: bool = False) -> bytes:
     """One header exactly as the email package writes it: through the header registry, or
     as given for a raw header (set_raw)."""
-    stored = value if raw else POLICY.header_factory(name, value)
-    return POLICY.fold(name, stored).encode("ascii", "surrogateescape")
+    stored: Any = value if raw else POLICY.header_factory(name, value)
+    folded: str = POLICY.fold(name, stored)
+    return folded.encode("ascii", "surrogateescape")
+
+
+def subject_field(subject: str) -> bytes:
+    """The Subject header as the email package folds it, except that it never folds right
+    after `Subject:` (it does when the whole value fits the next line): that leaves the value
+    starting with a space for every parser. A subject that is not ASCII is encoded by
+    email.header.Header, which keeps each space inside an encoded word: the policy's folder
+    puts some between encoded words, where RFC 2047 says to ignore them ("李 Zoë" read as
+    "李Zoë")."""
+    if not subject.isascii():
+        return ("Subject: " + Header(subject, "utf-8", header_name="Subject").encode(
+            linesep="\r\n") + "\r\n").encode("ascii")
+    folded = fold("Subject", subject)
+    head = b"Subject:\r\n "
+    return b"Subject: " + folded[len(head):] if folded.startswith(head) else folded
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
@@ -122,7 +153,7 @@ def to_header(name: str, email: str) -> bytes:
     shape, since folding sees an address only as a whole word of its length."""
     if _PLAIN_ADDRESS.fullmatch(email):
         line = f"To: {name} <{email}>" if name else f"To: {email}"
-        if (not name or _PLAIN_NAME.fullmatch(name)) and len(line) <= POLICY.max_line_length:
+        if (not name or _PLAIN_NAME.fullmatch(name)) and len(line) <= _MAX_LINE:
             return line.encode("ascii") + b"\r\n"
         local, _, domain = email.partition("@")
         folded, stand_in = _to_shape(name, len(local), len(domain))
@@ -143,15 +174,15 @@ def _qp_line(line: str) -> bytes:
     """One source line, quoted-printable, as the email package encodes it within a body: its
     encoder works line by line, so encoding lines apart gives the same bytes."""
     raw = line.encode("utf-8").decode("latin-1")
-    return quoprimime.body_encode(raw + "\n", POLICY.max_line_length).replace(
+    return quoprimime.body_encode(raw + "\n", _MAX_LINE).replace(
         "\n", "\r\n").encode("ascii")
 
 
-def _qp_body(text: str) -> bytes:
-    lines = text.encode("utf-8").splitlines()
-    body = (b"\n".join(lines) + b"\n").decode("latin-1")
-    return quoprimime.body_encode(body, POLICY.max_line_length).replace("\n", "\r\n").encode(
-        "ascii")
+def _qp_lines(lines: list[str]) -> bytes:
+    """Source lines, quoted-printable, as the email package encodes a body made of them (it
+    splits the body into lines first, so a trailing empty line is a line of its own)."""
+    body = ("\n".join(lines) + "\n").encode("utf-8").decode("latin-1")
+    return quoprimime.body_encode(body, _MAX_LINE).replace("\n", "\r\n").encode("ascii")
 
 
 Piece = bytes | tuple[str, str]  # static bytes, or (part, source line) filled per subscriber
@@ -185,6 +216,7 @@ class MessageTemplate:
         self.set_id = set_id
         marks = template.marks
         self._subject_static = not any(m in template.subject for m in marks.all())
+        every = marks.every()
         # The email package lays out the headers and the MIME frame around two stand-in
         # bodies; the real bodies are encoded line by line below, as it would encode them.
         stand_in = {"text": f"{marks.name}text", "html": f"{marks.name}html"}
@@ -205,7 +237,7 @@ class MessageTemplate:
         self._pieces: list[Piece] = []
         rest = b"\r\n" + body
         for part, text in (("text", template.text), ("html", template.html)):
-            encoded = _qp_body(stand_in[part])
+            encoded = _qp_lines([stand_in[part]])
             at = rest.find(encoded)
             if at < 0 or not text:
                 raise RenderError("could not splice the digest template (the email package "
@@ -214,15 +246,15 @@ class MessageTemplate:
             run: list[str] = []  # static lines, encoded together
             for line in text.encode("utf-8").splitlines():
                 source = line.decode("utf-8")
-                if any(m in source for m in marks.all()):
+                if any(m in source for m in every):
                     if run:
-                        self._static(_qp_body("\n".join(run)))
+                        self._static(_qp_lines(run))
                         run = []
                     self._pieces.append((part, source))
                 else:
                     run.append(source)
             if run:
-                self._static(_qp_body("\n".join(run)))
+                self._static(_qp_lines(run))
             rest = rest[at + len(encoded):]
         self._static(rest)
 
@@ -239,7 +271,7 @@ class MessageTemplate:
             name, email, unsubscribe_url)
         dynamic = {
             "To": lambda: to_header(name, email),
-            "Subject": lambda: fold("Subject", subject),
+            "Subject": lambda: subject_field(subject),
             "Message-ID": lambda: fold("Message-ID", message_id),
             "List-Unsubscribe": lambda: fold(
                 "List-Unsubscribe", list_unsubscribe(unsubscribe_url, self.shared.mailto, token),

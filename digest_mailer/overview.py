@@ -1,4 +1,4 @@
-"""Read-only views for operators: what `check`, `explain` and `status` say."""
+"""Read-only views for operators: what `explain` and `status` say (`check`: checkup.py)."""
 
 from __future__ import annotations
 
@@ -73,33 +73,3 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         "next_run": upcoming.isoformat() if upcoming else None,
         "last_runs": [r._asdict() for r in runs],
     }
-
-
-def describe(config: Config, env: Mapping[str, str]) -> list[str]:
-    """What `check` says: the config is valid, and what it sets up."""
-    subs = config.subscribers_view()
-    everything = sum(1 for s in subs if not s.topics and not s.authors)
-    src = config.source
-    smtp = config.delivery.smtp
-    if config.delivery.backend == "smtp":
-        login = f", login as {smtp.username!r}" if smtp.username else ", no login"
-        delivery = f"smtp {smtp.host}:{smtp.effective_port} ({smtp.security}{login})"
-    else:
-        delivery = f"file, under {config.out_dir}"
-    state = config.state_path
-    lines = [
-        f"{config.path}: OK",
-        f"newsletter: {config.newsletter.name!r} from {config.newsletter.from_}",
-        f"subscribers: {len(subs)} ({len(subs) - everything} with topic or author filters, "
-        f"{everything} taking every paper)",
-        f"source: {src.kind} at {config.source_location} ({src.lookback_days} day(s) per run)",
-        f"delivery: {delivery}",
-        f"ledger: {state}" + ("" if state.exists() else " (created by the first run)"),
-    ]
-    for name, why in ((config.unsubscribe.secret_env, "unsubscribe links"),
-                      (smtp.password_env if smtp.username else "", "the SMTP password")):
-        if name and not env.get(name):
-            lines.append(f"warning: ${name} is not set ({why}); real runs need it")
-    if not subs:
-        lines.append("warning: no [[subscribers]]: runs will send nothing")
-    return lines

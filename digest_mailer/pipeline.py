@@ -32,6 +32,7 @@ from digest_mailer.models import (
     Subscriber,
     SubscriberOutcome,
 )
+from digest_mailer.preflight import ensure_runnable
 from digest_mailer.render import Renderer
 from digest_mailer.select import profile_key
 from digest_mailer.sources import Source, SourceSpec, open_source
@@ -182,6 +183,8 @@ def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str,
         on_progress: Callable[[SubscriberOutcome], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False) -> RunReport:
     """Assemble the parts from the config and do one run; real runs hold the run lock."""
+    ensure_runnable(config, env, now=now, source_given=bool(options.source),
+                    dry_run=options.dry_run)
     if options.dry_run:
         return _run(config, options, now=now, env=env, on_progress=on_progress,
                     should_stop=should_stop)
@@ -204,7 +207,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
         subscribers = tuple(s for s in subscribers if s.key == options.only.lower())
         if not subscribers:
             raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
-                                    hint="see `digest-mailer check` for the list")
+                                    hint="see `digest-mailer subscribers list`")
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, subscribers, run_date))
     c = config.source

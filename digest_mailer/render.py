@@ -5,28 +5,34 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import textwrap
-from collections import Counter
+import traceback
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+from jinja2 import nodes
 
 from digest_mailer.errors import RenderError
+from digest_mailer.marks import DigestTemplate, Marks, one_line
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
-from digest_mailer.text import CONTROL as _CONTROL
+from digest_mailer.sandbox import Sandbox, alters_personal
 
 logger = logging.getLogger(__name__)
+
+# A subscriber whose values need escaping everywhere: the once-per-run check renders them.
+PROBE_NAME = "Zoë O'Neil & <Co> \"Q\""
+PROBE_EMAIL = "o'neil&co+probe@example.org"
 
 HTML_TEMPLATE = "digest.mjml.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
 SUBJECT_TEMPLATE = "subject.txt.j2"
 MAX_AUTHORS = 3
 BLURB_CHARS = 320
-SUBJECT_CHARS = 180
 SUBJECT_TOPICS = 3
 
 
@@ -35,57 +41,6 @@ def shipped_templates() -> Path:
     here = Path(__file__).resolve().parent
     installed = here / "templates"
     return installed if installed.is_dir() else here.parent / "templates"
-
-
-def escape_value(value: str) -> str:
-    """A subscriber's value for the compiled HTML: safe in a text node and in a
-    double-quoted attribute alike."""
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))
-
-
-@dataclass(frozen=True, slots=True)
-class Marks:
-    """Stand-ins for the per-subscriber values while a digest renders. They carry a random
-    nonce, so nothing in a feed can forge one, and only letters and digits, so MJML, premailer
-    and escaping leave them as they are."""
-
-    name: str
-    email: str
-    url: str
-
-    @classmethod
-    def new(cls) -> Marks:
-        nonce = secrets.token_hex(8)
-        return cls(f"zq{nonce}nm", f"zq{nonce}em", f"zq{nonce}ur")
-
-    def all(self) -> tuple[str, str, str]:
-        return (self.name, self.email, self.url)
-
-
-@dataclass(frozen=True, slots=True)
-class DigestTemplate:
-    subject: str
-    html: str
-    text: str
-    marks: Marks
-
-    def fill_html(self, text: str, name: str, email: str, url: str) -> str:
-        m = self.marks
-        return (text.replace(m.name, escape_value(name)).replace(m.email, escape_value(email))
-                .replace(m.url, escape_value(url)))
-
-    def fill_text(self, text: str, name: str, email: str, url: str) -> str:
-        m = self.marks
-        return text.replace(m.name, name).replace(m.email, email).replace(m.url, url)
-
-    def fill_subject(self, name: str, email: str, url: str) -> str:
-        return one_line(self.fill_text(self.subject, name, email, url))
-
-    def fill(self, name: str, email: str, url: str) -> RenderedDigest:
-        return RenderedDigest(subject=self.fill_subject(name, email, url),
-                              html=self.fill_html(self.html, name, email, url),
-                              text=self.fill_text(self.text, name, email, url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,39 +112,100 @@ def _wrap(text: str, width: int = 72, indent: str = "   ") -> str:
     return ("\n" + indent).join(lines)
 
 
-def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+@dataclass(frozen=True, slots=True)
+class _Part:
+    template: jinja2.Template
+    origin: str  # what an error blames: a file, or the config key
+    personal: bool
 
 
 class Renderer:
-    """The Jinja2 environments and the compile steps. One per run; holds no per-email state."""
+    """The Jinja2 environments (sandboxed) and the compile steps. One per run."""
 
     def __init__(self, templates_dir: Path | None = None, subject_template: str | None = None
                  ) -> None:
-        dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
         if templates_dir is not None and not templates_dir.is_dir():
-            raise RenderError(f"{templates_dir}: templates_dir is not a folder",
-                              hint="fix newsletter.templates_dir or remove it")
-        loader = jinja2.FileSystemLoader(dirs)
+            raise RenderError(f"newsletter.templates_dir: {templates_dir} is not a folder",
+                              hint="create it, or remove newsletter.templates_dir to use the "
+                                   "shipped templates")
+        self._dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
+        self._custom = str(templates_dir) if templates_dir is not None else None
+        loader = jinja2.FileSystemLoader(self._dirs)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
                                   "keep_trailing_newline": True}
-        self._html = jinja2.Environment(autoescape=True, **common)
-        self._text = jinja2.Environment(autoescape=False, **common)
-        self._text.filters["wrap"] = _wrap
-        try:
-            self._html_t = self._html.get_template(HTML_TEMPLATE)
-            self._text_t = self._text.get_template(TEXT_TEMPLATE)
-            self._subject_t = (self._text.from_string(subject_template) if subject_template
-                               else self._text.get_template(SUBJECT_TEMPLATE))
-        except jinja2.TemplateSyntaxError as e:
-            raise RenderError(f"{e.filename or 'newsletter.subject'}:{e.lineno}: template "
-                              f"syntax error: {e.message}") from e
-        except jinja2.TemplateNotFound as e:
-            raise RenderError(f"template {e.name!r} not found in {', '.join(dirs)}",
-                              hint="reinstall digest-mailer or fix newsletter.templates_dir") from e
+        html_env = Sandbox(autoescape=True, **common)
+        text_env = Sandbox(autoescape=False, **common)
+        text_env.filters["wrap"] = _wrap
+        self._html = self._load(html_env, HTML_TEMPLATE)
+        self._text = self._load(text_env, TEXT_TEMPLATE)
+        self._subject = (self._compile_subject(text_env, subject_template) if subject_template
+                         else self._load(text_env, SUBJECT_TEMPLATE))
+        # Bodies rendered with marks, by digest, for when only the subject is personal.
+        self._bodies: OrderedDict[tuple[object, ...], tuple[Marks, str, str]] = OrderedDict()
+        self._verified = False
 
-    def context(self, digest: Digest, marks: Marks) -> dict[str, Any]:
+    @property
+    def personal(self) -> bool:
+        """Whether some template must be rendered with each subscriber's real values."""
+        return self._html.personal or self._text.personal or self._subject.personal
+
+    def personal_origins(self) -> tuple[str, ...]:
+        """The templates rendered per subscriber (they change a subscriber's values)."""
+        return tuple(p.origin for p in (self._html, self._text, self._subject) if p.personal)
+
+    def _hint(self, origin: str) -> str:
+        if origin == "newsletter.subject":
+            return ("fix newsletter.subject in the config; its variables: newsletter, count, "
+                    "topics, more_topics, authors, date, name, email")
+        if self._custom and origin.startswith(self._custom):
+            return f"fix {origin} (it overrides the shipped template) or remove it"
+        return "the shipped template failed: reinstall digest-mailer"
+
+    def _load(self, env: jinja2.Environment, name: str) -> _Part:
+        assert env.loader is not None
+        try:
+            filename = env.loader.get_source(env, name)[1] or name
+        except jinja2.TemplateNotFound as e:
+            raise RenderError(f"template {name!r} not found in {', '.join(self._dirs)}",
+                              hint="reinstall digest-mailer or fix newsletter.templates_dir"
+                              ) from e
+        try:
+            template = env.get_template(name)
+            personal = self._personal(env, env.parse(env.loader.get_source(env, name)[0]),
+                                      {name})
+        except jinja2.TemplateSyntaxError as e:
+            where = e.filename or filename
+            raise RenderError(f"{where}:{e.lineno}: template syntax error: {e.message}",
+                              hint=self._hint(where)) from e
+        except jinja2.TemplateNotFound as e:
+            raise RenderError(f"{filename}: it uses the template {e.name!r}, which is not in "
+                              f"{', '.join(self._dirs)}", hint=self._hint(filename)) from e
+        return _Part(template, filename, personal)
+
+    def _compile_subject(self, env: jinja2.Environment, source: str) -> _Part:
+        try:
+            template = env.from_string(source)
+            personal = self._personal(env, env.parse(source), set())
+        except jinja2.TemplateSyntaxError as e:
+            raise RenderError(f"newsletter.subject: template syntax error: {e.message} "
+                              f"(in {source!r})", hint=self._hint("newsletter.subject")) from e
+        return _Part(template, "newsletter.subject", personal)
+
+    def _personal(self, env: jinja2.Environment, ast: nodes.Template, seen: set[str]) -> bool:
+        """Also looks into what the template includes, imports or extends."""
+        if alters_personal(ast):
+            return True
+        for name in jinja2.meta.find_referenced_templates(ast):
+            if name is None:
+                return True  # a name computed at render time: assume the worst
+            if name in seen or env.loader is None:
+                continue
+            seen.add(name)
+            if self._personal(env, env.parse(env.loader.get_source(env, name)[0]), seen):
+                return True
+        return False
+
+    def context(self, digest: Digest, name: str, email: str, url: str) -> dict[str, Any]:
         sub = digest.subscriber
         terms = top_terms(digest.matches, ReasonKind.TOPIC)
         count = len(digest.matches)
@@ -197,8 +213,8 @@ class Renderer:
             "newsletter": digest.newsletter,
             "date": digest.run_date.isoformat(),
             "date_long": f"{digest.run_date:%A}, {digest.run_date.day} {digest.run_date:%B %Y}",
-            "name": marks.name if sub.name else "",
-            "email": marks.email,
+            "name": name if sub.name else "",
+            "email": email,
             "count": count,
             "over_cap": digest.over_cap,
             "papers": [paper_view(m) for m in digest.matches],
@@ -206,35 +222,113 @@ class Renderer:
             "more_topics": max(len(terms) - SUBJECT_TOPICS, 0),
             "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
             "following": following(sub),
-            "unsubscribe_url": marks.url,
+            "unsubscribe_url": url,
             "preview": one_line(f"{count} new: " + "; ".join(m.paper.title for m in
                                                             digest.matches[:3]), 150),
         }
 
-    def render_template(self, digest: Digest, marks: Marks | None = None) -> DigestTemplate:
-        """The email for everyone who shares this digest's papers, reasons and filters, with
-        marks where each subscriber's name, address and unsubscribe link go."""
-        marks = marks or Marks.new()
-        ctx = self.context(digest, marks)
+    def _render(self, part: _Part, ctx: dict[str, Any]) -> str:
         try:
-            mjml_source = self._html_t.render(ctx)
-            text = self._text_t.render(ctx)
-            subject = self._subject_t.render(ctx)
-        except jinja2.TemplateError as e:
-            raise RenderError(f"rendering the digest failed: {e}",
-                              hint="check the templates in newsletter.templates_dir") from e
-        return DigestTemplate(subject=subject, html=compile_mjml(mjml_source), text=text,
-                              marks=marks)
+            return part.template.render(ctx)
+        except Exception as e:  # an operator's template can raise anything (1/0, a sandbox
+            # refusal, an undefined name): it is that template's fault, said as such
+            line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+                         if f.filename in (part.origin, "<template>")), None)
+            where = part.origin + (f":{line}" if line and part.origin.endswith(".j2") else "")
+            raise RenderError(f"{where}: rendering failed: {type(e).__name__}: {e}",
+                              hint=self._hint(part.origin)) from e
+
+    def _real(self, digest: Digest) -> dict[str, Any]:
+        sub = digest.subscriber
+        return self.context(digest, sub.name, sub.email, digest.unsubscribe_url)
+
+    def verify(self, digest: Digest) -> None:
+        """Once per renderer, on the first digest: a subscriber with awkward values (quotes,
+        ampersands, angle brackets, accents) rendered both ways, with marks then filled, and
+        with the values themselves. A template whose output differs (a value in CSS, which
+        premailer rewrites; anything the syntax check cannot see) is rendered per subscriber
+        from then on."""
+        if self._verified or self.personal:
+            return
+        self._verified = True
+        probe = replace(digest, subscriber=replace(digest.subscriber, name=PROBE_NAME,
+                                                   email=PROBE_EMAIL))
+        real = self.render(probe)
+        t = self.render_template(probe)
+        values = (PROBE_NAME, PROBE_EMAIL, probe.unsubscribe_url)
+        differs = {"html": t.fill_html(t.html, *values) != real.html,
+                   "text": t.fill_text(t.text, *values) != real.text,
+                   "subject": t.fill_subject(*values) != real.subject}
+        if any(differs.values()):
+            logger.warning("%s: the template changes a subscriber's values in a way shared "
+                           "rendering cannot follow; each email is rendered on its own",
+                           ", ".join(getattr(self, f"_{k}").origin for k, d in differs.items()
+                                     if d))
+            self._html = replace(self._html, personal=self._html.personal or differs["html"])
+            self._text = replace(self._text, personal=self._text.personal or differs["text"])
+            self._subject = replace(self._subject,
+                                    personal=self._subject.personal or differs["subject"])
+            self._bodies.clear()
+
+    def template_key(self, digest: Digest) -> tuple[object, ...]:
+        """Digests with equal keys render to the same template. When a template uses a
+        subscriber's value other than by printing it, each subscriber has their own."""
+        self.verify(digest)
+        key = template_key(digest)
+        if self.personal:
+            sub = digest.subscriber
+            return (*key, sub.name, sub.email, digest.unsubscribe_url)
+        return key
+
+    def render_template(self, digest: Digest, marks: Marks | None = None) -> DigestTemplate:
+        """The email for everyone who shares this digest's template key, with marks where each
+        subscriber's name, address and unsubscribe link go (or their real values, in the
+        templates that need them)."""
+        self.verify(digest)
+        marks = marks or Marks.new()
+        real = self._real(digest) if self.personal else {}
+        if self._html.personal or self._text.personal:
+            ctx = self.context(digest, *marks.all())
+            html = (self._compile(self._render(self._html, real)) if self._html.personal
+                    else marks.placed(self._compile(self._render(self._html, ctx))))
+            text = self._render(self._text, real if self._text.personal else ctx)
+        else:
+            marks, html, text = self._bodies_for(digest, marks)
+        subject = self._render(self._subject, real if self._subject.personal else
+                               self.context(digest, *marks.all()))
+        return DigestTemplate(subject=subject, html=html, text=text, marks=marks)
+
+    def _bodies_for(self, digest: Digest, marks: Marks) -> tuple[Marks, str, str]:
+        key = template_key(digest)
+        found = self._bodies.get(key)
+        if found is None:
+            ctx = self.context(digest, *marks.all())
+            found = (marks, marks.placed(self._compile(self._render(self._html, ctx))),
+                     self._render(self._text, ctx))
+            self._bodies[key] = found
+            if len(self._bodies) > 8:
+                self._bodies.popitem(last=False)
+        return found
+
+    def _compile(self, mjml_source: str) -> str:
+        try:
+            return compile_mjml(mjml_source)
+        except RenderError as e:
+            raise RenderError(f"{self._html.origin}: {e.message}",
+                              hint=self._hint(self._html.origin)) from e
 
     def render(self, digest: Digest) -> RenderedDigest:
-        """One subscriber's email, the simple way: rendered and filled for them alone."""
-        sub = digest.subscriber
-        return self.render_template(digest).fill(sub.name, sub.email, digest.unsubscribe_url)
+        """One subscriber's email, the simple way: every template rendered with their real
+        values. The reference the fast path is held to."""
+        ctx = self._real(digest)
+        return RenderedDigest(subject=one_line(self._render(self._subject, ctx)),
+                              html=self._compile(self._render(self._html, ctx)),
+                              text=self._render(self._text, ctx))
 
 
 def template_key(digest: Digest) -> tuple[object, ...]:
-    """Digests with equal keys render to the same template: everything the templates show
-    except the name, the address and the unsubscribe link."""
+    """Digests with equal keys render to the same template when it is filled by marks:
+    everything the templates show except the name, the address and the unsubscribe link."""
     sub = digest.subscriber
     return (digest.newsletter, digest.run_date, digest.over_cap, bool(sub.name),
             following(sub), tuple((m.paper.id, m.why) for m in digest.matches))

@@ -7,6 +7,7 @@ injected clock; the Daemon only connects them to APScheduler, signals and the pi
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -42,10 +43,10 @@ class Daemon:
     on_report: Callable[[RunReport], None] = lambda report: None
 
     def load(self) -> Config | None:
-        from digest_mailer.config import load_config
+        from digest_mailer.preflight import load_runnable
 
         try:
-            return load_config(self.config_path)
+            return load_runnable(self.config_path, os.environ, now=self.now())
         except DigestMailerError as e:
             logger.error("config: %s; this run is skipped, the daemon keeps serving", e)
             return None

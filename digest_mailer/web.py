@@ -1,19 +1,29 @@
 """`digest-mailer web`: one-click unsubscribe (RFC 8058).
 
-POST /unsubscribe/<token> with the body `List-Unsubscribe=One-Click` unsubscribes at once: no
-cookies, no redirect, idempotent. GET shows a page with a button and never unsubscribes, since
-mail scanners follow links. An unsubscribe lands in the ledger's suppression list, which every
-run reads before each message."""
+POST /unsubscribe/<token> with the field `List-Unsubscribe=One-Click` (urlencoded or
+multipart/form-data, as RFC 8058 says a client should send it) unsubscribes at once: no
+cookies, no redirect, idempotent. GET shows a page with a button and never unsubscribes,
+since mail scanners follow links. An unsubscribe lands in the ledger's suppression list,
+which every run reads before each message.
+
+The config is read by a watcher thread, never on a request: a request looks its token up in
+the last snapshot, one dict lookup, however many subscribers there are."""
 
 from __future__ import annotations
 
 import hmac
 import html
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -24,13 +34,17 @@ from starlette.routing import Route
 
 from digest_mailer.config import Config, load_config
 from digest_mailer.errors import DigestMailerError
-from digest_mailer.message import unsubscribe_token
+from digest_mailer.message import list_id, unsubscribe_token
 from digest_mailer.pipeline import unsubscribe_secret
 from digest_mailer.store import Ledger
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 4096
+# Links sent before tokens were bound to the list carry the address-only form. They keep
+# working until this date (about six months after the change): mail older than that is rarely
+# acted on, and after it such a link shows the "not recognised" page, which says to reply.
+LEGACY_TOKENS_UNTIL = date(2027, 6, 1)
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -40,37 +54,109 @@ HEADERS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The config as last read, and every subscriber's tokens; or why it could not be read."""
+
+    config: Config | None = None
+    error: str | None = "the config has not been read yet"
+    secret: bytes = b""
+    list_id: str = ""
+    by_token: Mapping[str, str] = field(default_factory=dict)
+    by_legacy_token: Mapping[str, str] = field(default_factory=dict)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 @dataclass
 class Tokens:
-    """token -> address for every subscriber; rebuilt when the config file changes."""
+    """token -> address for every subscriber, rebuilt by a watcher thread when the config file
+    changes. `refresh` reads it now (at start-up, so a bad config fails the command)."""
 
     config_path: Path
     env: Mapping[str, str]
-    _stamp: float = -1.0
-    _config: Config | None = None
-    _secret: bytes = b""
-    _by_token: dict[str, str] = field(default_factory=dict)
+    interval: float = 2.0  # seconds between looks at the config file
+    load: Callable[[Path], Config] = load_config
+    _snapshot: Snapshot = field(default_factory=Snapshot)
+    _stamp: tuple[int, int, int] | None = None
+    _polled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
-    def refresh(self) -> Config:
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def refresh(self) -> Snapshot:
+        """Read the config and rebuild the tokens; raises DigestMailerError when it cannot."""
         with self._lock:
-            stamp = self.config_path.stat().st_mtime
-            if self._config is None or stamp != self._stamp:
-                config = load_config(self.config_path)
-                secret = unsubscribe_secret(config, self.env, dry_run=False)
-                self._by_token = {unsubscribe_token(secret, s.email): s.email
-                                  for s in config.subscribers_view()}
-                self._config, self._secret, self._stamp = config, secret, stamp
-            return self._config
+            stamp = _stamp(self.config_path)
+            config = self.load(self.config_path)
+            secret = unsubscribe_secret(config, self.env, dry_run=False)
+            nl = config.newsletter
+            header = list_id(nl.name, config.from_domain, nl.list_id)
+            subs = config.subscribers_view()
+            self._snapshot = Snapshot(
+                config=config, error=None, secret=secret, list_id=header,
+                by_token={unsubscribe_token(secret, s.email, header): s.email for s in subs},
+                by_legacy_token={unsubscribe_token(secret, s.email): s.email for s in subs})
+            self._stamp, self._polled = stamp, True
+            return self._snapshot
 
-    def lookup(self, token: str) -> tuple[Config, str | None]:
-        config = self.refresh()
-        email = self._by_token.get(token)
+    def poll(self) -> None:
+        """Reload when the file changed; a config that cannot be read is said once in the log
+        and answered with 503 until it is fixed."""
+        stamp = _stamp(self.config_path)
+        if self._polled and stamp == self._stamp:
+            return  # unchanged: still good, or still broken and said so already
+        self._polled = True
+        try:
+            self.refresh()
+            logger.info("%s: config read, %d subscriber(s)", self.config_path,
+                        len(self._snapshot.by_token))
+        except DigestMailerError as e:
+            self._stamp = stamp
+            self._snapshot = Snapshot(error=str(e))
+            logger.error("%s: cannot serve unsubscribe links: %s", self.config_path, e)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def watch() -> None:
+            while not self._stop.is_set():
+                self.poll()
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=watch, name="config-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def lookup(self, token: str, today: date) -> tuple[Snapshot, str | None]:
+        snap = self._snapshot
+        email = snap.by_token.get(token)
+        bound = email is not None
+        if email is None and today <= LEGACY_TOKENS_UNTIL:
+            email = snap.by_legacy_token.get(token)
         # The map finds the candidate; the comparison that decides is constant-time.
         if email is None or not hmac.compare_digest(
-                unsubscribe_token(self._secret, email).encode(), token.encode()):
-            return config, None
-        return config, email
+                unsubscribe_token(snap.secret, email, snap.list_id if bound else None).encode(),
+                token.encode()):
+            return snap, None
+        return snap, email
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -88,6 +174,44 @@ def _masked(email: str) -> str:
     return f"{local[:1]}{'•' * max(len(local) - 1, 1)}@{domain}"
 
 
+def _unavailable() -> Response:
+    return PlainTextResponse("This service is not available right now; please try again "
+                             "later.", status_code=503, headers=HEADERS)
+
+
+async def read_capped(request: Request, cap: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over `cap` bytes: never read whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, list[str]]:
+    """The fields of an urlencoded or a multipart/form-data body."""
+    if content_type.split(";")[0].strip().lower() != "multipart/form-data":
+        return parse_qs(body.decode("utf-8", "replace"))
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1",
+                                                                              "replace")
+    msg = BytesParser(policy=email_policy.HTTP).parsebytes(head + body)
+    fields: dict[str, list[str]] = {}
+    if not isinstance(msg, EmailMessage) or not msg.is_multipart():
+        return fields
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields.setdefault(name, []).append(payload.decode("utf-8", "replace").strip("\r\n"))
+    return fields
+
+
 def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
                ) -> Starlette:
     def unknown() -> HTMLResponse:
@@ -95,43 +219,75 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
                      "still get emails, reply to one and ask to be removed.</p>", 404)
 
     async def show(request: Request) -> Response:
-        config, email = tokens.lookup(request.path_params["token"])
+        snap, email = tokens.lookup(request.path_params["token"], now().date())
+        if snap.config is None:
+            return _unavailable()
         if email is None:
             return unknown()
-        name = html.escape(config.newsletter.name)
-        return _page(f"Unsubscribe from {config.newsletter.name}",
+        name = html.escape(snap.config.newsletter.name)
+        return _page(f"Unsubscribe from {snap.config.newsletter.name}",
                      f"<p>Stop sending {name} to {html.escape(_masked(email))}?</p>"
                      "<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" "
                      "value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>")
 
     async def unsubscribe(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await read_capped(request, MAX_BODY)
+        if body is None:
             return PlainTextResponse("request too large", status_code=413, headers=HEADERS)
-        form = parse_qs(body.decode("utf-8", "replace"))
+        form = form_fields(request.headers.get("content-type", ""), body)
         if form.get("List-Unsubscribe") != ["One-Click"]:
             return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400,
                                      headers=HEADERS)
-        config, email = tokens.lookup(request.path_params["token"])
+        snap, email = tokens.lookup(request.path_params["token"], now().date())
+        if snap.config is None:
+            return _unavailable()
         if email is None:
             return unknown()
-        with Ledger.open(config.state_path) as ledger:
+        with Ledger.open(snap.config.state_path) as ledger:
             new = ledger.suppress(email, "unsubscribed", now(), "one-click")
         if new:
             logger.info("unsubscribed %s", _masked(email))
         return _page("You are unsubscribed",
-                     f"<p>{html.escape(config.newsletter.name)} will not be sent to "
+                     f"<p>{html.escape(snap.config.newsletter.name)} will not be sent to "
                      f"{html.escape(_masked(email))} any more.</p>")
 
     async def health(_request: Request) -> Response:
+        if tokens.snapshot.config is None:
+            return PlainTextResponse("config not readable; see the log", status_code=503,
+                                     headers=HEADERS)
         return PlainTextResponse("ok", headers=HEADERS)
 
     async def on_error(_request: Request, exc: Exception) -> Response:
         logger.error("%s", exc)
-        return PlainTextResponse("the service is misconfigured; see its log", status_code=503,
-                                 headers=HEADERS)
+        return _unavailable()
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        tokens.poll()  # before the first request, unless `refresh` already read it
+        tokens.start()
+        try:
+            yield
+        finally:
+            tokens.stop()
 
     return Starlette(routes=[Route("/unsubscribe/{token}", show, methods=["GET"]),
                              Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
                              Route("/healthz", health)],
-                     exception_handlers={DigestMailerError: on_error})
+                     exception_handlers={DigestMailerError: on_error}, lifespan=lifespan)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound listening socket, or one clear error (a port in use, an address not here)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise DigestMailerError(f"cannot listen on {host}:{port}: {e.strerror}",
+                                hint="another process may hold that port: choose another with "
+                                     "--port, or stop it") from e
+    return sock

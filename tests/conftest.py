@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiosmtpd.controller import Controller
 
+from digest_mailer.models import RunReport, Status
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 FIXTURES = REPO / "tests" / "fixtures"
@@ -111,6 +113,34 @@ def base_config(tmp_path: Path, *, source: Path | str = SAMPLE,
     for name, body in sections.items():
         doc[name] = {**doc.get(name, {}), **body}
     return doc
+
+
+def local_smtp(port: int, **extra: Any) -> dict[str, Any]:
+    """[delivery.smtp] for a test server on 127.0.0.1, without TLS."""
+    return {"host": "127.0.0.1", "port": port, "security": "none", **extra}
+
+
+def config_for(tmp_path: Path, smtp: SmtpServer, *, name: str = "digest-mailer.toml",
+               delivery: dict[str, Any] | None = None, **kw: Any) -> Path:
+    """A config file sending to `smtp`; `delivery` adds [delivery] keys, `kw` goes to
+    base_config (subscribers, sections)."""
+    doc = base_config(tmp_path, smtp=local_smtp(smtp.port), **kw)
+    doc["delivery"].update(delivery or {})
+    path = tmp_path / name
+    path.write_text(toml_text(doc))
+    return path
+
+
+def go(path: Path, **options: Any) -> RunReport:
+    """One real run of the config at `path` on the test date."""
+    from digest_mailer.config import load_config
+    from digest_mailer.pipeline import RunOptions, run
+
+    return run(load_config(path), RunOptions(run_date=NOW.date(), **options), now=NOW, env=ENV)
+
+
+def statuses(report: RunReport) -> dict[str, Status]:
+    return {o.email: o.status for o in report.outcomes}
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import ENV, SAMPLE, SmtpServer, base_config, free_port, toml_text
+from conftest import ENV, SAMPLE, SmtpServer, base_config, free_port, local_smtp, toml_text
 from digest_mailer.cli import cli
 
 
@@ -45,7 +46,7 @@ def test_check_an_invalid_config_lists_every_problem(tmp_path: Path) -> None:
         f"Error: {path}: subscribers[1].topcis: unknown key (did you mean 'topics'?)",
         f"Error: {path}: subscribers[2].email: 'ada@' is not an email address (There must be "
         "something after the @-sign.)",
-        "Hint: 1 more problem(s) follow; every key is documented in config.example.toml",
+        "Hint: 2 problems above; every key is documented in config.example.toml",
     ]
 
 
@@ -89,8 +90,7 @@ def test_dry_run_prints_a_report(write_config: Callable[..., Path], tmp_path: Pa
 
 def test_run_sends_and_a_second_run_sends_nothing(tmp_path: Path,
                                                   smtp_server: SmtpServer) -> None:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
     first = invoke("run", "--config", str(path), env=ENV)
@@ -119,8 +119,7 @@ def test_run_errors_are_one_line_with_a_hint(write_config: Callable[..., Path],
 
 
 def test_an_unreachable_smtp_server_fails_the_run(tmp_path: Path) -> None:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": free_port(),
-                                      "security": "none", "timeout": 2})
+    doc = base_config(tmp_path, smtp=local_smtp(free_port(), timeout=2))
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
     result = invoke("run", "--config", str(path), env=ENV)
@@ -168,8 +167,7 @@ def test_json_report_history_explain_and_status(tmp_path: Path,
                                                 smtp_server: SmtpServer) -> None:
     import json
 
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     path = str(tmp_path / "c.toml")
     Path(path).write_text(toml_text(doc))
     result = invoke("run", "--config", path, "--json", "--date", "2025-06-02", env=ENV)
@@ -226,3 +224,35 @@ def test_subscribers_commands(write_config: Callable[..., Path]) -> None:
     again = invoke("subscribers", "remove", "grace@example.org", "--config", path)
     assert again.exit_code == 1
     assert again.stderr.splitlines()[0] == f"Error: {path}: grace@example.org is not a subscriber"
+
+
+def test_subscriber_flags_that_would_be_ignored_are_refused(
+        write_config: Callable[..., Path]) -> None:
+    path = str(write_config())
+    weekday = invoke("subscribers", "add", "w@example.org", "--config", path, "--weekday", "fri")
+    assert weekday.exit_code == 1
+    assert weekday.stderr.splitlines() == [
+        f"Error: {path}: --weekday fri applies to weekly subscribers only, and this one is "
+        "daily", "Hint: add --frequency weekly"]
+    cleared = invoke("subscribers", "set", "ada@example.org", "--config", path, "--clear-topics")
+    assert cleared.exit_code == 0 and cleared.stdout == "updated ada@example.org: cleared topics\n"
+    listed = json.loads(invoke("subscribers", "list", "--config", path, "--json").stdout)
+    assert next(s for s in listed if s["email"] == "ada@example.org")["topics"] == []
+
+
+def test_hints_point_at_what_was_typed(write_config: Callable[..., Path]) -> None:
+    path = str(write_config())
+    nobody = invoke("preview", "--config", path, "--to", "nobody@example.org")
+    assert nobody.stderr.splitlines()[1] == "Hint: see `digest-mailer subscribers list`"
+    bad = invoke("subscribers", "add", "bad@", "--config", path)
+    assert bad.exit_code == 1
+    assert bad.stderr.splitlines() == [
+        "Error: 'bad@' is not an email address (There must be something after the @-sign.)",
+        "Hint: check the address given on the command line"]
+    empty = invoke("subscribers", "set", "ada@example.org", "--config", path, "--topic", " ")
+    assert empty.exit_code == 1
+    assert empty.stderr.splitlines()[0].endswith(
+        "subscribers[0].topics: an empty string matches nothing; remove it")
+    assert empty.stderr.splitlines()[1] == ("Hint: nothing was written; check the values given "
+                                            "on the command line")
+    assert "config.example.toml" not in bad.stderr + empty.stderr

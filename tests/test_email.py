@@ -20,7 +20,8 @@ from digest_mailer.message import unsubscribe_token
 from digest_mailer.pipeline import RunOptions, run
 
 GOLDEN = REPO / "tests" / "golden"
-TOKEN = unsubscribe_token(ENV["DIGEST_UNSUBSCRIBE_SECRET"].encode(), "ada@example.org")
+TOKEN = unsubscribe_token(ENV["DIGEST_UNSUBSCRIBE_SECRET"].encode(), "ada@example.org",
+                          "Daily Papers <daily-papers.example.org>")
 
 
 def dry_run(config_path: Path, *, source: Path | None = None) -> dict[str, bytes]:
@@ -38,7 +39,8 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def parts(msg: EmailMessage) -> tuple[str, str]:
-    text, html = msg.get_payload()  # type: ignore[misc]
+    text, html = list(msg.iter_parts())
+    assert isinstance(text, EmailMessage) and isinstance(html, EmailMessage)
     return text.get_content(), html.get_content()
 
 
@@ -202,14 +204,61 @@ def test_subject_template_from_the_config(write_config: Callable[..., Path],
 
 def test_a_broken_template_is_a_clear_error(write_config: Callable[..., Path],
                                             tmp_path: Path) -> None:
-    from digest_mailer.errors import RenderError
+    from digest_mailer.errors import ConfigError
 
     doc = base_config(tmp_path)
     doc["newsletter"]["subject"] = "{{ count"
-    with pytest.raises(RenderError, match=r"newsletter\.subject:1: template syntax error"):
-        dry_run(write_config(doc))
-    doc["newsletter"]["subject"] = None
+    path = write_config(doc)
+    with pytest.raises(ConfigError, match=rf"^{path}: newsletter\.subject: template syntax "
+                                          "error") as e:
+        dry_run(path)
+    assert "templates_dir" not in str(e.value.hint)
     del doc["newsletter"]["subject"]
     doc["newsletter"]["templates_dir"] = str(tmp_path / "nope")
-    with pytest.raises(RenderError, match="templates_dir is not a folder"):
+    with pytest.raises(ConfigError, match=r"templates_dir: .*nope does not exist"):
         dry_run(write_config(doc))
+
+
+def test_operator_templates_run_in_a_sandbox(write_config: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    """A custom template can neither run commands nor read files."""
+    from digest_mailer.errors import ConfigError
+
+    mine = tmp_path / "my-templates"
+    mine.mkdir()
+    pwned = tmp_path / "pwned"
+    doc = base_config(tmp_path)
+    doc["newsletter"]["templates_dir"] = str(mine)
+    path = write_config(doc)
+    attacks = [
+        "{{ cycler.__init__.__globals__.os.popen('touch " + str(pwned) + "').read() }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ lipsum.__globals__['os'].system('touch " + str(pwned) + "') }}",
+        "{{ self._TemplateReference__context.cycler.__init__.__globals__ }}",
+        "{% include '../../../../../../etc/passwd' %}",
+        "{{ 'x' * 10**9 }}",
+    ]
+    for attack in attacks:
+        (mine / "digest.txt.j2").write_text(attack + "\n")
+        with pytest.raises(ConfigError) as e:
+            dry_run(path)
+        assert str(mine / "digest.txt.j2") in str(e.value), attack
+        assert not pwned.exists()
+        assert "root:" not in str(e.value)
+
+
+def test_the_subject_is_folded_inside_its_value(sample_emails: dict[str, bytes]) -> None:
+    """Folding right after `Subject:` left every parser a value starting with a space."""
+    data = sample_emails["grace_at_example.org"]
+    assert b"\r\nSubject: Daily Papers: 2 new papers on" in data
+    assert parse(data)["Subject"] == ("Daily Papers: 2 new papers on reinforcement learning, "
+                                      "speech recognition")
+    from digest_mailer.message import subject_field
+
+    for subject in ["x" * 75, ("Zoë 李 " * 30).strip(), "a " + "b" * 200,
+                    "Daily Papers: " + "w " * 59 + "w"]:
+        field = subject_field(subject)
+        assert field.startswith(b"Subject: ") and not field.startswith(b"Subject:  ")
+        assert max(len(line) for line in field.split(b"\r\n")) <= 998
+        parsed = message_from_bytes(field + b"\r\n", policy=policy.default)["Subject"]
+        assert parsed == subject

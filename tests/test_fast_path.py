@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,9 @@ NAMES = ["Ada", "", "Zoë 李 🎉", "O'Brien & <Co> \"Q\"", "محمد", "N" * 9
          "Jean-Luc Picard, PhD", "zq0000000000000000nm", "Ada  Lovelace", "A.B. Smith",
          "Zoë Nowak", "Søren Kierkegaard-Müller von und zu Lichtenstein-Hohenzollern Ω",
          "Ada Lovelace Byron King Noel Countess of Lovelace Augusta Ada", "X"]
-PROFILES = [dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")),
-            dict(), dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
+PROFILES: list[dict[str, Any]] = [
+    dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")), dict(),
+    dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def subscribers() -> list[Subscriber]:
 def slow(renderer: Renderer, sub: Subscriber, papers: tuple[Paper, ...],
          message_id: str) -> OutgoingMessage:
     selection = select(sub, papers, ())
-    token = unsubscribe_token(SECRET, sub.email)
+    token = unsubscribe_token(SECRET, sub.email, SHARED.list_id)
     url = URL.replace("{token}", token)
     digest = Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)
     return build_message(renderer.render(digest), subscriber=sub, sender=SHARED.sender,
@@ -71,10 +73,39 @@ def masked(data: bytes) -> bytes:
     return re.sub(rb"Message-ID: <[^>]+>", b"Message-ID: <MASKED>", data)
 
 
-@pytest.mark.parametrize("subject", [None, "{{ count }} papers for {{ name or email }}"])
-def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
-                                          subject: str | None) -> None:
-    renderer = Renderer(subject_template=subject)
+SUBJECTS = [None, "{{ count }} papers for {{ name or email }}",
+            # each of these changes the value: only rendering with it gives the right subject
+            "Hi {{ name|title }}", "{% if name == 'Ada' %}Dear Ada{% else %}Hello{% endif %}",
+            "{{ email|upper }} {{ name|length }}", "{{ name[:1] }}: {{ count }}",
+            "{% set n = name %}{{ n|lower }}"]
+
+
+def custom_templates(tmp_path: Path, where: str) -> Path:
+    """The shipped templates with the subscriber's values put where an operator might."""
+    shipped = Path(__file__).resolve().parents[1] / "templates"
+    folder = tmp_path / "tpl"
+    folder.mkdir(exist_ok=True)
+    html = (shipped / "digest.mjml.j2").read_text()
+    text = (shipped / "digest.txt.j2").read_text()
+    extra = {
+        "contexts": '<p title="{{ name }}" data-x=\'{{ email }}\'>{{ name }} &amp; {{ email }}'
+                    '</p><!-- for {{ name }} --><p><a href="mailto:{{ email }}?s={{ name }}">'
+                    'me</a> <a href="{{ unsubscribe_url }}&amp;n={{ name }}">u</a></p>',
+        "filters": "<p>{{ name|upper }} {{ email|replace('@', ' at ') }}"
+                   "{% if name == 'Ada' %} (hi Ada){% endif %}</p>",
+        "css": "",
+    }[where]
+    html = html.replace("<p>You receive", extra + "\n          <p>You receive")
+    # In CSS, which premailer parses and writes again: only a check by rendering sees it.
+    html = html.replace("<mj-head>", '<mj-head><mj-style>.ft::after { content: "{{ name }}"; }'
+                        "</mj-style>") if where == "css" else html
+    (folder / "digest.mjml.j2").write_text(html)
+    (folder / "digest.txt.j2").write_text(text + ("{{ name|upper }}\n" if where == "filters"
+                                                  else "{{ name }} {{ email }}\n"))
+    return folder
+
+
+def assert_fast_equals_real(renderer: Renderer, papers: tuple[Paper, ...]) -> Composer:
     composer = Composer(renderer=renderer, shared=SHARED, newsletter="Daily Papers",
                         domain="example.org", unsubscribe_url=URL, secret=SECRET, papers=papers,
                         max_templates=3)  # small, so templates are also evicted and remade
@@ -85,19 +116,50 @@ def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
         assert fast.data == reference.data or masked(fast.data) == masked(reference.data), \
             sub.name
         assert fast.html == reference.html and fast.subject == reference.subject
-    assert composer.rendered_sets < len(subscribers())  # templates were shared
+    return composer
+
+
+@pytest.mark.parametrize("where", ["contexts", "filters", "css"])
+def test_operator_templates_see_the_real_values(papers: tuple[Paper, ...], tmp_path: Path,
+                                                where: str) -> None:
+    renderer = Renderer(custom_templates(tmp_path, where))
+    composer = assert_fast_equals_real(renderer, papers)
+    # Printing a value anywhere keeps templates shared; changing it makes them personal.
+    assert (composer.rendered_sets < len(subscribers())) == (where == "contexts")
+
+
+def test_a_filtered_name_in_the_subject_is_the_real_name(papers: tuple[Paper, ...]) -> None:
+    renderer = Renderer(subject_template="Hi {{ name|title }}{% if name == 'Ada' %}!{% endif %}")
+    composer = Composer(renderer=renderer, shared=SHARED, newsletter="Daily Papers",
+                        domain="example.org", unsubscribe_url=URL, secret=SECRET, papers=papers)
+    message = composer.compose(composer.select(Subscriber("ada@example.org", "Ada"), ()),
+                               RUN, WHEN)
+    assert message.subject == "Hi Ada!"
+    other = composer.compose(composer.select(Subscriber("bo@example.org", "bo smith"), ()),
+                             RUN, WHEN)
+    assert other.subject == "Hi Bo Smith"
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_fast_path_equals_the_simple_path(papers: tuple[Paper, ...],
+                                          subject: str | None) -> None:
+    renderer = Renderer(subject_template=subject)
+    composer = assert_fast_equals_real(renderer, papers)
+    assert renderer.personal == (subject in SUBJECTS[2:])
+    if not renderer.personal:
+        assert composer.rendered_sets < len(subscribers())  # templates were shared
 
 
 def test_rebuilt_from_the_stored_template(papers: tuple[Paper, ...]) -> None:
     renderer = Renderer()
     sub = subscribers()[2]
     selection = select(sub, papers, ())
-    token = unsubscribe_token(SECRET, sub.email)
+    token = unsubscribe_token(SECRET, sub.email, SHARED.list_id)
     url = URL.replace("{token}", token)
     template = MessageTemplate(renderer.render_template(
         Digest("Daily Papers", RUN, sub, selection.matches, selection.over_cap, url)), SHARED)
     again = MessageTemplate.from_bytes(template.to_bytes(), set_id=7, signer=None)
-    kwargs = dict(email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
+    kwargs: dict[str, Any] = dict(email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
                   message_id="<same@example.org>")
     first, second = template.personalize(**kwargs), again.personalize(**kwargs)
     assert masked(first.data) == masked(second.data)

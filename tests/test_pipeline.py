@@ -12,28 +12,22 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, NOW, SmtpServer, base_config, capture, toml_text
+from conftest import (
+    ENV,
+    NOW,
+    SmtpServer,
+    base_config,
+    capture,
+    config_for,
+    go,
+    statuses,
+    toml_text,
+)
 from digest_mailer.config import load_config
 from digest_mailer.errors import DigestMailerError, SourceError
-from digest_mailer.models import RunReport, Status
+from digest_mailer.models import Status
 from digest_mailer.pipeline import RunOptions, run
 from digest_mailer.store import Ledger
-
-
-def config_for(tmp_path: Path, smtp: SmtpServer, **kw: Any) -> Path:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp.port,
-                                      "security": "none"}, **kw)
-    path = tmp_path / "digest-mailer.toml"
-    path.write_text(toml_text(doc))
-    return path
-
-
-def go(path: Path, **options: Any) -> RunReport:
-    return run(load_config(path), RunOptions(run_date=NOW.date(), **options), now=NOW, env=ENV)
-
-
-def statuses(report: RunReport) -> dict[str, Status]:
-    return {o.email: o.status for o in report.outcomes}
 
 
 def test_first_run_sends_matches_and_second_run_sends_nothing(

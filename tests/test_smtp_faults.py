@@ -8,32 +8,20 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, NOW, SmtpServer, base_config, toml_text
-from digest_mailer.config import load_config
+from conftest import SmtpServer, go, statuses
+from conftest import config_for as shared_config_for
 from digest_mailer.delivery.smtp import SmtpBackend
-from digest_mailer.models import OutgoingMessage, RunReport, Status
-from digest_mailer.pipeline import RunOptions, run
+from digest_mailer.models import OutgoingMessage, Status
 from digest_mailer.store import Ledger
 
 
 def config_for(tmp_path: Path, smtp: SmtpServer, **delivery: Any) -> Path:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp.port,
-                                      "security": "none"},
-                      subscribers=[{"email": "ada@example.org", "topics": ["diffusion"]},
-                                   {"email": "grace@example.org",
-                                    "topics": ["speech recognition"]}])
-    doc["delivery"].update({"retry_attempts": 2, "retry_delay": 0.05, **delivery})
-    path = tmp_path / "c.toml"
-    path.write_text(toml_text(doc))
-    return path
-
-
-def go(path: Path) -> RunReport:
-    return run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV)
-
-
-def statuses(report: RunReport) -> dict[str, Status]:
-    return {o.email: o.status for o in report.outcomes}
+    """Two subscribers, quick retries."""
+    return shared_config_for(
+        tmp_path, smtp, name="c.toml", delivery={"retry_attempts": 2, "retry_delay": 0.05,
+                                                 **delivery},
+        subscribers=[{"email": "ada@example.org", "topics": ["diffusion"]},
+                     {"email": "grace@example.org", "topics": ["speech recognition"]}])
 
 
 @pytest.mark.parametrize("reply", ["421 4.3.2 Shutting down", "450 4.2.1 Mailbox busy",

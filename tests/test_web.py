@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-from conftest import ENV, NOW, SECRET, SmtpServer, base_config, free_port, toml_text
+from conftest import ENV, NOW, SECRET, SmtpServer, base_config, free_port, local_smtp, toml_text
 from digest_mailer.cli import cli
 from digest_mailer.config import load_config
 from digest_mailer.message import unsubscribe_token
@@ -23,14 +26,13 @@ from digest_mailer.pipeline import RunOptions, run
 from digest_mailer.store import Ledger
 from digest_mailer.web import Tokens, create_app
 
-ONE_CLICK = {"content": b"List-Unsubscribe=One-Click",
+ONE_CLICK: dict[str, Any] = {"content": b"List-Unsubscribe=One-Click",
              "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
 
 
 @pytest.fixture
 def config_path(tmp_path: Path, smtp_server: SmtpServer) -> Path:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     path = tmp_path / "digest-mailer.toml"
     path.write_text(toml_text(doc))
     return path
@@ -143,3 +145,182 @@ def test_web_command_refuses_to_start_without_the_secret(config_path: Path,
                                 env={"DIGEST_UNSUBSCRIBE_SECRET": ""})
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: $DIGEST_UNSUBSCRIBE_SECRET is not set")
+
+
+# -- the service itself: forms, body size, a broken config, reloads, tokens, the port -------
+
+def serve_app(tokens: Tokens, **kwargs: Any) -> tuple[httpx.Client, Callable[[], None]]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(tokens, **kwargs), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def stop() -> None:
+        client.close()
+        server.should_exit = True
+        thread.join(10)
+
+    return client, stop
+
+
+def bound(email: str) -> str:
+    return unsubscribe_token(SECRET.encode(), email, "Daily Papers <daily-papers.example.org>")
+
+
+def test_one_click_as_multipart_form_data(web: httpx.Client, config_path: Path) -> None:
+    """RFC 8058: the client SHOULD send multipart/form-data."""
+    url = f"/unsubscribe/{bound('ada@example.org')}"
+    reply = web.post(url, files={"List-Unsubscribe": (None, "One-Click")})
+    assert reply.status_code == 200, reply.text
+    assert list(suppressed(config_path)) == ["ada@example.org"]
+    other = web.post(f"/unsubscribe/{bound('grace@example.org')}",
+                     files={"List-Unsubscribe": (None, "Something-Else")})
+    assert other.status_code == 400
+
+
+def test_an_oversized_body_is_refused_while_it_streams(web: httpx.Client,
+                                                       config_path: Path) -> None:
+    host, port = web.base_url.host, web.base_url.port
+    assert port is not None
+    path = f"/unsubscribe/{bound('ada@example.org')}"
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 400000000\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    # Chunked, no length given: the service answers 413 long before the body ends.
+    sent = 0
+    answer = b""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
+        sock.settimeout(0.05)
+        while sent < 400_000_000:
+            try:
+                sock.sendall(chunk)
+                sent += 0x10000
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answer:
+                break
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+    assert sent < 50_000_000
+    assert suppressed(config_path) == {}
+
+
+def test_a_missing_or_broken_config_is_503_and_one_log_line(
+        config_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tokens = Tokens(config_path, ENV, interval=0.05)
+    client, stop = serve_app(tokens)
+    try:
+        assert client.post(f"/unsubscribe/{bound('ada@example.org')}",
+                           **ONE_CLICK).status_code == 200
+        good = config_path.read_text()
+        config_path.write_text(good + "\n[newsletter]\nbroken = true\n")
+        deadline = time.monotonic() + 20
+        while client.get("/healthz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reply = client.post(f"/unsubscribe/{bound('grace@example.org')}", **ONE_CLICK)
+        assert reply.status_code == 503 and reply.headers["content-type"].startswith(
+            "text/plain")
+        assert "Traceback" not in reply.text and "toml" not in reply.text
+        assert client.get(f"/unsubscribe/{bound('grace@example.org')}").status_code == 503
+        time.sleep(0.3)  # several polls of the same broken file
+        lines = [r for r in caplog.records if "cannot serve unsubscribe links" in r.message]
+        assert len(lines) == 1
+        config_path.unlink()
+        deadline = time.monotonic() + 20
+        while len([r for r in caplog.records if "cannot serve" in r.message]) < 2 and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "no such file" in caplog.records[-1].message
+        assert client.post(f"/unsubscribe/{bound('grace@example.org')}",
+                           **ONE_CLICK).status_code == 503
+        config_path.write_text(good)
+        deadline = time.monotonic() + 20
+        while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.post(f"/unsubscribe/{bound('grace@example.org')}",
+                           **ONE_CLICK).status_code == 200
+    finally:
+        stop()
+
+
+def test_a_slow_reload_never_blocks_a_request(config_path: Path) -> None:
+    """A config with 100,000 subscribers takes seconds to read: requests go on meanwhile,
+    with the tokens of the last good read."""
+    from digest_mailer.config import Config
+
+    slow_reads: list[float] = []
+
+    def slow_load(path: Path) -> Config:
+        if slow_reads:
+            time.sleep(3)
+        slow_reads.append(time.monotonic())
+        return load_config(path)
+
+    tokens = Tokens(config_path, ENV, interval=0.05, load=slow_load)
+    client, stop = serve_app(tokens)
+    try:
+        config_path.write_text(config_path.read_text() + "\n")  # a change: a reload starts
+        deadline = time.monotonic() + 10
+        while len(slow_reads) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the reload is now sleeping inside the watcher
+        started = time.monotonic()
+        assert client.get("/healthz").status_code == 200
+        assert client.get(f"/unsubscribe/{bound('ada@example.org')}").status_code == 200
+        assert time.monotonic() - started < 2.5
+    finally:
+        stop()
+
+
+def test_tokens_are_bound_to_the_list(tmp_path: Path, config_path: Path) -> None:
+    """A token of another list sharing the secret does nothing here; a link sent before
+    tokens were bound keeps working until LEGACY_TOKENS_UNTIL."""
+    from datetime import datetime
+
+    from digest_mailer.web import LEGACY_TOKENS_UNTIL
+
+    other_list = unsubscribe_token(SECRET.encode(), "ada@example.org",
+                                   "Other News <other.example.org>")
+    legacy = unsubscribe_token(SECRET.encode(), "ada@example.org")
+    assert len({other_list, legacy, bound("ada@example.org")}) == 3
+    today = [datetime(2026, 1, 1, tzinfo=UTC)]
+    client, stop = serve_app(Tokens(config_path, ENV), now=lambda: today[0])
+    try:
+        assert client.post(f"/unsubscribe/{other_list}", **ONE_CLICK).status_code == 404
+        today[0] = datetime.combine(LEGACY_TOKENS_UNTIL, datetime.min.time(), UTC)
+        assert client.get(f"/unsubscribe/{legacy}").status_code == 200
+        today[0] = today[0] + timedelta(days=1)
+        assert client.get(f"/unsubscribe/{legacy}").status_code == 404
+        assert client.post(f"/unsubscribe/{bound('ada@example.org')}",
+                           **ONE_CLICK).status_code == 200
+    finally:
+        stop()
+
+
+def test_web_on_a_port_in_use_is_one_error_line(config_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["web", "--config", str(config_path), "--port",
+                                          str(port)], env=ENV)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert lines[1].startswith("Hint: another process may hold that port")
+    assert len(lines) == 2

@@ -45,6 +45,12 @@ def main() -> None:
     cli.main(prog_name="digest-mailer")
 
 
-from digest_mailer.cli import ledger, runs, subscribers  # noqa: E402  (they register commands)
+from digest_mailer.cli import (  # noqa: E402  (they register commands)
+    check,
+    ledger,
+    runs,
+    subscribers,
+    web,
+)
 
-__all__ = ["cli", "ledger", "main", "runs", "subscribers"]
+__all__ = ["check", "cli", "ledger", "main", "runs", "subscribers", "web"]

@@ -19,11 +19,12 @@ if TYPE_CHECKING:
 
 
 def fail(e: DigestMailerError) -> NoReturn:
+    """Every problem as an `Error:` line, then what to do about them."""
     problems = e.problems if isinstance(e, ConfigError) else (e.message,)
     for line in problems:
         click.echo(f"Error: {line}", err=True)
-    if e.hint:
-        click.echo(f"Hint: {e.hint}", err=True)
+    for hint in e.hints:
+        click.echo(f"Hint: {hint}", err=True)
     sys.exit(1)
 
 

@@ -37,16 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@cli.command()
-@config_option
-def check(config_path: str | None) -> None:
-    """Validate the config and say what it sets up."""
-    from digest_mailer.overview import describe
-
-    for line in describe(load(config_path), os.environ):
-        click.echo(line)
-
-
 @contextmanager
 def _progress(total: int, enabled: bool) -> Iterator[Callable[[SubscriberOutcome], None] | None]:
     """A progress bar on a terminal (stderr); nothing otherwise: the log says it all."""
@@ -150,20 +140,3 @@ def serve(config_path: str | None, once_now: bool) -> None:
                     now=now, stop=stop, on_report=log_report)
     install_signal_handlers(stop)
     daemon.serve(once_now=once_now)
-
-
-@cli.command()
-@config_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
-@click.option("--port", default=8025, show_default=True, type=click.IntRange(1, 65535))
-def web(config_path: str | None, host: str, port: int) -> None:
-    """Serve one-click unsubscribe links (RFC 8058) until stopped."""
-    import uvicorn
-
-    from digest_mailer.web import Tokens, create_app
-
-    tokens = Tokens(config_file(config_path), os.environ)
-    tokens.refresh()  # a bad config or a missing secret fails now, not at the first click
-    uvicorn.run(create_app(tokens), host=host, port=port, proxy_headers=True,
-                log_level=logging.getLevelName(logging.getLogger().level).lower(),
-                server_header=False)

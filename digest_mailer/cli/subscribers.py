@@ -77,12 +77,13 @@ def _filters(fn: F) -> F:
     return fn
 
 
-def _change(filters: dict[str, Any], pause: bool | None) -> SubscriberChange:
+def _change(filters: dict[str, Any], pause: bool | None,
+            clear: tuple[str, ...] = ()) -> SubscriberChange:
     """The options given; a repeated option left out (an empty tuple) changes nothing."""
     from digest_mailer.config_edit import SubscriberChange
 
     given = {k: v for k, v in filters.items() if v not in (None, ())}
-    return SubscriberChange(pause=pause, **given)
+    return SubscriberChange(pause=pause, clear=clear, **given)
 
 
 @subscribers.command()
@@ -111,11 +112,18 @@ def remove(config_path: str | None, email: str) -> None:
 @click.argument("email")
 @_filters
 @click.option("--pause/--resume", default=None, help="stop or restart sending to them")
-def set_(config_path: str | None, email: str, pause: bool | None, **filters: Any) -> None:
-    """Change a subscriber; each option given replaces that key (--topic replaces all topics)."""
+@click.option("--clear-topics", is_flag=True, help="remove all topics")
+@click.option("--clear-exclude", is_flag=True, help="remove all exclusions")
+@click.option("--clear-authors", is_flag=True, help="remove all authors")
+def set_(config_path: str | None, email: str, pause: bool | None, clear_topics: bool,
+         clear_exclude: bool, clear_authors: bool, **filters: Any) -> None:
+    """Change a subscriber; each option given replaces that key (--topic replaces all topics;
+    --clear-topics removes them)."""
     from digest_mailer.config_edit import set_subscriber
 
-    click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause)))
+    clear = tuple(k for k, on in (("topics", clear_topics), ("exclude", clear_exclude),
+                                  ("authors", clear_authors)) if on)
+    click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause, clear)))
 
 
 @subscribers.command()

@@ -1,0 +1,148 @@
+"""What `check` says: the config is valid and runnable, what it sets up, and (with --smtp)
+whether the SMTP server takes the connection and the login. Sends no mail."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from digest_mailer import credentials
+from digest_mailer.config import Config
+from digest_mailer.errors import DigestMailerError
+from digest_mailer.preflight import Findings
+
+if TYPE_CHECKING:
+    import ssl
+
+
+def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
+    """The config is valid; what it sets up; the warnings."""
+    from digest_mailer.cron import next_fire, parse_cron
+
+    subs = config.subscribers_view()
+    everything = sum(1 for s in subs if not s.topics and not s.authors)
+    src = config.source
+    smtp = config.delivery.smtp
+    if config.delivery.backend == "smtp":
+        login = f", login as {smtp.username!r}" if smtp.username else ", no login"
+        delivery = f"smtp {smtp.host}:{smtp.effective_port} ({smtp.security}{login})"
+    else:
+        delivery = f"file, under {config.out_dir}"
+    state = config.state_path
+    tz = config.schedule_timezone
+    upcoming = next_fire(parse_cron(config.schedule.cron, tz), now)
+    templates = (f"{config.templates_dir} over the shipped ones" if config.templates_dir
+                 else "shipped")
+    lines = [
+        f"{config.path}: OK",
+        f"newsletter: {config.newsletter.name!r} from {config.newsletter.from_}",
+        f"subscribers: {len(subs)} ({len(subs) - everything} with topic or author filters, "
+        f"{everything} taking every paper)",
+        f"source: {src.kind} at {config.source_location} ({src.lookback_days} day(s) per run)",
+        f"delivery: {delivery}" + (f", DKIM {config.delivery.dkim.selector}._domainkey."
+                                   f"{config.delivery.dkim.domain}"
+                                   if config.delivery.dkim else ""),
+        f"ledger: {state}" + ("" if state.exists() else " (created by the first run)"),
+        f"schedule: {config.schedule.cron!r} in {tz}, next run "
+        f"{upcoming.isoformat() if upcoming else 'never'}",
+    ]
+    if found.sample is not None:
+        lines.append(f"templates: {templates}; a sample email renders, subject "
+                     f"{found.sample.subject!r}")
+    if found.per_subscriber:
+        lines.append(f"templates rendered for each subscriber alone (slower: they change "
+                     f"name, email or unsubscribe_url): {', '.join(found.per_subscriber)}")
+    lines += [f"warning: {w.message}" for w in found.warnings]
+    if not subs:
+        lines.append("warning: no [[subscribers]]: runs will send nothing")
+    return lines
+
+
+def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
+    """Connect, STARTTLS or TLS, log in, QUIT, as a run would; say what happened at each
+    step. Raises DigestMailerError at the step that fails."""
+    import smtplib  # only --smtp needs these
+    import ssl
+
+    smtp = config.delivery.smtp
+    where = f"{smtp.host}:{smtp.effective_port}"
+    file = config.resolve(smtp.password_file) if smtp.password_file else None
+    password = credentials.password(env, smtp.password_env, file) if smtp.username else ""
+    if smtp.username and not password:
+        raise DigestMailerError(f"${smtp.password_env} is not set: cannot log in as "
+                                f"{smtp.username!r}",
+                                hint=f"export {smtp.password_env}=... or set "
+                                     "delivery.smtp.password_file")
+    secret_source = ("delivery.smtp.password_file" if file else f"${smtp.password_env}")
+    ctx = _tls(config.resolve(smtp.ca_file) if smtp.ca_file else None)
+    lines: list[str] = []
+    try:
+        if smtp.security == "ssl":
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.effective_port,
+                                                  timeout=smtp.timeout, context=ctx)
+        else:
+            conn = smtplib.SMTP(smtp.host, smtp.effective_port, timeout=smtp.timeout)
+    except ssl.SSLCertVerificationError as e:
+        raise _unverified(where, e) from e
+    except (OSError, smtplib.SMTPException) as e:
+        raise DigestMailerError(f"SMTP {where}: cannot connect ({e})",
+                                hint="check delivery.smtp host, port and security") from e
+    try:
+        code, _banner = conn.ehlo()
+        lines.append(f"smtp: connected to {where}" + (" over TLS" if smtp.security == "ssl"
+                                                       else "") + f", EHLO {code}")
+        if smtp.security == "starttls":
+            if not conn.has_extn("starttls"):
+                raise DigestMailerError(f"SMTP {where}: the server does not offer STARTTLS",
+                                        hint="use security = 'ssl' (port 465) if it speaks "
+                                             "TLS from the start")
+            conn.starttls(context=ctx)
+            conn.ehlo()
+        sock = conn.sock
+        if isinstance(sock, ssl.SSLSocket):
+            lines.append(f"smtp: TLS {sock.version()}, certificate verified for {smtp.host}")
+        if smtp.username:
+            try:
+                conn.login(smtp.username, password)
+            except smtplib.SMTPAuthenticationError as e:
+                reply = e.smtp_error.decode("utf-8", "replace") if isinstance(
+                    e.smtp_error, bytes) else str(e.smtp_error)
+                raise DigestMailerError(
+                    f"SMTP {where}: login as {smtp.username!r} refused ({e.smtp_code} "
+                    f"{' '.join(reply.split())})",
+                    hint=f"check delivery.smtp.username and the password in {secret_source}"
+                ) from e
+            lines.append(f"smtp: logged in as {smtp.username!r}")
+        else:
+            lines.append("smtp: no login (delivery.smtp.username is empty)")
+        conn.quit()
+        lines.append("smtp: QUIT; no mail was sent")
+    except ssl.SSLCertVerificationError as e:
+        raise _unverified(where, e) from e
+    except (OSError, smtplib.SMTPException) as e:
+        raise DigestMailerError(f"SMTP {where}: session failed ({e})",
+                                hint="check delivery.smtp host, port and security") from e
+    finally:
+        conn.close()
+    return lines
+
+
+def _tls(ca_file: Path | None) -> ssl.SSLContext:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as e:
+            raise DigestMailerError(f"{ca_file}: cannot load CA certificates ({e})",
+                                    hint="fix delivery.smtp.ca_file") from e
+    return ctx
+
+
+def _unverified(where: str, e: ssl.SSLCertVerificationError) -> DigestMailerError:
+    return DigestMailerError(f"SMTP {where}: the server's certificate does not verify "
+                             f"({e.verify_message})",
+                             hint="fix the server's certificate or set delivery.smtp.ca_file")

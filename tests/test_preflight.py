@@ -1,0 +1,305 @@
+"""`check` refuses every config a run would refuse, for the same reasons, through the one
+code path that `run` and `serve` use too; `check --smtp` tries the server without sending."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from click.testing import CliRunner, Result
+
+from conftest import ENV, NOW, SmtpHandler, base_config, local_smtp, start_smtp, toml_text
+from digest_mailer.cli import cli
+from digest_mailer.config import load_config
+from digest_mailer.errors import ConfigError
+from digest_mailer.pipeline import RunOptions, run
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
+    path = tmp_path / "digest-mailer.toml"
+    path.write_text(toml_text(doc))
+    return path
+
+
+def private(path: Path, text: str = "s3cret\n", mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def _subject(doc: dict[str, Any], tmp: Path, value: str) -> None:
+    doc["newsletter"]["subject"] = value
+
+
+def _custom(doc: dict[str, Any], tmp: Path, name: str, text: str) -> None:
+    folder = tmp / "tpl"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    doc["newsletter"]["templates_dir"] = str(folder)
+
+
+def _fifo(tmp: Path) -> Path:
+    path = tmp / "fifo"
+    os.mkfifo(path, 0o600)
+    return path
+
+
+# (what is wrong, how to break the config, what the Error line says, what the hint says)
+BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
+    ("subject syntax", lambda d, t: _subject(d, t, "{{ newsletter }: {{ count }}"),
+     r"newsletter\.subject: template syntax error", "fix newsletter.subject"),
+    ("subject unknown name", lambda d, t: _subject(d, t, "{{ cuont }} papers"),
+     r"newsletter\.subject: rendering failed: UndefinedError: 'cuont' is undefined",
+     "fix newsletter.subject"),
+    ("custom template syntax", lambda d, t: _custom(d, t, "digest.txt.j2", "{% for %}\n"),
+     r"tpl/digest\.txt\.j2:1: template syntax error", "overrides the shipped template"),
+    ("custom template name", lambda d, t: _custom(d, t, "digest.mjml.j2", "{{ nope.x }}\n"),
+     r"tpl/digest\.mjml\.j2:1: rendering failed: UndefinedError", "tpl/digest.mjml.j2"),
+    ("custom subject file", lambda d, t: _custom(d, t, "subject.txt.j2", "{{ count|nofilter }}"),
+     r"tpl/subject\.txt\.j2:1: template syntax error: No filter named 'nofilter'",
+     "subject.txt.j2"),
+    ("missing templates_dir",
+     lambda d, t: d["newsletter"].update(templates_dir=str(t / "nope")),
+     r"newsletter\.templates_dir: .*nope does not exist", "remove newsletter.templates_dir"),
+    ("missing DKIM key", lambda d, t: d["delivery"].update(dkim={
+        "domain": "example.org", "selector": "s", "key_file": str(t / "none.pem")}),
+     r"none\.pem \(delivery\.dkim\.key_file\): the DKIM key file does not exist",
+     "fix delivery.dkim.key_file"),
+    ("DKIM key not a key", lambda d, t: d["delivery"].update(dkim={
+        "domain": "example.org", "selector": "s",
+        "key_file": str(private(t / "k.pem", "not a key"))}),
+     r"DKIM signing failed", "check delivery.dkim.key_file"),
+    ("DKIM key a folder", lambda d, t: d["delivery"].update(dkim={
+        "domain": "example.org", "selector": "s", "key_file": str(t)}),
+     r"delivery\.dkim\.key_file\): the DKIM key is not a regular file", "point"),
+    ("password_file 644", lambda d, t: d["delivery"]["smtp"].update(
+        username="u", security="starttls",
+        password_file=str(private(t / "pw", mode=0o644))),
+     r"pw \(delivery\.smtp\.password_file\): the SMTP password is readable by others",
+     "chmod 600"),
+    ("password_file FIFO", lambda d, t: d["delivery"]["smtp"].update(
+        username="u", security="starttls", password_file=str(_fifo(t))),
+     r"fifo \(delivery\.smtp\.password_file\): the SMTP password is not a regular file",
+     "point delivery.smtp.password_file"),
+    ("password_file empty", lambda d, t: d["delivery"]["smtp"].update(
+        username="u", security="starttls", password_file=str(private(t / "pw", ""))),
+     r"pw \(delivery\.smtp\.password_file\): the file is empty", "write the SMTP password"),
+    ("login without TLS", lambda d, t: d["delivery"]["smtp"].update(username="u"),
+     r"delivery\.smtp\.username is 'u' with security = 'none'", "starttls"),
+    ("missing source file",
+     lambda d, t: d["source"].update(location=str(t / "feed.json")),
+     r"source\.location: .*feed\.json: no such file", "fix [source] location"),
+    ("state is a folder", lambda d, t: d["state"].update(path=str(t)),
+     r"state\.path: .* is a folder, not the ledger file", "point [state] path at a file"),
+    ("state under a file", lambda d, t: d["state"].update(
+        path=str(private(t / "plain") / "state.sqlite3")),
+     r"state\.path: .*plain is not a folder", "fix [state] path"),
+    ("ca_file not certificates", lambda d, t: d["delivery"]["smtp"].update(
+        ca_file=str(private(t / "ca.pem", "not a certificate"))),
+     r"delivery\.smtp\.ca_file: .*ca\.pem: not PEM certificates", "fix delivery.smtp.ca_file"),
+    ("cron never fires", lambda d, t: d.update(schedule={"cron": "0 7 30 2 *"}),
+     r"schedule\.cron: '0 7 30 2 \*' never fires", "config.example.toml"),
+    ("misfire_grace overflows", lambda d, t: d.update(
+        schedule={"misfire_grace": "99999999999999d"}),
+     r"schedule\.misfire_grace: .* less than or equal to 604800", "config.example.toml"),
+    ("misfire_grace huge integer", lambda d, t: d.update(
+        schedule={"misfire_grace": 10 ** 400}),
+     r"schedule\.misfire_grace: a number of seconds far too large", "config.example.toml"),
+    ("retry_delay inf", lambda d, t: d["delivery"].update(retry_delay=float("inf")),
+     r"delivery\.retry_delay: inf is not valid: input should be a finite number",
+     "config.example.toml"),
+    ("doubling past a day", lambda d, t: d["delivery"].update(retry_attempts=10,
+                                                               retry_delay="1h"),
+     r"delivery: delivery\.retry_attempts = 10 with retry_delay = 3600s waits 1023h",
+     "config.example.toml"),
+    ("rate_limit inf", lambda d, t: d["delivery"]["smtp"].update(rate_limit=float("inf")),
+     r"delivery\.smtp\.rate_limit: inf is not valid", "config.example.toml"),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c[0] for c in BROKEN])
+def test_check_refuses_what_a_run_refuses(tmp_path: Path, case: tuple[Any, ...]) -> None:
+    _what, breaks, error, hint = case
+    doc = base_config(tmp_path)
+    breaks(doc, tmp_path)
+    path = write(tmp_path, doc)
+    started = time.monotonic()
+    result = invoke("check", "--config", str(path), env=ENV)
+    assert time.monotonic() - started < 20  # a FIFO must not hang it
+    assert result.exit_code == 1, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    hints = [line for line in result.stderr.splitlines() if line.startswith("Hint: ")]
+    assert len(errors) == 1, result.stderr
+    assert re.search(error, errors[0]), errors[0]
+    assert any(hint in h for h in hints), hints
+    # A subject or a password file is blamed, never the templates_dir or an env variable.
+    if "subject" in _what:
+        assert "templates_dir" not in result.stderr
+    if "password_file" in _what:
+        assert "$DIGEST_SMTP_PASSWORD" not in result.stderr
+    # And the run refuses for the same reason, before anything is fetched or sent.
+    dry = invoke("run", "--config", str(path), "--dry-run", env=ENV)
+    assert dry.exit_code == 1
+    assert errors[0] in dry.stderr.splitlines()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_valid_config_says_what_it_sets_up(tmp_path: Path) -> None:
+    path = write(tmp_path, base_config(tmp_path))
+    result = invoke("check", "--config", str(path), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{path}: OK"
+    assert "schedule: '0 7 * * *' in UTC, next run " in result.stdout
+    assert any(line.startswith("templates: shipped; a sample email renders, subject "
+                               "'Daily Papers: 2 new papers") for line in lines)
+    assert not any(line.startswith("warning:") for line in lines)
+
+
+def test_every_problem_is_listed_with_its_hint(tmp_path: Path) -> None:
+    doc = base_config(tmp_path)
+    doc["newsletter"]["subject"] = "{{ cuont }}"
+    doc["state"]["path"] = str(tmp_path)
+    doc["source"]["location"] = str(tmp_path / "missing.json")
+    result = invoke("check", "--config", str(write(tmp_path, doc)), env=ENV)
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Error"] * 3 + ["Hint"] * 3
+
+
+def test_the_run_refuses_before_it_fetches_or_sends(tmp_path: Path, http_server: Any,
+                                                    smtp_server: Any) -> None:
+    doc = base_config(tmp_path, source=f"{http_server.base}/api/daily_papers",
+                      smtp=local_smtp(smtp_server.port))
+    doc["newsletter"]["subject"] = "{{ cuont }}"
+    config = load_config(write(tmp_path, doc))
+    with pytest.raises(ConfigError, match="cuont"):
+        run(config, RunOptions(), now=NOW, env=ENV)
+    assert http_server.requests == [] and smtp_server.handler.received == []
+    assert not config.state_path.exists()
+
+
+def test_serve_refuses_to_start_and_skips_a_reload(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from digest_mailer.scheduler import Daemon
+
+    doc = base_config(tmp_path)
+    doc["newsletter"]["subject"] = "{{ cuont }}"
+    path = write(tmp_path, doc)
+    daemon = Daemon(config_path=path, run=lambda config, stop: None,  # type: ignore[arg-type,return-value]
+                    now=lambda: NOW, stop=threading.Event())
+    assert daemon.load() is None
+    assert "cuont" in caplog.text
+    assert daemon.job() is None
+
+
+# -- check --smtp ------------------------------------------------------------------------
+
+def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
+                   auth_data: Any) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and \
+        (auth_data.login, auth_data.password) == (b"mailer", b"s3cret")
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_server(ca: trustme.CA) -> Iterator[tuple[SmtpHandler, int]]:
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    handler = SmtpHandler()
+    controller, port = start_smtp(handler, tls_context=ctx, require_starttls=True,
+                                  authenticator=_authenticator, auth_required=False)
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def _smtp_config(tmp_path: Path, ca: trustme.CA, port: int, password: str) -> Path:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    pw = private(tmp_path / "pw", password + "\n")
+    return write(tmp_path, base_config(tmp_path, smtp={
+        "host": "127.0.0.1", "port": port, "security": "starttls", "username": "mailer",
+        "password_file": str(pw), "ca_file": str(ca_file)}))
+
+
+def test_check_smtp_logs_in_over_starttls_and_sends_nothing(
+        tmp_path: Path, ca: trustme.CA, tls_server: tuple[SmtpHandler, int]) -> None:
+    handler, port = tls_server
+    result = invoke("check", "--smtp", "--config",
+                    str(_smtp_config(tmp_path, ca, port, "s3cret")), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smtp:")]
+    assert lines[0] == f"smtp: connected to 127.0.0.1:{port}, EHLO 250"
+    assert lines[1].startswith("smtp: TLS TLSv1.") and "certificate verified" in lines[1]
+    assert lines[2:] == ["smtp: logged in as 'mailer'", "smtp: QUIT; no mail was sent"]
+    assert handler.received == []
+
+
+def test_check_smtp_says_when_the_login_is_refused(
+        tmp_path: Path, ca: trustme.CA, tls_server: tuple[SmtpHandler, int]) -> None:
+    _handler, port = tls_server
+    result = invoke("check", "--smtp", "--config",
+                    str(_smtp_config(tmp_path, ca, port, "wrong")), env=ENV)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"Error: SMTP 127.0.0.1:{port}: login as 'mailer' refused (535")
+    assert lines[1] == ("Hint: check delivery.smtp.username and the password in "
+                        "delivery.smtp.password_file")
+
+
+def test_check_smtp_over_implicit_tls_and_an_unverified_certificate(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    handler = SmtpHandler()
+    controller, port = start_smtp(handler, ssl_context=ctx)
+    try:
+        path = _smtp_config(tmp_path, ca, port, "s3cret")
+        text = path.read_text().replace('security = "starttls"', 'security = "ssl"')
+        path.write_text(text.replace('username = "mailer"\n', "").replace(
+            f'password_file = "{tmp_path / "pw"}"\n', ""))
+        ok = invoke("check", "--smtp", "--config", str(path), env=ENV)
+        assert ok.exit_code == 0, ok.stderr
+        assert f"smtp: connected to 127.0.0.1:{port} over TLS, EHLO 250" in ok.stdout
+        assert "smtp: no login (delivery.smtp.username is empty)" in ok.stdout
+        path.write_text(path.read_text().replace(f'ca_file = "{tmp_path / "ca.pem"}"\n', ""))
+        bad = invoke("check", "--smtp", "--config", str(path), env=ENV)
+        assert bad.exit_code == 1
+        assert "the server's certificate does not verify" in bad.stderr.splitlines()[0]
+    finally:
+        controller.stop()
+    assert handler.received == []
+
+
+def test_check_says_which_templates_are_rendered_per_subscriber(tmp_path: Path) -> None:
+    doc = base_config(tmp_path)
+    doc["newsletter"]["subject"] = "Hi {{ name|title }}"
+    result = invoke("check", "--config", str(write(tmp_path, doc)), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert ("templates rendered for each subscriber alone (slower: they change name, email or "
+            "unsubscribe_url): newsletter.subject") in result.stdout.splitlines()
+    assert "subject \"Hi Ada O'" in result.stdout  # the sample subject, with the real name
