@@ -64,6 +64,8 @@ class Subscriber:
     frequency: str = "daily"  # or "weekly"
     weekday: int = 0  # Monday; the day a weekly subscriber is due
     paused: bool = False
+    # The operator's [aliases] table (name, other names...), the same for every subscriber.
+    aliases: tuple[tuple[str, ...], ...] = ()
 
     def due_on(self, day: date) -> bool:
         return self.frequency != "weekly" or day.weekday() == self.weekday
@@ -80,24 +82,48 @@ class ReasonKind(StrEnum):
     EVERYTHING = "everything"
 
 
+WHERE = {"title": "in the title", "keywords": "in the keywords",
+         "abstract": "mentioned in the abstract"}
+
+
 @dataclass(frozen=True, slots=True)
 class MatchReason:
     kind: ReasonKind
     term: str = ""
-    fields: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()  # every field it matched in, best first
+    snippet: tuple[str, ...] = ()  # (before, the matched words, after), from the best field
+    via: str = ""  # the alias it matched through, when not the term itself
+    stemmed: bool = False  # matched another form of the word ("robots" for `robotics`)
+    mentions: int = 0  # in the abstract
+
+    @property
+    def where(self) -> str:
+        return WHERE.get(self.fields[0], "") if self.fields else ""
+
+    @property
+    def matched(self) -> str:
+        return self.snippet[1] if len(self.snippet) == 3 else ""
 
     def describe(self) -> str:
         if self.kind is ReasonKind.AUTHOR:
             return f"author {self.term}"
         if self.kind is ReasonKind.EVERYTHING:
             return "all papers"
-        return f"{self.term} ({', '.join(self.fields)})" if self.fields else self.term
+        if not self.fields:
+            return self.term
+        how = ""
+        if self.via:
+            how = f", through the alias {self.via!r}"
+        elif self.stemmed:
+            how = f", as {self.matched!r}"
+        return f"{self.term} ({', '.join(self.fields)}{how})"
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     paper: Paper
     reasons: tuple[MatchReason, ...]
+    score: int = 0  # how well it matches: see select.py
 
     @property
     def why(self) -> str:

@@ -1,14 +1,30 @@
-"""Topic filters, ranking and the reasons behind them: pure functions, no I/O."""
+"""Topic filters, ranking and the reasons behind them: pure functions, no I/O.
+
+How a paper ranks (best first): its match score, then upvotes, then the newer, then the id.
+The score adds, for each matching topic, 4 when it is in the title, 3 in the AI keywords, 2
+when the abstract mentions it more than once and 1 for a single mention; each matching author
+adds 5. A topic found in more than a fifth of the feed (of 10 papers or more) counts only where
+it is prominent (title, keywords, or repeated in the abstract): a passing mention of a common
+word is noise, not news.
+"""
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from digest_mailer import aliases as alias_table
 from digest_mailer.models import Match, MatchReason, Paper, ReasonKind, Selection, Subscriber
+from digest_mailer.textmatch import Normalizer, Text, fold
+
+WEIGHTS = {"title": 4, "keywords": 3}
+REPEATED, ONCE, AUTHOR = 2, 1, 5
+COMMON_SHARE = 0.2  # a topic in more than this share of the feed is "common"
+COMMON_MIN_FEED = 10  # ... when the feed is big enough to say so
+COMMON_MENTIONS = 3  # ... unless in the title, the keywords, or this often in the abstract
+STOPWORDS = frozenset({"a", "an", "the", "of", "for", "in", "on", "to", "and", "with", "from",
+                       "by", "via", "as", "at", "or"})
 
 
 class Drop(StrEnum):
@@ -28,55 +44,253 @@ class Verdict:
     detail: str = ""
 
 
-def phrase_pattern(term: str) -> re.Pattern[str]:
-    """Whole words, any case: 'flow' finds 'normalizing flow', never 'overflow'; the words of a
-    phrase may be split by spaces or hyphens."""
-    words = [re.escape(w) for w in term.split()]
-    return re.compile(r"(?<!\w)" + r"[\s\-]+".join(words) + r"(?!\w)", re.IGNORECASE)
-
-
 def person_key(name: str) -> str:
     """Author names compare without case or accents: 'Łukasz Kaiser' ~ 'lukasz kaiser'."""
-    folded = unicodedata.normalize("NFKD", name.casefold().replace("ł", "l"))
-    return " ".join("".join(c for c in folded if not unicodedata.combining(c)).split())
+    return " ".join(fold(name).split())
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Prepared:
+    """One paper with its fields tokenised, once per run."""
+
+    paper: Paper
+    title: Text
+    abstract: Text
+    keywords: tuple[Text, ...]
+    people: frozenset[str]
+
+    def fields(self) -> Iterable[tuple[str, Text]]:
+        yield "title", self.title
+        yield "abstract", self.abstract
+        for k in self.keywords:
+            yield "keywords", k
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Feed:
+    """The papers of one run, tokenised once, with an index from each stem to the papers that
+    hold it: a profile's topics are then looked up, not searched for, in every paper."""
+
+    papers: tuple[Prepared, ...]
+    index: dict[str, frozenset[int]]
+    normalizer: Normalizer
+    _topics: dict[tuple[object, ...], Topic] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, papers: Iterable[Paper]) -> Feed:
+        norm = Normalizer(alias_table.acronyms(alias_table.BUILTIN))
+        prepared = tuple(
+            Prepared(p, norm.text(p.title), norm.text(p.abstract),
+                     tuple(norm.text(k) for k in p.ai_keywords),
+                     frozenset(person_key(a) for a in p.authors))
+            for p in papers)
+        index: dict[str, set[int]] = {}
+        for i, pp in enumerate(prepared):
+            for _name, text in pp.fields():
+                for stem in text.vocabulary():
+                    index.setdefault(stem, set()).add(i)
+        return cls(prepared, {k: frozenset(v) for k, v in index.items()}, norm)
+
+    def __len__(self) -> int:
+        return len(self.papers)
+
+    def topic(self, term: str, groups: tuple[tuple[str, ...], ...]) -> Topic:
+        """A term compiled with its aliases; cached, as every profile shares the vocabulary."""
+        key = (term, groups)
+        found = self._topics.get(key)
+        if found is None:
+            found = self._topics[key] = Topic.of(term, groups, self.normalizer)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    """One way of writing a topic: its stems, and the stem of its words written as one."""
+
+    label: str
+    stems: tuple[str, ...]
+    joined: str | None
+    alias: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """Where one topic matched in one paper."""
+
+    fields: tuple[str, ...]  # best first
+    text: Text
+    span: tuple[int, int]
+    form: Form
+    mentions: int  # in the abstract
+
+    @property
+    def prominent(self) -> bool:
+        return self.fields[0] in WEIGHTS or self.mentions >= COMMON_MENTIONS
+
+    @property
+    def weight(self) -> int:
+        best = self.fields[0]
+        return WEIGHTS.get(best) or (REPEATED if self.mentions > 1 else ONCE)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    term: str
+    forms: tuple[Form, ...]
+
+    @classmethod
+    def of(cls, term: str, groups: tuple[tuple[str, ...], ...], norm: Normalizer) -> Topic:
+        def form(label: str, alias: bool) -> Form:
+            stems = norm.words(label)
+            raws = label.replace("-", " ").split()
+            return Form(label, stems, norm.joined(raws) if len(stems) > 1 else None, alias)
+
+        own = form(term, False)
+        forms = [own]
+        seen = {own.stems}
+        for group in groups:
+            names = [form(n, True) for n in group]
+            for i, name in enumerate(names):
+                if not name.stems:
+                    continue
+                whole = name.stems == own.stems or bool(name.joined and name.joined == own.joined)
+                at = _find(own.stems, name.stems) if not whole else 0
+                if at < 0:
+                    continue
+                # The topic is this name, or holds it ("LLM reasoning"): every other name
+                # of the group stands in for it.
+                for j, other in enumerate(names):
+                    if j == i:
+                        continue
+                    if whole:
+                        new = other
+                    else:
+                        stems = own.stems[:at] + other.stems + own.stems[at + len(name.stems):]
+                        new = Form(f"{other.label} (in {term!r})", stems, None, True)
+                    if new.stems not in seen:
+                        seen.add(new.stems)
+                        forms.append(new)
+                break
+        return cls(term, tuple(forms))
+
+    def candidates(self, feed: Feed) -> set[int]:
+        out: set[int] = set()
+        for f in self.forms:
+            out.update(feed.index.get(f.stems[0], ()))
+            if f.joined:
+                out.update(feed.index.get(f.joined, ()))
+        return out
+
+    def hit(self, pp: Prepared) -> Hit | None:
+        """The best place this topic matches in the paper, or None: the best field, and in it
+        the topic as written before an alias."""
+        where: list[str] = []
+        best: tuple[str, Text, tuple[int, int], Form] | None = None
+        mentions = 0
+        for name, text in pp.fields():
+            for f in self.forms:
+                spans = occurrences(name, text, f)
+                if not spans:
+                    continue
+                if name == "abstract":
+                    mentions += len(spans)
+                if name not in where:
+                    where.append(name)
+                if best is None or _rank(name) < _rank(best[0]) or (
+                        name == best[0] and best[3].alias and not f.alias):
+                    best = (name, text, spans[0], f)
+        if best is None:
+            return None
+        return Hit(tuple(sorted(where, key=_rank)), best[1], best[2], best[3], mentions)
+
+
+def _find(haystack: Sequence[str], needle: Sequence[str]) -> int:
+    n = len(needle)
+    return next((i for i in range(len(haystack) - n + 1)
+                 if tuple(haystack[i:i + n]) == tuple(needle)), -1)
+
+
+def _rank(field_name: str) -> int:
+    return ("title", "keywords", "abstract").index(field_name)
+
+
+def occurrences(name: str, text: Text, form: Form) -> list[tuple[int, int]]:
+    found = text.find(form.stems)
+    if form.joined:
+        # "fine-tuning" is both the words and the joined word: count each place once.
+        starts = {b for b, _e in found}
+        found += [span for span in text.find((form.joined,)) if span[0] not in starts]
+    if found:
+        return found
+    if len(form.stems) == 2:
+        found = text.near(*form.stems)
+    # A title that holds every word of a short topic is about it, in any order ("Reasoning
+    # ... in Large Language Models" for `LLM reasoning`); not for phrases with small words:
+    # `text-to-image` is not "image to text".
+    if (not found and name == "title" and 2 <= len(form.stems) <= 3
+            and not STOPWORDS.intersection(form.stems)):
+        span = text.has_all(form.stems)
+        found = [span] if span else []
+    return found
 
 
 @dataclass(frozen=True, slots=True)
 class Filter:
     """A subscriber's compiled topics, exclusions and authors."""
 
-    topics: tuple[tuple[str, re.Pattern[str]], ...]
-    exclude: tuple[tuple[str, re.Pattern[str]], ...]
+    topics: tuple[Topic, ...]
+    exclude: tuple[Topic, ...]
     authors: tuple[tuple[str, str], ...]
     min_upvotes: int
 
     @classmethod
-    def of(cls, sub: Subscriber) -> Filter:
+    def of(cls, sub: Subscriber, feed: Feed) -> Filter:
+        groups = alias_table.BUILTIN + sub.aliases
         return cls(
-            topics=tuple((t, phrase_pattern(t)) for t in sub.topics),
-            exclude=tuple((t, phrase_pattern(t)) for t in sub.exclude),
+            topics=tuple(feed.topic(t, groups) for t in sub.topics),
+            exclude=tuple(feed.topic(t, ()) for t in sub.exclude),
             authors=tuple((a, person_key(a)) for a in sub.authors),
             min_upvotes=sub.min_upvotes,
         )
 
-    def judge(self, paper: Paper, offered: Collection[str] = ()) -> Verdict:
-        fields = _fields(paper)
-        for term, pattern in self.exclude:
-            where = [name for name, text in fields if pattern.search(text)]
-            if where:
-                return Verdict(paper, None, Drop.EXCLUDED, f"{term!r} in {', '.join(where)}")
-        reasons = [MatchReason(ReasonKind.TOPIC, term, tuple(where))
-                   for term, pattern in self.topics
-                   if (where := [name for name, text in fields if pattern.search(text)])]
-        if self.authors:
-            names = {person_key(a) for a in paper.authors}
-            reasons += [MatchReason(ReasonKind.AUTHOR, shown) for shown, key in self.authors
-                        if key in names]
+    def verdicts(self, feed: Feed, offered: Collection[str] = ()) -> list[Verdict]:
+        """Every paper of the feed judged, in feed order."""
+        hits: list[dict[int, Hit]] = []
+        for topic in self.topics:
+            found = {i: h for i in topic.candidates(feed)
+                     if (h := topic.hit(feed.papers[i])) is not None}
+            if len(feed) >= COMMON_MIN_FEED and len(found) > COMMON_SHARE * len(feed):
+                found = {i: h for i, h in found.items() if h.prominent}
+            hits.append(found)
+        excluded: dict[int, str] = {}
+        for topic in self.exclude:
+            for i in sorted(topic.candidates(feed)):
+                h = topic.hit(feed.papers[i])
+                if h is not None and i not in excluded:
+                    excluded[i] = f"{topic.term!r} in {', '.join(h.fields)}"
+        return [self._judge(i, pp, hits, excluded, offered) for i, pp in enumerate(feed.papers)]
+
+    def _judge(self, i: int, pp: Prepared, hits: Sequence[Mapping[int, Hit]],
+               excluded: Mapping[int, str], offered: Collection[str]) -> Verdict:
+        paper = pp.paper
+        if i in excluded:
+            return Verdict(paper, None, Drop.EXCLUDED, excluded[i])
+        reasons: list[MatchReason] = []
+        score = 0
+        for topic, found in zip(self.topics, hits, strict=True):
+            h = found.get(i)
+            if h is not None:
+                reasons.append(reason(topic, h))
+                score += h.weight
+        for shown, key in self.authors:
+            if key in pp.people:
+                reasons.append(MatchReason(ReasonKind.AUTHOR, shown))
+                score += AUTHOR
         if not self.topics and not self.authors:
             reasons = [MatchReason(ReasonKind.EVERYTHING)]
         if not reasons:
             return Verdict(paper, None, Drop.NO_MATCH)
-        match = Match(paper, tuple(reasons))
+        match = Match(paper, tuple(reasons), score)
         if paper.upvotes < self.min_upvotes:
             return Verdict(paper, match, Drop.LOW_UPVOTES,
                            f"{paper.upvotes} < {self.min_upvotes}")
@@ -85,30 +299,40 @@ class Filter:
         return Verdict(paper, match)
 
 
-def _fields(paper: Paper) -> tuple[tuple[str, str], ...]:
-    return (("title", paper.title), ("abstract", paper.abstract),
-            ("keywords", "\n".join(paper.ai_keywords)))
+def reason(topic: Topic, h: Hit) -> MatchReason:
+    snippet = h.text.snippet(*h.span)
+    stemmed = not h.form.alias and (Normalizer.spelling(snippet[1])
+                                     != Normalizer.spelling(topic.term))
+    return MatchReason(ReasonKind.TOPIC, topic.term, h.fields, snippet,
+                       via=h.form.label if h.form.alias else "", stemmed=stemmed,
+                       mentions=h.mentions)
 
 
-def rank_key(paper: Paper) -> tuple[int, int, str]:
-    """Most upvoted first; ties go to the newer paper, then the id, so order is stable."""
+def rank_key(match: Match | Paper) -> tuple[int, int, int, str]:
+    """Best match first, then the most upvoted, then the newer paper, then the id: stable."""
+    score, paper = (match.score, match.paper) if isinstance(match, Match) else (0, match)
     day = paper.sort_date
     ordinal = day.toordinal() if day is not None else 0
-    return (-paper.upvotes, -ordinal, paper.id)
+    return (-score, -paper.upvotes, -ordinal, paper.id)
 
 
 def profile_key(sub: Subscriber) -> tuple[object, ...]:
     """Subscribers with equal keys match the same papers for the same reasons."""
-    return (sub.topics, sub.exclude, sub.authors, sub.min_upvotes)
+    return (sub.topics, sub.exclude, sub.authors, sub.min_upvotes, sub.aliases)
 
 
-def ranked_matches(sub: Subscriber, papers: Iterable[Paper]) -> tuple[Match, ...]:
+def _feed(papers: Iterable[Paper] | Feed) -> Feed:
+    return papers if isinstance(papers, Feed) else Feed.of(papers)
+
+
+def ranked_matches(sub: Subscriber, papers: Iterable[Paper] | Feed) -> tuple[Match, ...]:
     """Every paper the subscriber's filters keep, best first, before the ledger and the cap:
-    the same for everyone with the same profile_key, so a run computes it once per profile."""
-    flt = Filter.of(sub)
-    kept = (v.match for v in (flt.judge(p) for p in papers)
-            if v.drop is None and v.match is not None)
-    return tuple(sorted(kept, key=lambda m: rank_key(m.paper)))
+    the same for everyone with the same profile_key, so a run computes it once per profile
+    (pass a Feed to tokenise the papers once for all profiles)."""
+    feed = _feed(papers)
+    kept = [v.match for v in Filter.of(sub, feed).verdicts(feed)
+            if v.drop is None and v.match is not None]
+    return tuple(sorted(kept, key=rank_key))
 
 
 def select_ranked(sub: Subscriber, ranked: tuple[Match, ...], offered: Collection[str]
@@ -119,7 +343,8 @@ def select_ranked(sub: Subscriber, ranked: tuple[Match, ...], offered: Collectio
                      already_offered=len(ranked) - len(fresh))
 
 
-def select(sub: Subscriber, papers: Iterable[Paper], offered: Collection[str]) -> Selection:
+def select(sub: Subscriber, papers: Iterable[Paper] | Feed, offered: Collection[str]
+           ) -> Selection:
     """The subscriber's new matches, ranked and capped; `offered` ids are never offered again."""
     return select_ranked(sub, ranked_matches(sub, papers), offered)
 
@@ -131,12 +356,13 @@ class Explanation:
     reason: str
 
 
-def explain(sub: Subscriber, papers: Iterable[Paper],
+def explain(sub: Subscriber, papers: Iterable[Paper] | Feed,
             offered: Mapping[str, tuple[str, bool]]) -> list[Explanation]:
     """For every paper, kept or dropped for this subscriber and why, in rank order.
     `offered` maps a paper id to when it was offered and whether it was in that email."""
-    flt = Filter.of(sub)
-    verdicts = sorted((flt.judge(p, offered) for p in papers), key=lambda v: rank_key(v.paper))
+    feed = _feed(papers)
+    verdicts = sorted(Filter.of(sub, feed).verdicts(feed, offered),
+                      key=lambda v: rank_key(v.match or v.paper))
     fresh = [v for v in verdicts if v.drop is None]
     kept = {v.paper.id for v in fresh[: sub.max_papers]}
     out = []
@@ -159,3 +385,11 @@ def explain(sub: Subscriber, papers: Iterable[Paper],
         else:
             out.append(Explanation(v.paper, False, str(Drop.NO_MATCH)))
     return out
+
+
+def term_matches(term: str, text: str, groups: Sequence[Sequence[str]] = ()) -> bool:
+    """Whether a topic finds `text` (as a title), with the built-in aliases and `groups`."""
+    feed = Feed.of([Paper(id="0000.00000", title=text)])
+    extra = tuple(tuple(g) for g in groups)
+    topic = feed.topic(term, alias_table.BUILTIN + extra)
+    return topic.hit(feed.papers[0]) is not None

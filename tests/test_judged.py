@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from digest_mailer.models import Subscriber
-from digest_mailer.select import ranked_matches
+from digest_mailer.select import Feed, ranked_matches
 from judged.corpus import load
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 JUDGED = Path(__file__).parent / "judged" / "judgements.toml"
-RECALL_FLOOR = 0.0
-PRECISION_FLOOR = 0.0
+RECALL_FLOOR = 0.72  # measured 0.76 (0.59 before stemming, aliases and the noise guard)
+PRECISION_FLOOR = 0.68  # measured 0.73 (0.61 before)
 
 
 def shared_or_skip() -> Path:
@@ -40,12 +40,12 @@ def measure() -> tuple[float, float, list[str]]:
     corpus = load(shared_or_skip(), REPO)
     missing = [k for k in judged["papers"] if k not in corpus]
     assert not missing, f"judged papers missing from the captures: {missing[:5]}"
-    papers = [corpus[k] for k in judged["papers"]]
+    feed = Feed.of(corpus[k] for k in judged["papers"])
     hits = kept = relevant = 0
     lines = []
     for profile in judged["profiles"]:
         sub = Subscriber(email="judge@example.org", topics=tuple(profile["topics"]))
-        got = {m.paper.id for m in ranked_matches(sub, papers)}
+        got = {m.paper.id for m in ranked_matches(sub, feed)}
         want = set(profile["relevant"])
         hits += len(got & want)
         kept += len(got)

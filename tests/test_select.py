@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import date
 
 from digest_mailer.models import Paper, ReasonKind, Subscriber
-from digest_mailer.select import Drop, Filter, phrase_pattern, select
+from digest_mailer.select import Drop, Feed, Filter, select, term_matches
 
 
 def paper(pid: str, title: str = "A paper", abstract: str = "", upvotes: int = 0,
@@ -18,13 +18,12 @@ def sub(**kw: object) -> Subscriber:
 
 
 def test_whole_words_and_phrases_any_case() -> None:
-    flow = phrase_pattern("flow")
-    assert flow.search("a Normalizing FLOW model")
-    assert not flow.search("integer overflow") and not flow.search("workflows")
-    llm = phrase_pattern("large language model")
-    assert llm.search("Large-Language Model") and llm.search("large\n language  model")
-    assert not llm.search("large language models")
-    assert phrase_pattern("C++").search("code in C++ is fast")
+    assert term_matches("flow", "a Normalizing FLOW model")
+    assert not term_matches("flow", "integer overflow")
+    assert not term_matches("flow", "workflows")
+    assert term_matches("large language model", "Large-Language Model")
+    assert term_matches("large language model", "large\n language  model")
+    assert term_matches("C++", "code in C++ is fast")
 
 
 def test_topics_match_title_abstract_and_keywords_with_reasons() -> None:
@@ -44,7 +43,8 @@ def test_exclude_wins_over_topics() -> None:
     papers = [paper("1", title="A survey of diffusion"), paper("2", title="Diffusion at scale")]
     s = select(sub(topics=("diffusion",), exclude=("survey",)), papers, offered=set())
     assert [m.paper.id for m in s.matches] == ["2"]
-    verdict = Filter.of(sub(topics=("diffusion",), exclude=("survey",))).judge(papers[0])
+    feed = Feed.of(papers)
+    verdict = Filter.of(sub(topics=("diffusion",), exclude=("survey",)), feed).verdicts(feed)[0]
     assert verdict.drop is Drop.EXCLUDED and verdict.detail == "'survey' in title"
 
 

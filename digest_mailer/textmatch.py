@@ -1,0 +1,218 @@
+"""How a topic and a paper's text are put into one shape before they are compared: pure
+functions and frozen values, no I/O.
+
+Both sides go through the same steps, token by token: Unicode NFKC, case folded, accents
+dropped, British spellings turned American (`quantisation` = `quantization`), an acronym's
+plural made singular (`LLMs` = `LLM`), then the Snowball English stemmer (`models` = `model`,
+`robotics` = `robotic` = `robot`). Tokens are whole words, so `flow` never finds "overflow" and
+`RAG` never "leverage". Hyphens and spaces split words alike, and a word written joined matches
+the same words written apart (`multimodal` = `multi-modal` = `multi modal`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import Stemmer
+
+# A word: letters and digits; `C++` and `C#` keep their sign.
+_WORD = re.compile(r"[^\W_]+(?:\+\+|#)?")
+# `LLMs`, `MoEs`, `ViTs`, `GPUs`: an acronym whose plural is a lowercase s.
+_ACRONYM_PLURAL = re.compile(r"^[A-Z][A-Za-z0-9]*[A-Z0-9]s$")
+_BREAK = re.compile(r"[.;:!?()\[\]]")
+# Words joined from at most this many written apart ("multi-modal" -> "multimodal").
+MAX_JOIN = 3
+
+# British -> American, by suffix (applied to both sides, so a word that only looks British
+# still matches itself) and by word where a suffix rule would catch innocent words.
+_SUFFIXES = (("isations", "izations"), ("isation", "ization"), ("ising", "izing"),
+             ("ised", "ized"), ("ises", "izes"), ("isers", "izers"), ("iser", "izer"),
+             ("ise", "ize"))
+_WORDS = {
+    "behaviour": "behavior", "behaviours": "behaviors", "behavioural": "behavioral",
+    "colour": "color", "colours": "colors", "neighbour": "neighbor", "neighbours": "neighbors",
+    "neighbourhood": "neighborhood", "favour": "favor", "labour": "labor", "humour": "humor",
+    "rumour": "rumor", "flavour": "flavor", "vapour": "vapor", "tumour": "tumor",
+    "tumours": "tumors", "armour": "armor", "endeavour": "endeavor", "centre": "center",
+    "centres": "centers", "centred": "centered", "metre": "meter", "metres": "meters",
+    "fibre": "fiber", "litre": "liter", "theatre": "theater", "catalogue": "catalog",
+    "dialogue": "dialog", "dialogues": "dialogs", "analogue": "analog", "defence": "defense",
+    "offence": "offense", "licence": "license", "grey": "gray", "programme": "program",
+    "programmes": "programs", "modelling": "modeling", "modelled": "modeled",
+    "labelling": "labeling", "labelled": "labeled", "travelling": "traveling",
+    "signalling": "signaling", "cancelled": "canceled", "aluminium": "aluminum",
+    "paediatric": "pediatric", "oesophageal": "esophageal", "anaemia": "anemia",
+    "haemorrhage": "hemorrhage", "manoeuvre": "maneuver", "artefact": "artifact",
+    "artefacts": "artifacts", "sceptical": "skeptical", "plough": "plow",
+}
+# Words that end like a British -ise spelling but are not one.
+_NOT_BRITISH = frozenset({
+    "promise", "promised", "promises", "noise", "noises", "precise", "wise", "otherwise",
+    "likewise", "rise", "rises", "raise", "raised", "raises", "expertise", "exercise",
+    "exercises", "surprise", "surprised", "surprises", "concise", "paradise", "enterprise",
+    "enterprises", "comprise", "comprised", "comprises", "revise", "revised", "revises",
+    "supervise", "supervised", "supervises", "supervising", "advise", "advised", "devise",
+    "devised", "compromise", "compromised", "premise", "premises", "franchise", "clockwise",
+    "pairwise", "pointwise", "stepwise", "layerwise", "elementwise", "listwise", "noisy",
+    "disguise", "disguised", "arise", "arises", "arising", "arised", "denoise", "denoised",
+    "denoising", "raising", "rising", "praise", "bruise", "cruise", "poised", "poise",
+    "ises", "isers", "despise", "chemise", "incise", "excise", "mortise", "reprise",
+})
+_ANALYSE = {"analyse": "analyze", "analysed": "analyzed", "analyses": "analyzes",
+            "analysing": "analyzing", "paralyse": "paralyze", "catalyse": "catalyze"}
+
+
+def fold(word: str) -> str:
+    """NFKC, case folded, accents dropped: 'Ｍｏｄｅｌ' -> 'model', 'Fréchet' -> 'frechet'."""
+    text = unicodedata.normalize("NFKC", word).casefold()
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text.replace("ł", "l").replace("ø", "o"))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def americanize(word: str) -> str:
+    if word in _WORDS:
+        return _WORDS[word]
+    if word in _ANALYSE:
+        return _ANALYSE[word]
+    if word in _NOT_BRITISH or len(word) < 6:
+        return word
+    for british, american in _SUFFIXES:
+        if word.endswith(british):
+            return word[: -len(british)] + american
+    return word
+
+
+@dataclass(frozen=True, slots=True)
+class Normalizer:
+    """The one normalisation both sides share. `acronyms`: casefolded acronyms whose
+    lowercase plural (`llms`) is singular too; an uppercase plural (`LLMs`) always is."""
+
+    acronyms: frozenset[str] = frozenset()
+    stemmer: Stemmer.Stemmer = field(default_factory=lambda: Stemmer.Stemmer("english"),
+                                     compare=False, hash=False)
+
+    def word(self, raw: str) -> str:
+        """One written word -> its comparable form (a stem)."""
+        if _ACRONYM_PLURAL.match(raw):
+            raw = raw[:-1]
+        w = fold(raw)
+        if w.endswith("s") and w[:-1] in self.acronyms:
+            return w[:-1]
+        if not w.isalpha():
+            return w
+        return str(self.stemmer.stemWord(americanize(w)))
+
+    @staticmethod
+    def spelling(text: str) -> tuple[str, ...]:
+        """The words as written, case and accents aside: what tells a stem match."""
+        return tuple(fold(m.group(0)) for m in _WORD.finditer(text))
+
+    def words(self, text: str) -> tuple[str, ...]:
+        return tuple(self.word(m.group(0)) for m in _WORD.finditer(text))
+
+    def joined(self, raws: Sequence[str]) -> str:
+        """Words written apart, as one word ("multi-modal" -> the stem of "multimodal")."""
+        return self.word("".join(fold(r) for r in raws))
+
+    def text(self, source: str) -> Text:
+        found = list(_WORD.finditer(source))
+        raws = [m.group(0) for m in found]
+        stems = tuple(self.word(r) for r in raws)
+        positions: dict[str, list[int]] = {}
+        for i, s in enumerate(stems):
+            positions.setdefault(s, []).append(i)
+        joined: dict[str, list[tuple[int, int]]] = {}
+        for n in range(2, MAX_JOIN + 1):
+            for i in range(len(raws) - n + 1):
+                # Only letters join: "GPT 4" is not the word "gpt4".
+                if all(r.isalpha() for r in raws[i:i + n]):
+                    joined.setdefault(self.joined(raws[i:i + n]), []).append((i, i + n))
+        return Text(source, stems, tuple((m.start(), m.end()) for m in found),
+                    {k: tuple(v) for k, v in positions.items()},
+                    {k: tuple(v) for k, v in joined.items()})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Text:
+    """One field of a paper, tokenised once per run: its stems, where each word sits in the
+    source (for snippets), and the stems of short runs of words written apart."""
+
+    source: str
+    stems: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...]
+    positions: dict[str, tuple[int, ...]]
+    joined: dict[str, tuple[tuple[int, int], ...]]
+
+    def vocabulary(self) -> Iterable[str]:
+        yield from self.positions
+        yield from self.joined
+
+    def _extend(self, start: int, stems: Sequence[str]) -> int:
+        """Where the words `stems` end when they start at word `start`, or -1. A stem may
+        match one word, or a few written apart."""
+        q = start
+        for s in stems:
+            if q < len(self.stems) and self.stems[q] == s:
+                q += 1
+                continue
+            ends = [e for (b, e) in self.joined.get(s, ()) if b == q]
+            if not ends:
+                return -1
+            q = ends[0]
+        return q
+
+    def find(self, stems: Sequence[str]) -> list[tuple[int, int]]:
+        """Every place (first word, past the last word) where these stems occur in order."""
+        if not stems:
+            return []
+        starts = set(self.positions.get(stems[0], ()))
+        starts.update(b for (b, _e) in self.joined.get(stems[0], ()))
+        found = []
+        for p in sorted(starts):
+            end = self._extend(p, stems)
+            if end > p:
+                found.append((p, end))
+        return found
+
+    def near(self, a: str, b: str, gap: int = 2) -> list[tuple[int, int]]:
+        """Two stems in either order with at most `gap` - 1 words between them, in one
+        sentence ("generated code" for `code generation`, "selection of data" for
+        `data selection`)."""
+        pa, pb = self.positions.get(a, ()), self.positions.get(b, ())
+        found = []
+        for i in pa:
+            for j in pb:
+                lo, hi = min(i, j), max(i, j)
+                between = self.source[self.spans[lo][1]:self.spans[hi][0]]
+                if 0 < hi - lo <= gap and not _BREAK.search(between):
+                    found.append((lo, hi + 1))
+        return found
+
+    def has_all(self, stems: Iterable[str]) -> tuple[int, int] | None:
+        """The span from the first to the last of these stems when all occur, else None."""
+        places = []
+        for s in stems:
+            at = self.positions.get(s)
+            if not at:
+                return None
+            places.append(at[0])
+        return (min(places), max(places) + 1)
+
+    def snippet(self, start: int, end: int, words: int = 5) -> tuple[str, str, str]:
+        """About a dozen words around words start..end: (before, the match, after), with an
+        ellipsis where the text goes on."""
+        lo, hi = max(start - words, 0), min(end + words + 1, len(self.spans))
+        a, b = self.spans[start][0], self.spans[end - 1][1]
+        before = self.source[self.spans[lo][0]:a]
+        after = self.source[b:self.spans[hi - 1][1]]
+        if lo > 0:
+            before = "…" + before
+        if hi < len(self.spans):
+            after += "…"
+        return (" ".join(before.split()) + (" " if before[-1:].isspace() else ""),
+                self.source[a:b], (" " if after[:1].isspace() else "") + " ".join(after.split()))
