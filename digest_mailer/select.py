@@ -227,7 +227,7 @@ def occurrences(name: str, text: Text, form: Form) -> list[tuple[int, int]]:
     # A title that holds every word of a short topic is about it, in any order ("Reasoning
     # ... in Large Language Models" for `LLM reasoning`); not for phrases with small words:
     # `text-to-image` is not "image to text".
-    if (not found and name == "title" and 2 <= len(form.stems) <= 3
+    if (not found and name == "title" and 2 <= len(form.stems) <= 4
             and not STOPWORDS.intersection(form.stems)):
         span = text.has_all(form.stems)
         found = [span] if span else []
@@ -387,9 +387,12 @@ def explain(sub: Subscriber, papers: Iterable[Paper] | Feed,
     return out
 
 
-def term_matches(term: str, text: str, groups: Sequence[Sequence[str]] = ()) -> bool:
-    """Whether a topic finds `text` (as a title), with the built-in aliases and `groups`."""
-    feed = Feed.of([Paper(id="0000.00000", title=text)])
+def term_matches(term: str, text: str, groups: Sequence[Sequence[str]] = (),
+                 field: str = "title") -> bool:
+    """Whether a topic finds `text` as a paper's title (or abstract), with the built-in aliases
+    and `groups`."""
+    feed = Feed.of([Paper(id="0000.00000", title=text if field == "title" else "-",
+                          abstract=text if field == "abstract" else "")])
     extra = tuple(tuple(g) for g in groups)
     topic = feed.topic(term, alias_table.BUILTIN + extra)
     return topic.hit(feed.papers[0]) is not None

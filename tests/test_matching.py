@@ -1,0 +1,196 @@
+"""How a topic finds a paper: the same normalisation on both sides, whole words only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import base_config, toml_text
+from digest_mailer.config import load_config
+from digest_mailer.errors import ConfigError
+from digest_mailer.models import Paper, ReasonKind, Subscriber
+from digest_mailer.select import Feed, explain, ranked_matches, term_matches
+from digest_mailer.textmatch import Normalizer
+
+CASES = [
+    # case, Unicode and accents
+    ("diffusion", "DIFFUSION at scale", True),
+    ("frechet distance", "the Fréchet Distance", True),
+    ("model", "ｍｏｄｅｌ", True),  # full-width letters, NFKC
+    # plurals and inflections, through the stemmer
+    ("large language model", "Large Language Models for Data Synthesis", True),
+    ("diffusion model", "latent diffusion models", True),
+    ("robotics", "a robot arm", True),
+    ("robotics", "robots that fold laundry", True),
+    ("robotics", "robotic grasping", True),
+    ("benchmark", "benchmarking agents", True),
+    ("code generation", "generated code that compiles", True),
+    ("code generation", "code-generation models", True),
+    # hyphen, space and joined forms, both ways
+    ("vision-language model", "a vision language model", True),
+    ("vision language model", "Vision-Language Models Miscount", True),
+    ("text-to-image", "text to image synthesis", True),
+    ("multimodal", "multi-modal reasoning", True),
+    ("multi-modal", "multimodal reasoning", True),
+    ("multi modal", "multimodal reasoning", True),
+    ("fine-tuning", "finetuning small models", True),
+    ("multimodal LLM", "a multi-modal LLM", True),
+    # acronyms and their plurals, aliases both ways
+    ("LLM", "LLMs as judges", True),
+    ("LLMs", "an LLM as a judge", True),
+    ("llms", "an LLM as a judge", True),
+    ("MoEs", "sparse MoE layers", True),
+    ("LLM", "large language models for data synthesis", True),
+    ("large language model", "LLM agents", True),
+    ("RAG", "retrieval-augmented generation for QA", True),
+    ("mixture of experts", "Point-MoE for 3D segmentation", True),
+    ("LLM reasoning", "large language model reasoning", True),
+    # British and American spellings
+    ("quantisation", "4-bit quantization of LLMs", True),
+    ("quantization", "post-training quantisation", True),
+    ("modelling", "sequence modeling", True),
+    ("behaviour", "emergent behaviors", True),
+    # whole words: the traps
+    ("flow", "integer overflow", False),
+    ("flow", "agentic workflows", False),
+    ("flow", "normalizing flows", True),
+    ("RAG", "on average it works", False),
+    ("RAG", "we leverage priors", False),
+    ("RAG", "storage costs", False),
+    ("LoRA", "exploration of the space", False),
+    ("LoRA", "LoRA adapters", True),
+    ("LLM", "MLLM benchmarks", False),
+    ("ViT", "vital signs", False),
+    ("GAN", "organ segmentation", False),
+    ("TTS", "attests to", False),
+    ("ASR", "laser scans", False),
+    ("C++", "code in C++ is fast", True),
+    ("C++", "ABC compilers", False),
+    # word order only where it keeps the meaning
+    ("text-to-image", "image to text captioning", False),
+    ("code generation", "generated code", True),
+    ("data selection", "selection of data for pretraining", True),
+]
+
+
+@pytest.mark.parametrize(("term", "text", "expected"), CASES)
+def test_a_topic_finds_what_people_mean(term: str, text: str, expected: bool) -> None:
+    assert term_matches(term, text) is expected
+    assert term_matches(term, text, field="abstract") is expected
+
+
+@pytest.mark.parametrize(("term", "text", "field", "expected"), [
+    # Out of order only inside a sentence; in a title every word of a short topic counts.
+    ("code generation", "generating robustly. Code is", "abstract", False),
+    ("code generation", "code we then generate", "abstract", False),
+    ("LLM reasoning", "reasoning gains. Small large language models", "abstract", False),
+    ("LLM reasoning", "Reasoning Boundaries in Large Language Models", "title", True),
+    ("text-to-image", "Translating Long Text into Multi-Image", "title", False),
+])
+def test_out_of_order_words(term: str, text: str, field: str, expected: bool) -> None:
+    assert term_matches(term, text, field=field) is expected
+
+
+def paper(pid: str, title: str, abstract: str = "", **kw: object) -> Paper:
+    return Paper(id=pid, title=title, abstract=abstract, **kw)  # type: ignore[arg-type]
+
+
+def test_exclusions_are_normalised_the_same_way() -> None:
+    papers = [paper("1", "Diffusion surveys revisited"), paper("2", "Multi-Modal diffusion"),
+              paper("3", "Diffusion at scale")]
+    sub = Subscriber("a@example.org", topics=("diffusion",), exclude=("survey", "multimodal"))
+    assert [m.paper.id for m in ranked_matches(sub, papers)] == ["3"]
+
+
+def test_the_normaliser_is_the_same_for_both_sides() -> None:
+    n = Normalizer()
+    assert n.words("Quantisation-Aware Models") == n.words("quantization aware model")
+    assert n.words("Fréchet") == n.words("frechet")
+
+
+def test_explain_says_when_a_paper_matched_through_an_alias_or_a_stem() -> None:
+    papers = [paper("1", "Large Language Models as Judges"),
+              paper("2", "Robots that fold laundry")]
+    sub = Subscriber("a@example.org", topics=("LLM", "robotics"))
+    why = {e.paper.id: e.reason for e in explain(sub, papers, {})}
+    assert why["1"] == "LLM (title, through the alias 'large language model')"
+    assert why["2"] == "robotics (title, as 'Robots')"
+
+
+def with_aliases(tmp_path: Path, table: str, **kw: object) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(tmp_path, **kw)) + "\n[aliases]\n" + table + "\n")
+    return path
+
+
+def test_operator_aliases_from_the_config(tmp_path: Path) -> None:
+    path = with_aliases(tmp_path, '"world model" = ["learned simulator", "WM"]',
+                        subscribers=[{"email": "a@example.org", "topics": ["world model"]}])
+    sub = load_config(path).subscribers_view()[0]
+    papers = [paper("1", "A Learned Simulator for Driving"), paper("2", "WMs at scale"),
+              paper("3", "Weather models")]
+    got = {m.paper.id: m.reasons[0].via for m in ranked_matches(sub, papers)}
+    assert got == {"1": "learned simulator", "2": "WM"}
+
+
+@pytest.mark.parametrize(("table", "error"), [
+    ('"!!" = ["x"]', "aliases.!!: '!!' has no letters or digits, so it matches nothing"),
+    ("wm = []", "aliases.wm: an empty list adds nothing; give the other names, or remove the "
+                "key"),
+    ('wm = "world model"', "aliases.wm: 'world model' is not valid: input should be a valid "
+                           "list"),
+    ("wm = [3]", "aliases.wm[0]: 3 is not valid: input should be a valid string"),
+    (f'wm = ["{"x" * 101}"]', "aliases.wm: longer than 100 characters"),
+])
+def test_bad_aliases_are_named_with_their_key_path(tmp_path: Path, table: str,
+                                                   error: str) -> None:
+    path = with_aliases(tmp_path, table)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0] == f"{path}: {error}"
+
+
+def test_ranking_title_over_keywords_over_a_mention_then_upvotes() -> None:
+    papers = [paper("once", "Other", "we use diffusion here", upvotes=90),
+              paper("kw", "Other", ai_keywords=("diffusion",), upvotes=50),
+              paper("title", "Diffusion at scale", upvotes=1),
+              paper("twice", "Other", "diffusion and more diffusion", upvotes=60),
+              paper("two-topics", "Other", "flow matching, then flow matching",
+                    ai_keywords=("diffusion",), upvotes=0),
+              paper("author", "Other", authors=("Yejin Choi",))]
+    sub = Subscriber("a@example.org", topics=("diffusion", "flow matching"),
+                     authors=("Yejin Choi",))
+    order = [m.paper.id for m in ranked_matches(sub, papers)]
+    assert order == ["author", "two-topics", "title", "kw", "twice", "once"]
+    assert ranked_matches(sub, list(reversed(papers))) == ranked_matches(sub, papers)
+
+
+def test_a_topic_common_in_the_feed_counts_only_where_prominent() -> None:
+    filler = [paper(f"f{i}", f"Paper {i}", "we report a benchmark result") for i in range(8)]
+    papers = [*filler, paper("t", "A benchmark for agents"),
+              paper("r", "Other", "benchmark upon benchmark: the benchmark suite"),
+              paper("k", "Other", ai_keywords=("benchmarks",))]
+    sub = Subscriber("a@example.org", topics=("benchmark",))
+    assert {m.paper.id for m in ranked_matches(sub, papers)} == {"t", "r", "k"}
+    # in a small feed, or for a rare topic, a single mention still counts
+    assert {m.paper.id for m in ranked_matches(sub, filler[:3])} == {"f0", "f1", "f2"}
+
+
+def test_reasons_carry_a_snippet_and_where() -> None:
+    abstract = ("In this work we study how agents plan. We find that normalizing flows give "
+                "better samples than the baselines we tried in every setting.")
+    sub = Subscriber("a@example.org", topics=("normalizing flow",))
+    (m,) = ranked_matches(sub, [paper("1", "Other", abstract)])
+    (r,) = m.reasons
+    assert r.kind is ReasonKind.TOPIC and r.where == "mentioned in the abstract"
+    assert r.snippet == ("…agents plan. We find that ", "normalizing flows",
+                         " give better samples than the baselines…")
+    assert r.stemmed and r.matched == "normalizing flows"
+
+
+def test_the_feed_is_tokenised_once_for_every_profile() -> None:
+    feed = Feed.of([paper("1", "Diffusion"), paper("2", "Flows")])
+    a = ranked_matches(Subscriber("a@example.org", topics=("diffusion",)), feed)
+    b = ranked_matches(Subscriber("b@example.org", topics=("flow",)), feed)
+    assert [m.paper.id for m in a] == ["1"] and [m.paper.id for m in b] == ["2"]
