@@ -24,10 +24,15 @@ class Paper:
     ai_summary: str | None = None
     ai_keywords: tuple[str, ...] = ()
     num_comments: int = 0
+    github_stars: int = 0
 
     @property
     def hf_url(self) -> str:
         return f"https://huggingface.co/papers/{self.id}"
+
+    @property
+    def discussion_url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}#community"
 
     @property
     def arxiv_url(self) -> str:

@@ -10,11 +10,13 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from digest_mailer import card
 from digest_mailer.errors import RenderError
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
 
@@ -98,6 +100,11 @@ class PaperView:
     blurb: str
     links: tuple[tuple[str, str], ...]
     why: str
+    day: str = ""  # the paper's own date
+    stars: str = ""
+    comments: str = ""
+    discussion_url: str = ""
+    reasons: tuple[card.ReasonView, ...] = ()
 
 
 def byline(match: Match) -> str:
@@ -115,32 +122,39 @@ def byline(match: Match) -> str:
 def blurb(match: Match, limit: int = BLURB_CHARS) -> str:
     """The one-line AI summary when there is one, else the abstract cut at a word boundary."""
     p = match.paper
-    text = p.ai_summary or p.abstract
+    text = card.plain(p.ai_summary) if p.ai_summary else card.contribution(card.plain(p.abstract))
     if len(text) <= limit:
         return text
     cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
     return cut.rstrip(" ,;:.-") + "…"
 
 
-def paper_view(match: Match) -> PaperView:
+def paper_view(match: Match, run_date: date | None = None) -> PaperView:
     p = match.paper
     links = [("Hugging Face", p.hf_url), ("arXiv", p.arxiv_url), ("PDF", p.pdf_url)]
     if p.github_url:
-        links.append(("Code", p.github_url))
+        stars = card.stars(p)
+        links.append((f"Code {stars}" if stars else "Code", p.github_url))
     if p.project_url and p.project_url != p.github_url:
         links.append(("Project page", p.project_url))
     # A subscriber who takes every paper needs no reason per paper.
     why = "" if all(r.kind is ReasonKind.EVERYTHING for r in match.reasons) else match.why
-    return PaperView(title=p.title, url=p.hf_url, byline=byline(match), blurb=blurb(match),
-                     links=tuple(links), why=why)
+    day = card.paper_day(p)
+    return PaperView(title=card.plain(p.title), url=p.hf_url, byline=byline(match),
+                     blurb=blurb(match), links=tuple(links), why=why,
+                     day=card.short_date(day, run_date or day) if day else "",
+                     stars=card.stars(p), comments=card.comments(p),
+                     discussion_url=p.discussion_url, reasons=card.reasons(match))
 
 
 def following(sub: Subscriber) -> str:
     parts = []
     if sub.topics:
-        parts.append("the topics " + ", ".join(sub.topics))
+        parts.append(("the topics " if len(sub.topics) > 1 else "the topic ")
+                     + ", ".join(sub.topics))
     if sub.authors:
-        parts.append("the authors " + ", ".join(sub.authors))
+        parts.append(("the authors " if len(sub.authors) > 1 else "the author ")
+                     + ", ".join(sub.authors))
     return " and ".join(parts) if parts else "all papers"
 
 
@@ -201,7 +215,7 @@ class Renderer:
             "email": marks.email,
             "count": count,
             "over_cap": digest.over_cap,
-            "papers": [paper_view(m) for m in digest.matches],
+            "papers": [paper_view(m, digest.run_date) for m in digest.matches],
             "topics": terms[:SUBJECT_TOPICS],
             "more_topics": max(len(terms) - SUBJECT_TOPICS, 0),
             "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
@@ -237,7 +251,7 @@ def template_key(digest: Digest) -> tuple[object, ...]:
     except the name, the address and the unsubscribe link."""
     sub = digest.subscriber
     return (digest.newsletter, digest.run_date, digest.over_cap, bool(sub.name),
-            following(sub), tuple((m.paper.id, m.why) for m in digest.matches))
+            following(sub), tuple((m.paper.id, m.reasons) for m in digest.matches))
 
 
 def compile_mjml(source: str) -> str:

@@ -186,6 +186,7 @@ class Topic:
         the topic as written before an alias."""
         where: list[str] = []
         best: tuple[str, Text, tuple[int, int], Form] | None = None
+        context: tuple[Text, tuple[int, int]] | None = None
         mentions = 0
         for name, text in pp.fields():
             for f in self.forms:
@@ -194,6 +195,7 @@ class Topic:
                     continue
                 if name == "abstract":
                     mentions += len(spans)
+                    context = context or (text, spans[0])
                 if name not in where:
                     where.append(name)
                 if best is None or _rank(name) < _rank(best[0]) or (
@@ -201,7 +203,9 @@ class Topic:
                     best = (name, text, spans[0], f)
         if best is None:
             return None
-        return Hit(tuple(sorted(where, key=_rank)), best[1], best[2], best[3], mentions)
+        # A match in the title shows its context from the abstract, when it is there too.
+        text, span = context if best[0] == "title" and context else (best[1], best[2])
+        return Hit(tuple(sorted(where, key=_rank)), text, span, best[3], mentions)
 
 
 def _find(haystack: Sequence[str], needle: Sequence[str]) -> int:

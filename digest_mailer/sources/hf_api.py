@@ -25,6 +25,7 @@ from digest_mailer.sources.http import HttpFetcher
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
+MAX_COUNT = 10_000_000  # stars and comments past this are a broken feed, not a real count
 MAX_PAGES = 50  # a day has tens of papers; this only stops a server that ignores `p`
 
 
@@ -81,7 +82,8 @@ def paper_from_item(item: Any) -> tuple[Paper | None, str]:
         ai_summary=clean_text(paper.get("ai_summary")) or None,
         ai_keywords=tuple(k for k in (clean_text(k) for k in keywords) if k)
         if isinstance(keywords, list) else (),
-        num_comments=as_int(item.get("numComments")),
+        num_comments=min(as_int(item.get("numComments")), MAX_COUNT),
+        github_stars=min(as_int(paper.get("githubStars") or item.get("githubStars")), MAX_COUNT),
     ), ""
 
 

@@ -55,7 +55,11 @@ def _card(card: Tag) -> tuple[Paper | None, str]:
     # The vote count sits beside the (disabled) upvote checkbox.
     votes = card.select_one("input[type=checkbox] ~ div.leading-none")
     upvotes = votes.get_text(strip=True) if votes else ""
-    return Paper(id=pid, title=title, upvotes=int(upvotes) if upvotes.isdigit() else 0), ""
+    # The comment count is the text of the link to the paper's discussion.
+    talk = card.select_one('a[href$="#community"]')
+    said = talk.get_text(strip=True) if talk else ""
+    return Paper(id=pid, title=title, upvotes=int(upvotes) if upvotes.isdigit() else 0,
+                 num_comments=min(int(said), hf_api.MAX_COUNT) if said.isdigit() else 0), ""
 
 
 def _with_listing_day(result: FetchResult, day: date | None) -> FetchResult:
