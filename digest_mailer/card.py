@@ -10,11 +10,9 @@ from datetime import date
 
 from digest_mailer.models import Match, MatchReason, Paper, ReasonKind
 
-MAX_STARS = 10_000_000
-MAX_COMMENTS = 1_000_000
-
-_GREEK = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
-          "rho sigma tau upsilon phi chi psi omega").split()
+_GREEK = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+          "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
+          "chi", "psi", "omega"]
 _SYMBOLS: dict[str, str] = {
     **{g: chr(0x3B1 + i + (1 if i >= 17 else 0)) for i, g in enumerate(_GREEK)},
     **{g.capitalize(): chr(0x391 + i + (1 if i >= 17 else 0)) for i, g in enumerate(_GREEK)},

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from test_email import dry_run, parse, parts
 
 from conftest import capture
 from digest_mailer.card import contribution, plain
@@ -14,7 +15,6 @@ from digest_mailer.models import Digest, Paper, Subscriber
 from digest_mailer.render import Renderer, paper_view, template_key
 from digest_mailer.select import select
 from digest_mailer.sources.hf_api import paper_from_item
-from test_email import dry_run, parse, parts
 
 RUN = date(2025, 6, 2)
 
@@ -101,7 +101,8 @@ def test_the_reasons_are_in_the_digest_key() -> None:
 
 
 def test_one_author_is_the_author(write_config: Callable[..., Path], tmp_path: Path) -> None:
-    path = write_config(subscribers=[{"email": "a@example.org", "topics": ["reinforcement learning"],
+    path = write_config(subscribers=[{"email": "a@example.org",
+                                      "topics": ["reinforcement learning"],
                                       "authors": ["Yejin Choi"]}])
     (data,) = dry_run(path).values()
     text, _ = parts(parse(data))
