@@ -100,6 +100,7 @@ class MatchReason:
     via: str = ""  # the alias it matched through, when not the term itself
     stemmed: bool = False  # matched another form of the word ("robots" for `robotics`)
     mentions: int = 0  # in the abstract
+    words: str = ""  # what matched, as written in the best field
 
     @property
     def where(self) -> str:
@@ -107,7 +108,7 @@ class MatchReason:
 
     @property
     def matched(self) -> str:
-        return self.snippet[1] if len(self.snippet) == 3 else ""
+        return self.words
 
     def describe(self) -> str:
         if self.kind is ReasonKind.AUTHOR:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from digest_mailer.advice import topic_warnings
 from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.cron import next_fire, parse_cron
 from digest_mailer.errors import DigestMailerError
+from digest_mailer.models import Paper, Subscriber
 from digest_mailer.pipeline import RunOptions, lookback, source_spec, today
 from digest_mailer.select import Explanation, explain
 from digest_mailer.sources import open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
+
+LEDGER_FEEDS = 7  # how many of the last feeds in the ledger the topic warnings look at
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +26,36 @@ class SubscriberExplanation:
     email: str
     note: str
     papers: tuple[Explanation, ...]
+    warnings: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()  # the topics explained (tried ones, with --topic)
 
 
-def explain_subscriber(config: Config, options: RunOptions, *, now: datetime
-                       ) -> SubscriberExplanation:
-    """Every paper of the current feed, kept or dropped for one subscriber, and why."""
+def topic_advice(config: Config, subscribers: Sequence[Subscriber] | None = None,
+                 current: Sequence[Paper] = ()) -> list[str]:
+    """Warnings about topics that matched nothing in the last feeds the ledger knows (and the
+    current feed, when given), or more than half of every one of them."""
+    with Ledger.open_readonly(config.state_path) as ledger:
+        feeds: dict[str, Sequence[Paper]] = dict(ledger.recent_titles(LEDGER_FEEDS))
+    what = f"the titles of the last {len(feeds)} feed(s) in the ledger"
+    if current:
+        what = "the current feed" + (" and " + what if feeds else "")
+        feeds["current"] = current
+    subs = config.subscribers_view() if subscribers is None else subscribers
+    return topic_warnings(subs, feeds, what=what)
+
+
+def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
+                       topics: Sequence[str] = ()) -> SubscriberExplanation:
+    """Every paper of the current feed, kept or dropped for one subscriber, and why; with
+    `topics`, as if the subscriber's topics were those (to try them before saving)."""
     matches = [s for s in config.subscribers_view() if s.key == (options.only or "").lower()]
     if not matches:
         raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
                                 hint="see `digest-mailer subscribers list`")
     sub = matches[0]
+    if topics:
+        sub = replace(sub, topics=tuple(dict.fromkeys(" ".join(t.split()) for t in topics
+                                                      if t.strip())))
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, (sub,), run_date))
     c = config.source
@@ -44,8 +68,8 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime
         note = "paused (pause = true): nothing is sent while it is set"
     elif not sub.due_on(run_date):
         note = f"weekly on {WEEKDAYS[sub.weekday]}: nothing is sent on {run_date:%A}"
-    return SubscriberExplanation(sub.email, note,
-                                 tuple(explain(sub, fetched.papers, offered)))
+    return SubscriberExplanation(sub.email, note, tuple(explain(sub, fetched.papers, offered)),
+                                 tuple(topic_advice(config, [sub], fetched.papers)), sub.topics)
 
 
 def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str, Any]:
@@ -102,4 +126,4 @@ def describe(config: Config, env: Mapping[str, str]) -> list[str]:
             lines.append(f"warning: ${name} is not set ({why}); real runs need it")
     if not subs:
         lines.append("warning: no [[subscribers]]: runs will send nothing")
-    return lines
+    return lines + topic_advice(config)

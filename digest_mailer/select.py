@@ -122,6 +122,7 @@ class Hit:
     span: tuple[int, int]
     form: Form
     mentions: int  # in the abstract
+    words: str  # the matched words as written in the best field
 
     @property
     def prominent(self) -> bool:
@@ -205,7 +206,8 @@ class Topic:
             return None
         # A match in the title shows its context from the abstract, when it is there too.
         text, span = context if best[0] == "title" and context else (best[1], best[2])
-        return Hit(tuple(sorted(where, key=_rank)), text, span, best[3], mentions)
+        words = best[1].source[best[1].spans[best[2][0]][0]:best[1].spans[best[2][1] - 1][1]]
+        return Hit(tuple(sorted(where, key=_rank)), text, span, best[3], mentions, words)
 
 
 def _find(haystack: Sequence[str], needle: Sequence[str]) -> int:
@@ -305,11 +307,11 @@ class Filter:
 
 def reason(topic: Topic, h: Hit) -> MatchReason:
     snippet = h.text.snippet(*h.span)
-    stemmed = not h.form.alias and (Normalizer.spelling(snippet[1])
+    stemmed = not h.form.alias and (Normalizer.spelling(h.words)
                                      != Normalizer.spelling(topic.term))
     return MatchReason(ReasonKind.TOPIC, topic.term, h.fields, snippet,
                        via=h.form.label if h.form.alias else "", stemmed=stemmed,
-                       mentions=h.mentions)
+                       mentions=h.mentions, words=h.words)
 
 
 def rank_key(match: Match | Paper) -> tuple[int, int, int, str]:

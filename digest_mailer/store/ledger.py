@@ -272,6 +272,17 @@ class Ledger:
                        "outcome = ? WHERE id = ?",
                        (finished_at.isoformat(), fetched, sent, failed, outcome, run_id))
 
+    def recent_titles(self, days: int) -> dict[str, list[Paper]]:
+        """The papers of the last `days` feeds the ledger knows, by day, titles only."""
+        rows = self.conn.execute(
+            "SELECT id, title, upvotes, coalesce(listed_on, substr(first_seen, 1, 10)) AS day "
+            "FROM papers WHERE day IN (SELECT DISTINCT coalesce(listed_on, substr(first_seen, "
+            "1, 10)) AS d FROM papers ORDER BY d DESC LIMIT ?)", (days,)).fetchall()
+        out: dict[str, list[Paper]] = {}
+        for pid, title, upvotes, day in rows:
+            out.setdefault(day, []).append(Paper(id=pid, title=title, upvotes=upvotes))
+        return out
+
     def remember(self, papers: Iterable[Paper], seen_at: datetime) -> None:
         stamp = seen_at.isoformat()
         with self.transaction() as db:
