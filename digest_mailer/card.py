@@ -10,6 +10,7 @@ from datetime import date
 
 from digest_mailer.models import Match, MatchReason, Paper, ReasonKind
 
+MAX_TEX = 5000
 _GREEK = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
           "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
           "chi", "psi", "omega"]
@@ -68,6 +69,8 @@ def plain(text: str) -> str:
     `\\textbf{Fast}` -> 'Fast'. Unknown commands lose their backslash; nothing is dropped."""
     if not any(mark in text for mark in ("\\", "$", "``", "''", " -- ")):
         return text
+    if len(text) > MAX_TEX:  # no real title or abstract; the regexes stay linear below this
+        return " ".join(text.split())
     text = _MATH.sub(lambda m: _math(m.group(1) or m.group(2) or m.group(3)), text)
     for _ in range(3):
         text = _WRAPPER.sub(r"\1", text)

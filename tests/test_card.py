@@ -120,3 +120,23 @@ def test_a_twenty_paper_digest_with_reasons_stays_under_80_kb(
     assert html.count("Hugging Face</a>") == 20 and html.count("<mark") >= 10
     size = len(html.encode("utf-8"))
     assert size < 80_000, f"20-paper HTML is {size} bytes"
+
+
+def test_latex_on_hostile_text_stays_fast() -> None:
+    import time
+
+    worst = ("\\(", "$", "\\textbf{", "^{", "$x_{")
+    for text in ("\\(" * 100_000, "$" + "\\alpha " * 50_000,
+                 *(w * (4999 // len(w)) for w in worst)):
+        started = time.perf_counter()
+        assert isinstance(plain(text), str)
+        assert time.perf_counter() - started < 2.0
+
+
+def test_the_comment_count_from_the_papers_page_cards() -> None:
+    from digest_mailer.sources import hf_page
+
+    html = capture("hf_papers_page_2024-08-01.html").read_bytes()
+    cards_only = html.replace(b'data-target="DailyPapers"', b'data-target="Other"')
+    papers = {p.id: p for p in hf_page.parse(cards_only, "page").papers}
+    assert papers["2407.21783"].num_comments == 5  # the card's link to #community says 5

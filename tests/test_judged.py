@@ -9,6 +9,7 @@ so a change that makes matching worse fails here; they were not tuned to the mat
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 
@@ -60,3 +61,14 @@ def test_recall_and_precision_on_the_judged_set() -> None:
     print("\n".join(lines))
     print(f"judged set: recall {recall:.2f}, precision {precision:.2f}")
     assert recall >= RECALL_FLOOR and precision >= PRECISION_FLOOR, (recall, precision)
+
+
+def test_missing_captures_skip_with_a_reason_and_fail_under_ci(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "SHARED", tmp_path / "absent")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="the shared captures and seeds are absent"):
+        shared_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must have them"):
+        shared_or_skip()
