@@ -11,20 +11,22 @@ word is noise, not news.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from digest_mailer import aliases as alias_table
 from digest_mailer.models import Match, MatchReason, Paper, ReasonKind, Selection, Subscriber
-from digest_mailer.textmatch import Normalizer, Text, fold
-
-WEIGHTS = {"title": 4, "keywords": 3}
-REPEATED, ONCE, AUTHOR = 2, 1, 5
-COMMON_SHARE = 0.2  # a topic in more than this share of the feed is "common"
-COMMON_MIN_FEED = 10  # ... when the feed is big enough to say so
-COMMON_MENTIONS = 3  # ... unless in the title, the keywords, or this often in the abstract
-STOPWORDS = frozenset({"a", "an", "the", "of", "for", "in", "on", "to", "and", "with", "from",
-                       "by", "via", "as", "at", "or"})
+from digest_mailer.textmatch import Normalizer
+from digest_mailer.topics import (
+    AUTHOR,
+    COMMON_MIN_FEED,
+    COMMON_SHARE,
+    Feed,
+    Hit,
+    Prepared,
+    Topic,
+    person_key,
+)
 
 
 class Drop(StrEnum):
@@ -42,202 +44,6 @@ class Verdict:
     match: Match | None
     drop: Drop | None = None
     detail: str = ""
-
-
-def person_key(name: str) -> str:
-    """Author names compare without case or accents: 'Łukasz Kaiser' ~ 'lukasz kaiser'."""
-    return " ".join(fold(name).split())
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Prepared:
-    """One paper with its fields tokenised, once per run."""
-
-    paper: Paper
-    title: Text
-    abstract: Text
-    keywords: tuple[Text, ...]
-    people: frozenset[str]
-
-    def fields(self) -> Iterable[tuple[str, Text]]:
-        yield "title", self.title
-        yield "abstract", self.abstract
-        for k in self.keywords:
-            yield "keywords", k
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Feed:
-    """The papers of one run, tokenised once, with an index from each stem to the papers that
-    hold it: a profile's topics are then looked up, not searched for, in every paper."""
-
-    papers: tuple[Prepared, ...]
-    index: dict[str, frozenset[int]]
-    normalizer: Normalizer
-    _topics: dict[tuple[object, ...], Topic] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, papers: Iterable[Paper]) -> Feed:
-        norm = Normalizer(alias_table.acronyms(alias_table.BUILTIN))
-        prepared = tuple(
-            Prepared(p, norm.text(p.title), norm.text(p.abstract),
-                     tuple(norm.text(k) for k in p.ai_keywords),
-                     frozenset(person_key(a) for a in p.authors))
-            for p in papers)
-        index: dict[str, set[int]] = {}
-        for i, pp in enumerate(prepared):
-            for _name, text in pp.fields():
-                for stem in text.vocabulary():
-                    index.setdefault(stem, set()).add(i)
-        return cls(prepared, {k: frozenset(v) for k, v in index.items()}, norm)
-
-    def __len__(self) -> int:
-        return len(self.papers)
-
-    def topic(self, term: str, groups: tuple[tuple[str, ...], ...]) -> Topic:
-        """A term compiled with its aliases; cached, as every profile shares the vocabulary."""
-        key = (term, groups)
-        found = self._topics.get(key)
-        if found is None:
-            found = self._topics[key] = Topic.of(term, groups, self.normalizer)
-        return found
-
-
-@dataclass(frozen=True, slots=True)
-class Form:
-    """One way of writing a topic: its stems, and the stem of its words written as one."""
-
-    label: str
-    stems: tuple[str, ...]
-    joined: str | None
-    alias: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """Where one topic matched in one paper."""
-
-    fields: tuple[str, ...]  # best first
-    text: Text
-    span: tuple[int, int]
-    form: Form
-    mentions: int  # in the abstract
-    words: str  # the matched words as written in the best field
-
-    @property
-    def prominent(self) -> bool:
-        return self.fields[0] in WEIGHTS or self.mentions >= COMMON_MENTIONS
-
-    @property
-    def weight(self) -> int:
-        best = self.fields[0]
-        return WEIGHTS.get(best) or (REPEATED if self.mentions > 1 else ONCE)
-
-
-@dataclass(frozen=True, slots=True)
-class Topic:
-    term: str
-    forms: tuple[Form, ...]
-
-    @classmethod
-    def of(cls, term: str, groups: tuple[tuple[str, ...], ...], norm: Normalizer) -> Topic:
-        def form(label: str, alias: bool) -> Form:
-            stems = norm.words(label)
-            raws = label.replace("-", " ").split()
-            return Form(label, stems, norm.joined(raws) if len(stems) > 1 else None, alias)
-
-        own = form(term, False)
-        forms = [own]
-        seen = {own.stems}
-        for group in groups:
-            names = [form(n, True) for n in group]
-            for i, name in enumerate(names):
-                if not name.stems:
-                    continue
-                whole = name.stems == own.stems or bool(name.joined and name.joined == own.joined)
-                at = _find(own.stems, name.stems) if not whole else 0
-                if at < 0:
-                    continue
-                # The topic is this name, or holds it ("LLM reasoning"): every other name
-                # of the group stands in for it.
-                for j, other in enumerate(names):
-                    if j == i:
-                        continue
-                    if whole:
-                        new = other
-                    else:
-                        stems = own.stems[:at] + other.stems + own.stems[at + len(name.stems):]
-                        new = Form(f"{other.label} (in {term!r})", stems, None, True)
-                    if new.stems not in seen:
-                        seen.add(new.stems)
-                        forms.append(new)
-                break
-        return cls(term, tuple(forms))
-
-    def candidates(self, feed: Feed) -> set[int]:
-        out: set[int] = set()
-        for f in self.forms:
-            out.update(feed.index.get(f.stems[0], ()))
-            if f.joined:
-                out.update(feed.index.get(f.joined, ()))
-        return out
-
-    def hit(self, pp: Prepared) -> Hit | None:
-        """The best place this topic matches in the paper, or None: the best field, and in it
-        the topic as written before an alias."""
-        where: list[str] = []
-        best: tuple[str, Text, tuple[int, int], Form] | None = None
-        context: tuple[Text, tuple[int, int]] | None = None
-        mentions = 0
-        for name, text in pp.fields():
-            for f in self.forms:
-                spans = occurrences(name, text, f)
-                if not spans:
-                    continue
-                if name == "abstract":
-                    mentions += len(spans)
-                    context = context or (text, spans[0])
-                if name not in where:
-                    where.append(name)
-                if best is None or _rank(name) < _rank(best[0]) or (
-                        name == best[0] and best[3].alias and not f.alias):
-                    best = (name, text, spans[0], f)
-        if best is None:
-            return None
-        # A match in the title shows its context from the abstract, when it is there too.
-        text, span = context if best[0] == "title" and context else (best[1], best[2])
-        words = best[1].source[best[1].spans[best[2][0]][0]:best[1].spans[best[2][1] - 1][1]]
-        return Hit(tuple(sorted(where, key=_rank)), text, span, best[3], mentions, words)
-
-
-def _find(haystack: Sequence[str], needle: Sequence[str]) -> int:
-    n = len(needle)
-    return next((i for i in range(len(haystack) - n + 1)
-                 if tuple(haystack[i:i + n]) == tuple(needle)), -1)
-
-
-def _rank(field_name: str) -> int:
-    return ("title", "keywords", "abstract").index(field_name)
-
-
-def occurrences(name: str, text: Text, form: Form) -> list[tuple[int, int]]:
-    found = text.find(form.stems)
-    if form.joined:
-        # "fine-tuning" is both the words and the joined word: count each place once.
-        starts = {b for b, _e in found}
-        found += [span for span in text.find((form.joined,)) if span[0] not in starts]
-    if found:
-        return found
-    if len(form.stems) == 2:
-        found = text.near(*form.stems)
-    # A title that holds every word of a short topic is about it, in any order ("Reasoning
-    # ... in Large Language Models" for `LLM reasoning`); not for phrases with small words:
-    # `text-to-image` is not "image to text".
-    if (not found and name == "title" and 2 <= len(form.stems) <= 4
-            and not STOPWORDS.intersection(form.stems)):
-        span = text.has_all(form.stems)
-        found = [span] if span else []
-    return found
 
 
 @dataclass(frozen=True, slots=True)
