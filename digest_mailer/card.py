@@ -131,7 +131,8 @@ class ReasonView:
     before: str = ""
     hit: str = ""
     after: str = ""
-    note: str = ""  # "through the alias 'large language model'"
+    note: str = ""  # "as 'large language model'"
+    author: bool = False
 
     @property
     def text(self) -> str:
@@ -146,7 +147,7 @@ class ReasonView:
 
 def reason_view(r: MatchReason) -> ReasonView:
     if r.kind is ReasonKind.AUTHOR:
-        return ReasonView(r.term, "an author you follow")
+        return ReasonView(r.term, "an author you follow", author=True)
     note = f"as {r.via!r}" if r.via else ""
     where = r.where
     if r.fields[:1] == ("title",) and "abstract" in r.fields:

@@ -75,3 +75,15 @@ def test_explain_tries_a_topic_before_it_is_saved(write_config: Callable[..., Pa
                    str(SAMPLE)).stdout
     assert saved.splitlines()[0].startswith("warning: topic 'formal methods' (a@example.org) "
                                             "matched none of the 7 papers in the current feed")
+
+
+def test_explain_json_carries_the_topics_and_warnings(write_config: Callable[..., Path]) -> None:
+    import json
+
+    path = write_config(subscribers=[{"email": "a@example.org", "topics": ["diffusion"]}])
+    result = invoke("explain", "--config", str(path), "--to", "a@example.org", "--source",
+                    str(SAMPLE), "--topic", "zero-knowledge proofs", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["topics"] == ["zero-knowledge proofs"]
+    assert doc["warnings"][0].startswith("warning: topic 'zero-knowledge proofs'")
+    assert not any(p["kept"] for p in doc["papers"])
