@@ -221,8 +221,8 @@ class Renderer:
             "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
             "following": following(sub),
             "unsubscribe_url": marks.url,
-            "preview": one_line(f"{count} new: " + "; ".join(m.paper.title for m in
-                                                            digest.matches[:3]), 150),
+            "preview": one_line(f"{count} new: " + "; ".join(card.plain(m.paper.title) for m
+                                                            in digest.matches[:3]), 150),
         }
 
     def render_template(self, digest: Digest, marks: Marks | None = None) -> DigestTemplate:

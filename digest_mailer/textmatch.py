@@ -108,6 +108,11 @@ class Normalizer:
         return str(self.stemmer.stemWord(americanize(w)))
 
     @staticmethod
+    def written(text: str) -> list[str]:
+        """The words of `text` as written."""
+        return _WORD.findall(text)
+
+    @staticmethod
     def spelling(text: str) -> tuple[str, ...]:
         """The words as written, case and accents aside: what tells a stem match."""
         return tuple(fold(m.group(0)) for m in _WORD.finditer(text))

@@ -119,7 +119,7 @@ class Topic:
     def of(cls, term: str, groups: tuple[tuple[str, ...], ...], norm: Normalizer) -> Topic:
         def form(label: str, alias: bool) -> Form:
             stems = norm.words(label)
-            raws = label.replace("-", " ").split()
+            raws = Normalizer.written(label)
             return Form(label, stems, norm.joined(raws) if len(stems) > 1 else None, alias)
 
         own = form(term, False)
