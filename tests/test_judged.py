@@ -22,7 +22,7 @@ from judged.corpus import load
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 JUDGED = Path(__file__).parent / "judged" / "judgements.toml"
-RECALL_FLOOR = 0.72  # measured 0.76 (0.59 before stemming, aliases and the noise guard)
+RECALL_FLOOR = 0.72  # measured 0.77 (0.59 before stemming, aliases and the noise guard)
 PRECISION_FLOOR = 0.68  # measured 0.73 (0.61 before)
 
 
