@@ -140,3 +140,14 @@ def test_the_comment_count_from_the_papers_page_cards() -> None:
     cards_only = html.replace(b'data-target="DailyPapers"', b'data-target="Other"')
     papers = {p.id: p for p in hf_page.parse(cards_only, "page").papers}
     assert papers["2407.21783"].num_comments == 5  # the card's link to #community says 5
+
+
+@pytest.mark.parametrize("said", ["²", "9" * 5000, "-3", "1e9", "٣"])
+def test_hostile_counts_on_a_card_are_zero(said: str) -> None:
+    from digest_mailer.sources import hf_page
+
+    html = ('<article><h3><a href="/papers/2407.21783">T</a></h3><input type="checkbox">'
+            f'<div class="leading-none">{said}</div>'
+            f'<a href="/papers/2407.21783#community">{said}</a></article>').encode()
+    (paper,) = hf_page.parse(html, "page").papers
+    assert paper.num_comments == 0 and paper.upvotes == 0

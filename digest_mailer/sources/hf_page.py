@@ -58,8 +58,13 @@ def _card(card: Tag) -> tuple[Paper | None, str]:
     # The comment count is the text of the link to the paper's discussion.
     talk = card.select_one('a[href$="#community"]')
     said = talk.get_text(strip=True) if talk else ""
-    return Paper(id=pid, title=title, upvotes=int(upvotes) if upvotes.isdigit() else 0,
-                 num_comments=min(int(said), hf_api.MAX_COUNT) if said.isdigit() else 0), ""
+    return Paper(id=pid, title=title, upvotes=_count(upvotes), num_comments=_count(said)), ""
+
+
+def _count(text: str) -> int:
+    """A count shown on a card; 0 for anything but a few ASCII digits ("²" is a digit to
+    str.isdigit() and an error to int())."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 9 else 0
 
 
 def _with_listing_day(result: FetchResult, day: date | None) -> FetchResult:
