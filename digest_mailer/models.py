@@ -121,7 +121,7 @@ class MatchReason:
         if self.via:
             how = f", through the alias {self.via!r}"
         elif self.stemmed:
-            how = f", as {self.matched!r}"
+            how = f", as {self.matched!r} by stem"
         return f"{self.term} ({', '.join(self.fields)}{how})"
 
 

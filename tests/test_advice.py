@@ -68,8 +68,8 @@ def test_explain_tries_a_topic_before_it_is_saved(write_config: Callable[..., Pa
     lines = result.stdout.splitlines()
     assert lines[0] == "Trying the topics 'quantisation', 'LLMs' (not saved)"
     assert lines[1].startswith("KEPT     2506.00104")
-    assert lines[2].strip() == ("quantisation (title, keywords, abstract, as 'Quantization'); "
-                                "LLMs (title, keywords, abstract, as 'LLM')")
+    assert lines[2].strip() == ("quantisation (title, keywords, abstract, as 'Quantization' "
+                                "by stem); LLMs (title, keywords, abstract, as 'LLM' by stem)")
     assert path.read_bytes() == before
     saved = invoke("explain", "--config", str(path), "--to", "a@example.org", "--source",
                    str(SAMPLE)).stdout

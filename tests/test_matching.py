@@ -115,7 +115,7 @@ def test_explain_says_when_a_paper_matched_through_an_alias_or_a_stem() -> None:
     sub = Subscriber("a@example.org", topics=("LLM", "robotics"))
     why = {e.paper.id: e.reason for e in explain(sub, papers, {})}
     assert why["1"] == "LLM (title, through the alias 'large language model')"
-    assert why["2"] == "robotics (title, as 'Robots')"
+    assert why["2"] == "robotics (title, as 'Robots' by stem)"
 
 
 def with_aliases(tmp_path: Path, table: str, **kw: object) -> Path:
