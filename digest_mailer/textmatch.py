@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 
 import Stemmer
 
-# A word: letters and digits; `C++` and `C#` keep their sign.
-_WORD = re.compile(r"[^\W_]+(?:\+\+|#)?")
+# Invisible characters that may sit inside a word (soft hyphen, zero-width space and joiners,
+# direction marks, word joiner, BOM): part of the word, then dropped.
+_INVISIBLE_CHARS = "\u00ad\u200b-\u200f\u2060\ufeff"
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+# A word: letters and digits; `C++` and `C#` keep their sign. One character class per step,
+# so no input makes it backtrack.
+_WORD = re.compile(f"[^\\W_](?:[^\\W_]|[{_INVISIBLE_CHARS}])*(?:\\+\\+|#)?")
 # `LLMs`, `MoEs`, `ViTs`, `GPUs`: an acronym whose plural is a lowercase s.
 _ACRONYM_PLURAL = re.compile(r"^[A-Z][A-Za-z0-9]*[A-Z0-9]s$")
 _BREAK = re.compile(r"[.;:!?()\[\]]")
@@ -47,6 +52,10 @@ _WORDS = {
     "paediatric": "pediatric", "oesophageal": "esophageal", "anaemia": "anemia",
     "haemorrhage": "hemorrhage", "manoeuvre": "maneuver", "artefact": "artifact",
     "artefacts": "artifacts", "sceptical": "skeptical", "plough": "plow",
+    "learnt": "learned", "spelt": "spelled", "dreamt": "dreamed",
+    # Greek plurals the stemmer keeps apart from their singular
+    "analyses": "analysis", "hypotheses": "hypothesis", "syntheses": "synthesis",
+    "diagnoses": "diagnosis", "parentheses": "parenthesis", "theses": "thesis",
 }
 # Words that end like a British -ise spelling but are not one.
 _NOT_BRITISH = frozenset({
@@ -61,17 +70,50 @@ _NOT_BRITISH = frozenset({
     "denoising", "raising", "rising", "praise", "bruise", "cruise", "poised", "poise",
     "ises", "isers", "despise", "chemise", "incise", "excise", "mortise", "reprise",
 })
-_ANALYSE = {"analyse": "analyze", "analysed": "analyzed", "analyses": "analyzes",
-            "analysing": "analyzing", "paralyse": "paralyze", "catalyse": "catalyze"}
+_ANALYSE = {"analyse": "analyze", "analysed": "analyzed", "analysing": "analyzing",
+            "paralyse": "paralyze", "catalyse": "catalyze"}
+# Where the Snowball stemmer gives one stem to words of different meanings, each word's own
+# stem: "experience" is not "experiment", "animals" not "animation", "probably" not
+# "probability", "objectives" not "objects".
+_OWN_STEM = {
+    **dict.fromkeys(("experience", "experiences", "experienced", "experiencing"), "experienc"),
+    **dict.fromkeys(("animal", "animals"), "animal"),
+    "probably": "probably",
+    **dict.fromkeys(("authority", "authorities"), "authoriti"),
+    **dict.fromkeys(("objective", "objectives", "objectively"), "objectiv"),
+    **dict.fromkeys(("emergency", "emergencies"), "emergenci"),
+    **dict.fromkeys(("majority", "majorities"), "majoriti"),
+    "several": "several", "numerous": "numerous",
+    **dict.fromkeys(("relative", "relatives", "relatively"), "relativ"),
+}
+# The stemmer takes -ize and -ization back to the base word, which often means something else:
+# "generalization" is not "general", "tokenization" not "tokens", "optimizer" not "optimal".
+# Every -ize form keeps a mark, so they match each other and not the base.
+_IZE = re.compile(r"iz(?:e|es|ed|ing|er|ers|ation|ations|ational)$")
+_IZE_MARK = "_iz"  # "_" is never part of a word, so no written word ends like this
+# Greek letters read as their names: "α-divergence" = "alpha-divergence" (LaTeX's "\alpha").
+_GREEK = {chr(c): unicodedata.name(chr(c)).rsplit(" ", 1)[-1].lower()
+          for c in range(0x3B1, 0x3CA)}
+_GREEK["ς"] = "sigma"
 
 
 def fold(word: str) -> str:
-    """NFKC, case folded, accents dropped: 'Ｍｏｄｅｌ' -> 'model', 'Fréchet' -> 'frechet'."""
+    """NFKC, case folded, accents and invisible characters dropped, Greek letters named:
+    'Ｍｏｄｅｌ' -> 'model', 'Fréchet' -> 'frechet', 'β' -> 'beta'."""
     text = unicodedata.normalize("NFKC", word).casefold()
     if text.isascii():
         return text
+    text = _INVISIBLE.sub("", text)
+    if any(c in _GREEK for c in text):
+        text = "".join(_GREEK.get(c, c) for c in text)
     decomposed = unicodedata.normalize("NFKD", text.replace("ł", "l").replace("ø", "o"))
     return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def joinable(raws: Sequence[str]) -> bool:
+    """Words that may be one word written apart: letters and digits with a letter among them
+    ("GPT 4" = "GPT-4" = "GPT4", "3-D" = "3D"); numbers alone, or `C++`, never."""
+    return (all(r.isalnum() for r in raws) and any(not r.isdigit() for r in raws))
 
 
 def americanize(word: str) -> str:
@@ -105,7 +147,12 @@ class Normalizer:
             return w[:-1]
         if not w.isalpha():
             return w
-        return str(self.stemmer.stemWord(americanize(w)))
+        w = americanize(w)
+        own = _OWN_STEM.get(w)
+        if own is not None:
+            return own
+        stem = str(self.stemmer.stemWord(w))
+        return stem + _IZE_MARK if _IZE.search(w) else stem
 
     @staticmethod
     def written(text: str) -> list[str]:
@@ -128,14 +175,14 @@ class Normalizer:
         found = list(_WORD.finditer(source))
         raws = [m.group(0) for m in found]
         stems = tuple(self.word(r) for r in raws)
+        folded = [fold(r) for r in raws]
         positions: dict[str, list[int]] = {}
         for i, s in enumerate(stems):
             positions.setdefault(s, []).append(i)
         joined: dict[str, list[tuple[int, int]]] = {}
         for n in range(2, MAX_JOIN + 1):
             for i in range(len(raws) - n + 1):
-                # Only letters join: "GPT 4" is not the word "gpt4".
-                if all(r.isalpha() for r in raws[i:i + n]):
+                if joinable(folded[i:i + n]):
                     joined.setdefault(self.joined(raws[i:i + n]), []).append((i, i + n))
         return Text(source, stems, tuple((m.start(), m.end()) for m in found),
                     {k: tuple(v) for k, v in positions.items()},

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from digest_mailer import aliases as alias_table
 from digest_mailer.models import Paper
-from digest_mailer.textmatch import Normalizer, Text, fold
+from digest_mailer.textmatch import Normalizer, Text, fold, joinable
 
 WEIGHTS = {"title": 4, "keywords": 3}
 REPEATED, ONCE, AUTHOR = 2, 1, 5
@@ -120,7 +120,8 @@ class Topic:
         def form(label: str, alias: bool) -> Form:
             stems = norm.words(label)
             raws = Normalizer.written(label)
-            return Form(label, stems, norm.joined(raws) if len(stems) > 1 else None, alias)
+            together = len(stems) > 1 and joinable([fold(r) for r in raws])
+            return Form(label, stems, norm.joined(raws) if together else None, alias)
 
         own = form(term, False)
         forms = [own]
