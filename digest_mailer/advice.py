@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from digest_mailer import aliases as alias_table
 from digest_mailer.models import Paper, Subscriber
 from digest_mailer.select import Feed
+from digest_mailer.textmatch import Normalizer, fold
+from digest_mailer.topics import STOPWORDS
 
 BROAD_SHARE = 0.5  # a topic in more than half of every feed filters little
 MIN_FEED = 5  # a day with fewer papers says nothing about a topic's share
@@ -43,28 +45,53 @@ def topic_stats(topics: Iterable[str], feeds: Mapping[str, Sequence[Paper]],
     return out
 
 
+def wordless(topic: str) -> str | None:
+    """What is wrong with a topic whatever the feed says, or None."""
+    words = [fold(w) for w in Normalizer.written(topic)]
+    if not words:
+        return "has no letters or digits, so it matches nothing"
+    if all(w in STOPWORDS for w in words):
+        return ("is only small words (a, of, the...), so it matches nearly every paper: add "
+                "the subject's own words")
+    return None
+
+
 def topic_warnings(subscribers: Sequence[Subscriber], feeds: Mapping[str, Sequence[Paper]],
                    *, what: str = "the recent feeds") -> list[str]:
-    """One line per topic that matched nothing in `feeds`, or more than half of every one of
-    them; each topic is judged once, however many subscribers follow it."""
-    if not any(feeds.values()):
-        return []
+    """One line per topic with no words of its own, or that matched nothing in `feeds`, or
+    more than half of every one of them; each topic is judged once, however many subscribers
+    follow it."""
     users: dict[str, list[str]] = {}
     for sub in subscribers:
         for t in sub.topics:
             users.setdefault(t, []).append(sub.email)
-    groups = subscribers[0].aliases if subscribers else ()
+
+    def whom(topic: str) -> str:
+        who = users[topic]
+        return who[0] if len(who) == 1 else f"{who[0]} and {len(who) - 1} more"
+
     lines = []
-    for s in topic_stats(users, feeds, groups):
-        who = users[s.topic]
-        whom = who[0] if len(who) == 1 else f"{who[0]} and {len(who) - 1} more"
+    for topic in users:
+        problem = wordless(topic)
+        if problem:
+            lines.append(f"warning: topic {topic!r} ({whom(topic)}) {problem}")
+    judged = [t for t in users if wordless(t) is None]
+    if not any(feeds.values()) or not judged:
+        return _capped(lines)
+    groups = subscribers[0].aliases if subscribers else ()
+    for s in topic_stats(judged, feeds, groups):
         if s.matched == 0:
-            lines.append(f"warning: topic {s.topic!r} ({whom}) matched none of the {s.papers} "
-                         f"papers in {what}: check its spelling, or try a broader word")
+            lines.append(f"warning: topic {s.topic!r} ({whom(s.topic)}) matched none of the "
+                         f"{s.papers} papers in {what}: check its spelling, or try a broader "
+                         "word")
         elif s.shares and min(s.shares) > BROAD_SHARE:
-            lines.append(f"warning: topic {s.topic!r} ({whom}) matched {min(s.shares):.0%} or "
-                         f"more of every feed in {what}: it filters little; a narrower "
-                         "phrase helps")
+            lines.append(f"warning: topic {s.topic!r} ({whom(s.topic)}) matched "
+                         f"{min(s.shares):.0%} or more of every feed in {what}: it filters "
+                         "little; a narrower phrase helps")
+    return _capped(lines)
+
+
+def _capped(lines: list[str]) -> list[str]:
     if len(lines) > MAX_LINES:
         lines = [*lines[:MAX_LINES], f"warning: ... and {len(lines) - MAX_LINES} more topic "
                                      "warning(s)"]

@@ -17,6 +17,7 @@ from digest_mailer.select import Explanation, explain
 from digest_mailer.sources import open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
+from digest_mailer.textmatch import Normalizer
 
 LEDGER_FEEDS = 7  # how many of the last feeds in the ledger the topic warnings look at
 
@@ -54,8 +55,12 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
                                 hint="see `digest-mailer subscribers list`")
     sub = matches[0]
     if topics:
-        sub = replace(sub, topics=tuple(dict.fromkeys(" ".join(t.split()) for t in topics
-                                                      if t.strip())))
+        for t in topics:
+            if not Normalizer.written(t):
+                raise DigestMailerError(f"--topic {t.strip()!r} has no letters or digits, so "
+                                        "it matches nothing",
+                                        hint="give a word or phrase: --topic 'diffusion models'")
+        sub = replace(sub, topics=tuple(dict.fromkeys(" ".join(t.split()) for t in topics)))
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, (sub,), run_date))
     c = config.source

@@ -60,7 +60,8 @@ class Filter:
         groups = alias_table.BUILTIN + sub.aliases
         return cls(
             topics=tuple(feed.topic(t, groups) for t in sub.topics),
-            exclude=tuple(feed.topic(t, ()) for t in sub.exclude),
+            # The same aliases: excluding `LLM` leaves out "large language models" too.
+            exclude=tuple(feed.topic(t, groups) for t in sub.exclude),
             authors=tuple((a, person_key(a)) for a in sub.authors),
             min_upvotes=sub.min_upvotes,
         )

@@ -154,6 +154,8 @@ class Topic:
     def candidates(self, feed: Feed) -> set[int]:
         out: set[int] = set()
         for f in self.forms:
+            if not f.stems:  # a topic with no words ("--", an emoji) matches nothing
+                continue
             out.update(feed.index.get(f.stems[0], ()))
             if f.joined:
                 out.update(feed.index.get(f.joined, ()))

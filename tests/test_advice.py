@@ -87,3 +87,48 @@ def test_explain_json_carries_the_topics_and_warnings(write_config: Callable[...
     assert doc["topics"] == ["zero-knowledge proofs"]
     assert doc["warnings"][0].startswith("warning: topic 'zero-knowledge proofs'")
     assert not any(p["kept"] for p in doc["papers"])
+
+
+def test_a_topic_with_no_words_or_only_small_words_is_warned_about_without_any_feed() -> None:
+    subs = [Subscriber("a@example.org", topics=("🤖", "of the", "diffusion", "--"))]
+    assert topic_warnings(subs, {}) == [
+        "warning: topic '🤖' (a@example.org) has no letters or digits, so it matches nothing",
+        "warning: topic 'of the' (a@example.org) is only small words (a, of, the...), so it "
+        "matches nearly every paper: add the subject's own words",
+        "warning: topic '--' (a@example.org) has no letters or digits, so it matches nothing"]
+
+
+def test_check_warns_about_such_topics_with_no_ledger_file(
+        write_config: Callable[..., Path]) -> None:
+    path = write_config(subscribers=[{"email": "a@example.org", "topics": ["🤖"]}])
+    assert not load_config(path).state_path.exists()
+    result = invoke("check", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "warning: topic '🤖' (a@example.org) has no letters or digits" in result.stdout
+    assert not load_config(path).state_path.exists()  # check creates nothing
+
+
+def test_check_and_explain_on_an_empty_ledger_file(write_config: Callable[..., Path]) -> None:
+    """A zero-byte ledger (touched, or a first run killed at once) is an empty ledger."""
+    path = write_config(subscribers=[{"email": "a@example.org", "topics": ["diffusion"]}])
+    state = load_config(path).state_path
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_bytes(b"")
+    check = invoke("check", "--config", str(path))
+    assert check.exit_code == 0, check.output
+    explained = invoke("explain", "--config", str(path), "--to", "a@example.org", "--source",
+                       str(SAMPLE))
+    assert explained.exit_code == 0, explained.output
+    assert "KEPT" in explained.stdout
+    assert state.read_bytes() == b""
+
+
+def test_explain_refuses_a_tried_topic_with_no_words(write_config: Callable[..., Path]) -> None:
+    path = write_config(subscribers=[{"email": "a@example.org", "topics": ["diffusion"]}])
+    for bad in ("", "  ", "--"):
+        result = invoke("explain", "--config", str(path), "--to", "a@example.org", "--source",
+                        str(SAMPLE), "--topic", "LLM", "--topic", bad)
+        assert result.exit_code != 0
+        assert result.output.startswith(f"Error: --topic {bad.strip()!r} has no letters or "
+                                        "digits, so it matches nothing"), result.output
+        assert "Traceback" not in result.output and "KEPT" not in result.output

@@ -236,3 +236,22 @@ def test_the_feed_is_tokenised_once_for_every_profile() -> None:
     a = ranked_matches(Subscriber("a@example.org", topics=("diffusion",)), feed)
     b = ranked_matches(Subscriber("b@example.org", topics=("flow",)), feed)
     assert [m.paper.id for m in a] == ["1"] and [m.paper.id for m in b] == ["2"]
+
+
+@pytest.mark.parametrize("exclude", ["surveys", "A survey", "LLMs", "large-language-model",
+                                     "multi-modal", "mixture of experts", "MOE"])
+def test_an_exclusion_is_not_defeated_by_another_form(exclude: str) -> None:
+    papers = [paper("1", "A Survey of Multimodal Large Language Models with MoE layers"),
+              paper("2", "Diffusion at scale")]
+    sub = Subscriber("a@example.org", topics=("diffusion", "LLM"), exclude=(exclude,))
+    assert [m.paper.id for m in ranked_matches(sub, papers)] == ["2"]
+
+
+@pytest.mark.parametrize("wordless", ["--", "🤖", "\u200b", "…", "$$"])
+def test_a_topic_without_words_matches_nothing_and_breaks_nothing(wordless: str) -> None:
+    papers = [paper("1", f"Robots {wordless} at scale", f"robots {wordless}")]
+    assert ranked_matches(Subscriber("a@example.org", topics=(wordless,)), papers) == ()
+    kept = ranked_matches(Subscriber("a@example.org", topics=("robot",), exclude=(wordless,)),
+                          papers)
+    assert [m.paper.id for m in kept] == ["1"]
+    assert not term_matches(wordless, f"a {wordless} b")

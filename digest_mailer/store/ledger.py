@@ -86,8 +86,11 @@ class Ledger:
                 conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                        isolation_level=None)
                 ledger = cls(conn, str(path), readonly=True)
-                ledger._check_version()
-                return ledger
+                if ledger._check_version() > 0:
+                    return ledger
+                # Version 0: an empty file (touched, or a first run killed at once) holds
+                # nothing yet; read it as the empty ledger it is.
+                ledger.close()
             conn = sqlite3.connect(":memory:", isolation_level=None)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot read the ledger ({e})") from e
