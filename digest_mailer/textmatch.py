@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -137,9 +138,19 @@ class Normalizer:
     acronyms: frozenset[str] = frozenset()
     stemmer: Stemmer.Stemmer = field(default_factory=lambda: Stemmer.Stemmer("english"),
                                      compare=False, hash=False)
+    # A feed repeats its words: each is normalised once per run.
+    _seen: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _folded: dict[str, str] = field(default_factory=dict, compare=False, hash=False,
+                                    repr=False)
 
     def word(self, raw: str) -> str:
         """One written word -> its comparable form (a stem)."""
+        found = self._seen.get(raw)
+        if found is None:
+            found = self._seen[raw] = self._word(raw)
+        return found
+
+    def _word(self, raw: str) -> str:
         if _ACRONYM_PLURAL.match(raw):
             raw = raw[:-1]
         w = fold(raw)
@@ -171,22 +182,35 @@ class Normalizer:
         """Words written apart, as one word ("multi-modal" -> the stem of "multimodal")."""
         return self.word("".join(fold(r) for r in raws))
 
+    def fold(self, raw: str) -> str:
+        found = self._folded.get(raw)
+        if found is None:
+            found = self._folded[raw] = fold(raw)
+        return found
+
     def text(self, source: str) -> Text:
         found = list(_WORD.finditer(source))
         raws = [m.group(0) for m in found]
-        stems = tuple(self.word(r) for r in raws)
-        folded = [fold(r) for r in raws]
+        stems = tuple(map(self.word, raws))
+        folded = list(map(self.fold, raws))
         positions: dict[str, list[int]] = {}
         for i, s in enumerate(stems):
             positions.setdefault(s, []).append(i)
-        joined: dict[str, list[tuple[int, int]]] = {}
-        for n in range(2, MAX_JOIN + 1):
-            for i in range(len(raws) - n + 1):
-                if joinable(folded[i:i + n]):
-                    joined.setdefault(self.joined(raws[i:i + n]), []).append((i, i + n))
+        # joinable() for every run of words, from two flags per word
+        alnum = [f.isalnum() for f in folded]
+        letter = [a and not f.isdigit() for a, f in zip(alnum, folded, strict=True)]
+        joined: dict[str, dict[int, int]] = {}
+        for i in range(len(raws) - 1):
+            has_letter = letter[i]
+            for j in range(i + 1, min(i + MAX_JOIN, len(raws))):
+                if not alnum[i] or not alnum[j]:
+                    break
+                has_letter = has_letter or letter[j]
+                if has_letter:
+                    stem = self.word("".join(folded[i:j + 1]))
+                    joined.setdefault(stem, {}).setdefault(i, j + 1)
         return Text(source, stems, tuple((m.start(), m.end()) for m in found),
-                    {k: tuple(v) for k, v in positions.items()},
-                    {k: tuple(v) for k, v in joined.items()})
+                    {k: tuple(v) for k, v in positions.items()}, joined)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -197,8 +221,8 @@ class Text:
     source: str
     stems: tuple[str, ...]
     spans: tuple[tuple[int, int], ...]
-    positions: dict[str, tuple[int, ...]]
-    joined: dict[str, tuple[tuple[int, int], ...]]
+    positions: dict[str, tuple[int, ...]]  # ascending
+    joined: dict[str, dict[int, int]]  # a joined stem -> {first word: past the last}
 
     def vocabulary(self) -> Iterable[str]:
         yield from self.positions
@@ -212,10 +236,10 @@ class Text:
             if q < len(self.stems) and self.stems[q] == s:
                 q += 1
                 continue
-            ends = [e for (b, e) in self.joined.get(s, ()) if b == q]
-            if not ends:
+            end = self.joined.get(s, {}).get(q)
+            if end is None:
                 return -1
-            q = ends[0]
+            q = end
         return q
 
     def find(self, stems: Sequence[str]) -> list[tuple[int, int]]:
@@ -223,7 +247,7 @@ class Text:
         if not stems:
             return []
         starts = set(self.positions.get(stems[0], ()))
-        starts.update(b for (b, _e) in self.joined.get(stems[0], ()))
+        starts.update(self.joined.get(stems[0], ()))
         found = []
         for p in sorted(starts):
             end = self._extend(p, stems)
@@ -238,7 +262,8 @@ class Text:
         pa, pb = self.positions.get(a, ()), self.positions.get(b, ())
         found = []
         for i in pa:
-            for j in pb:
+            # only the few places of `b` within `gap` words of `i` (positions ascend)
+            for j in pb[bisect_left(pb, i - gap):bisect_right(pb, i + gap)]:
                 lo, hi = min(i, j), max(i, j)
                 between = self.source[self.spans[lo][1]:self.spans[hi][0]]
                 if 0 < hi - lo <= gap and not _BREAK.search(between):

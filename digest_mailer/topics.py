@@ -16,6 +16,9 @@ REPEATED, ONCE, AUTHOR = 2, 1, 5
 COMMON_SHARE = 0.2  # a topic in more than this share of the feed is "common"
 COMMON_MIN_FEED = 10  # ... when the feed is big enough to say so
 COMMON_MENTIONS = 3  # ... unless in the title, the keywords, or this often in the abstract
+# What of a field is matched: real titles are under 300 characters and abstracts under 3,000;
+# a feed item of a megabyte must not cost a run its time.
+MAX_TITLE, MAX_ABSTRACT, MAX_KEYWORD, MAX_KEYWORDS = 1_000, 20_000, 200, 50
 STOPWORDS = frozenset({"a", "an", "the", "of", "for", "in", "on", "to", "and", "with", "from",
                        "by", "via", "as", "at", "or"})
 
@@ -56,8 +59,8 @@ class Feed:
     def of(cls, papers: Iterable[Paper]) -> Feed:
         norm = Normalizer(alias_table.acronyms(alias_table.BUILTIN))
         prepared = tuple(
-            Prepared(p, norm.text(p.title), norm.text(p.abstract),
-                     tuple(norm.text(k) for k in p.ai_keywords),
+            Prepared(p, norm.text(p.title[:MAX_TITLE]), norm.text(p.abstract[:MAX_ABSTRACT]),
+                     tuple(norm.text(k[:MAX_KEYWORD]) for k in p.ai_keywords[:MAX_KEYWORDS]),
                      frozenset(person_key(a) for a in p.authors))
             for p in papers)
         index: dict[str, set[int]] = {}

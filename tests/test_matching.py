@@ -255,3 +255,31 @@ def test_a_topic_without_words_matches_nothing_and_breaks_nothing(wordless: str)
                           papers)
     assert [m.paper.id for m in kept] == ["1"]
     assert not term_matches(wordless, f"a {wordless} b")
+
+
+HOSTILE = {
+    "a phrase repeated": "diffusion models are good " * 40_000,
+    "a two-word topic repeated": "code generation " * 65_000,
+    "two words never adjacent": "code foo bar generation " * 42_000,
+    "one long word": "a" * 1_000_000,
+    "dollars and braces": "$" * 500_000 + "{" * 500_000,
+    "LaTeX": r"$\frac{\alpha}{\beta}$ \mathbb{R}^{n} " * 30_000,
+    "Greek letters": "αβ " * 330_000,
+    "invisible characters": "a\u200b" * 500_000,
+    "combining accents": "e" + "\u0301" * 1_000_000,
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_megabyte_of_hostile_text_is_matched_in_bounded_time(name: str) -> None:
+    import time
+
+    text = HOSTILE[name]
+    sub = Subscriber("a@example.org", topics=("diffusion model", "code generation",
+                                              "LLM reasoning", "flow", "α"))
+    start = time.perf_counter()
+    feed = Feed.of([paper("1", text[:100_000], text, ai_keywords=(text,))])
+    ranked_matches(sub, feed)
+    explain(sub, feed, {})
+    # A real paper takes about a millisecond; the bound is loose for a loaded machine.
+    assert time.perf_counter() - start < 3.0
