@@ -11,6 +11,7 @@ from datetime import date
 from digest_mailer.models import Match, MatchReason, Paper, ReasonKind
 
 MAX_TEX = 5000
+MAX_SENTENCE = 2000  # a contribution sentence is a sentence, not a page
 _GREEK = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
           "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
           "chi", "psi", "omega"]
@@ -82,8 +83,10 @@ def plain(text: str) -> str:
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"“])")
+# Possessive \s*+: spaces a following [^,]* could also take made a hostile abstract quadratic.
 _CONTRIBUTION = re.compile(
-    r"^(?:(?:In|Here,?|To (?:this end|address)[^,]*,)\s*(?:this (?:paper|work)|we)?[^,]*,\s*)?"
+    r"^(?:(?:In|Here,?|To (?:this end|address)[^,]*,)\s*+(?:this (?:paper|work)|we)?[^,]*,"
+    r"\s*+)?"
     r"(?:we|this (?:paper|work)|our (?:work|paper))\s+(?:\w+ly\s+)?"
     r"(?:propose|introduce|present|develop|design|build|release|show|demonstrate)",
     re.I)
@@ -94,7 +97,7 @@ def contribution(abstract: str) -> str:
     sentences."""
     sentences = _SENTENCE_END.split(abstract.strip())
     for s in sentences[:12]:
-        if _CONTRIBUTION.search(s):
+        if len(s) <= MAX_SENTENCE and _CONTRIBUTION.search(s):
             return s
     return abstract
 

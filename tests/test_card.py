@@ -151,3 +151,17 @@ def test_hostile_counts_on_a_card_are_zero(said: str) -> None:
             f'<a href="/papers/2407.21783#community">{said}</a></article>').encode()
     (paper,) = hf_page.parse(html, "page").papers
     assert paper.num_comments == 0 and paper.upvotes == 0
+
+
+@pytest.mark.parametrize("abstract", [
+    "To address a," + " " * 200_000 + "x",  # took minutes: \s* against [^,]*
+    "In this work," + "\t" * 200_000 + "we",
+    "Here, " + "we " * 100_000,
+    "To address " + "a" * 1_000_000,
+])
+def test_the_contribution_sentence_of_a_hostile_abstract_is_found_fast(abstract: str) -> None:
+    import time
+
+    started = time.perf_counter()
+    assert isinstance(contribution(abstract), str)
+    assert time.perf_counter() - started < 2.0
