@@ -42,6 +42,9 @@ def test_the_contribution_sentence_stands_in_for_a_missing_summary() -> None:
     assert contribution(abstract) == "In this paper, we propose Foo, a method that halves the cost."
     assert contribution("Models are big. This work introduces Bar.") == "This work introduces Bar."
     assert contribution("No claim here. Nor here.") == "No claim here. Nor here."
+    for lead in ("To address this, we introduce Baz.", "Here, we present Baz.",
+                 "To this end, we design Baz.", "In this work we show Baz."):
+        assert contribution(f"Models are big. {lead} It is good.") == lead
 
 
 def card_of(paper: Paper, sub: Subscriber | None = None) -> object:
