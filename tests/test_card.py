@@ -168,3 +168,30 @@ def test_the_contribution_sentence_of_a_hostile_abstract_is_found_fast(abstract:
     started = time.perf_counter()
     assert isinstance(contribution(abstract), str)
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_hostile_feed_renders_escaped_in_both_parts(write_config: Callable[..., Path],
+                                                      tmp_path: Path) -> None:
+    """Markup, control characters, Unicode noncharacters, a lone surrogate and direction
+    overrides in a feed's title and abstract: the run still sends, the markup stays text in the
+    HTML part, and neither part carries the invisible or invalid characters."""
+    import json
+
+    doc = json.loads((Path(__file__).parents[1] / "samples" /
+                      "daily-papers-sample.json").read_text(encoding="utf-8"))
+    bad = "\x1b[2J \x00 \x07 \ufffe \uffff \ufdd0 \ud800 \u202e \u2066"
+    doc[0]["paper"]["title"] = f"Diffusion <mark>x</mark> {bad} end"
+    doc[0]["paper"]["summary"] = (f"We find that <mark>injected</mark> diffusion {bad} "
+                                  "<script>alert(1)</script> beats flows.")
+    doc[0]["paper"]["ai_summary"] = None
+    feed = tmp_path / "hostile.json"
+    feed.write_text(json.dumps(doc), encoding="utf-8")
+    path = write_config(subscribers=[{"email": "a@example.org", "topics": ["diffusion"]}],
+                        source=feed)
+    (data,) = dry_run(path).values()
+    text, html = parts(parse(data))
+    assert "&lt;mark&gt;injected&lt;/mark&gt;" in html or "&lt;mark&gt;x&lt;/mark&gt;" in html
+    assert "<script" not in html and "<mark>x" not in html and "<mark>injected" not in html
+    assert "<mark>x</mark>" in text  # text stays text in the plain part
+    for part in (text, html):
+        assert not any(c in part for c in "\x1b\x00\x07\ufffe\uffff\ufdd0\ud800\u202e\u2066")

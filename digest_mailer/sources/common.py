@@ -20,7 +20,10 @@ _NEW_ID = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?:v\d+)?(?![\d])")
 _OLD_ID = re.compile(r"(?<![\w-])([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?(?!\d)")
 # Characters RFC 3986 never allows unescaped: a link holding one is malformed or an attack.
 _NOT_IN_URL = re.compile(r'[\s"<>\\^`{|}]')
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
+# Also lone surrogates and noncharacters (they failed the whole run's rendering) and direction
+# overrides and isolates (they let feed text display reversed).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\ud800-\udfff\ufdd0-\ufdef"
+                      r"\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
 
 
 def canonical_id(raw: object) -> str | None:
