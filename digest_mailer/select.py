@@ -25,7 +25,8 @@ from digest_mailer.topics import (
     Hit,
     Prepared,
     Topic,
-    person_key,
+    person_parts,
+    same_person,
 )
 
 
@@ -52,7 +53,7 @@ class Filter:
 
     topics: tuple[Topic, ...]
     exclude: tuple[Topic, ...]
-    authors: tuple[tuple[str, str], ...]
+    authors: tuple[tuple[str, tuple[str, ...]], ...]  # as written, and its parts
     min_upvotes: int
 
     @classmethod
@@ -62,7 +63,7 @@ class Filter:
             topics=tuple(feed.topic(t, groups) for t in sub.topics),
             # The same aliases: excluding `LLM` leaves out "large language models" too.
             exclude=tuple(feed.topic(t, groups) for t in sub.exclude),
-            authors=tuple((a, person_key(a)) for a in sub.authors),
+            authors=tuple((a, person_parts(a)) for a in sub.authors),
             min_upvotes=sub.min_upvotes,
         )
 
@@ -95,8 +96,8 @@ class Filter:
             if h is not None:
                 reasons.append(reason(topic, h))
                 score += h.weight
-        for shown, key in self.authors:
-            if key in pp.people:
+        for shown, parts in self.authors:
+            if parts and any(same_person(parts, a) for a in pp.people.get(parts[-1], ())):
                 reasons.append(MatchReason(ReasonKind.AUTHOR, shown))
                 score += AUTHOR
         if not self.topics and not self.authors:

@@ -23,9 +23,30 @@ STOPWORDS = frozenset({"a", "an", "the", "of", "for", "in", "on", "to", "and", "
                        "by", "via", "as", "at", "or"})
 
 
-def person_key(name: str) -> str:
-    """Author names compare without case or accents: 'Łukasz Kaiser' ~ 'lukasz kaiser'."""
-    return " ".join(fold(name).split())
+def person_parts(name: str) -> tuple[str, ...]:
+    """A name's parts, without case, accents or dots; hyphens split given names and surnames
+    alike: 'Jean-Pierre A. Dupont' -> ('jean', 'pierre', 'a', 'dupont')."""
+    return tuple(fold(name).replace(".", " ").replace("-", " ").split())
+
+
+def same_person(follow: tuple[str, ...], author: tuple[str, ...]) -> bool:
+    """Whether an author is the person a subscriber follows. The surname is equal; the first
+    name is equal, or the subscriber wrote only its initial ('Y. Choi'); middle names are equal
+    or initials of each other, and one side may leave out middle initials. Never the other way:
+    a paper's 'Y. Choi' may be anyone, and 'Ming Li' is not 'Ming Xiao Li'."""
+    if follow == author:
+        return True
+    if len(follow) < 2 or len(author) < 2 or follow[-1] != author[-1]:
+        return False
+    f0, a0 = follow[0], author[0]
+    if not (f0 == a0 or (len(f0) == 1 and a0.startswith(f0))):
+        return False
+    fm, am = follow[1:-1], author[1:-1]
+    if not fm or not am:
+        return all(len(m) == 1 for m in fm + am)
+    return len(fm) == len(am) and all(
+        f == a or (len(f) == 1 and a.startswith(f)) or (len(a) == 1 and f.startswith(a))
+        for f, a in zip(fm, am, strict=True))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -36,7 +57,7 @@ class Prepared:
     title: Text
     abstract: Text
     keywords: tuple[Text, ...]
-    people: frozenset[str]
+    people: dict[str, tuple[tuple[str, ...], ...]]  # surname -> the authors' name parts
 
     def fields(self) -> Iterable[tuple[str, Text]]:
         yield "title", self.title
@@ -61,7 +82,7 @@ class Feed:
         prepared = tuple(
             Prepared(p, norm.text(p.title[:MAX_TITLE]), norm.text(p.abstract[:MAX_ABSTRACT]),
                      tuple(norm.text(k[:MAX_KEYWORD]) for k in p.ai_keywords[:MAX_KEYWORDS]),
-                     frozenset(person_key(a) for a in p.authors))
+                     _people(p.authors))
             for p in papers)
         index: dict[str, set[int]] = {}
         for i, pp in enumerate(prepared):
@@ -190,6 +211,15 @@ class Topic:
         text, span = context if best[0] == "title" and context else (best[1], best[2])
         words = best[1].source[best[1].spans[best[2][0]][0]:best[1].spans[best[2][1] - 1][1]]
         return Hit(tuple(sorted(where, key=_rank)), text, span, best[3], mentions, words)
+
+
+def _people(authors: Iterable[str]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for a in authors:
+        parts = person_parts(a)
+        if parts:
+            out.setdefault(parts[-1], []).append(parts)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _find(haystack: Sequence[str], needle: Sequence[str]) -> int:

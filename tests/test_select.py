@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from digest_mailer.models import Paper, ReasonKind, Subscriber
 from digest_mailer.select import Drop, Feed, Filter, select, term_matches
 
@@ -92,3 +94,29 @@ def test_already_offered_papers_are_never_candidates_again() -> None:
     assert s.already_offered == 1 and s.matched_total == 2
     nothing = select(sub(), papers, offered={"a", "b"})
     assert nothing.matches == () and nothing.matched_total == 2
+
+
+@pytest.mark.parametrize(("follow", "author", "expected"), [
+    ("Yejin Choi", "Yejin Choi", True),
+    ("yejin choi", "YEJIN CHOI", True),
+    ("Yejin Choi", "Yéjin Chöi", True),
+    ("Y. Choi", "Yejin Choi", True),  # the subscriber's own initial: any first name with it
+    ("Y Choi", "Yejin Choi", True),
+    ("Yejin Choi", "Yejin A. Choi", True),  # a middle initial the subscriber left out
+    ("Yejin A. Choi", "Yejin Choi", True),
+    ("Jean-Pierre Dupont", "Jean Pierre Dupont", True),
+    # what must not match
+    ("Yejin Choi", "Y. Choi", False),  # the paper's initial may be anyone's
+    ("Y. Choi", "Hyun Choi", False),
+    ("Y. Choi", "Yejin Park", False),
+    ("Yejin Choi", "Yejin Choi-Park", False),
+    ("Ming Li", "Ming Xiao Li", False),  # a middle name is another person
+    ("Yejin A. Choi", "Yejin B. Choi", False),
+    ("Choi", "Yejin Choi", False),  # a surname alone is too many people
+    ("Yejin Choi", "Choi Yejin", False),
+])
+def test_author_names_initials_and_middle_names(follow: str, author: str,
+                                                expected: bool) -> None:
+    papers = [paper("1", authors=("Someone Else", author))]
+    got = select(sub(authors=(follow,)), papers, offered=set()).matches
+    assert bool(got) is expected
