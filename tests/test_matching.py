@@ -283,3 +283,28 @@ def test_a_megabyte_of_hostile_text_is_matched_in_bounded_time(name: str) -> Non
     explain(sub, feed, {})
     # A real paper takes about a millisecond; the bound is loose for a loaded machine.
     assert time.perf_counter() - start < 3.0
+
+
+@pytest.mark.parametrize("size", [1, 5, 9, 10, 300])
+def test_the_noise_guard_on_small_and_large_feeds(size: int) -> None:
+    """Every paper mentions `benchmark` once; one in ten has it in its title. Below ten papers
+    a single mention counts; from ten on a topic in every paper counts only where prominent."""
+    papers = [paper(f"p{i:03d}", "A benchmark for agents" if i % 10 == 3 else f"Paper {i}",
+                    "we report one benchmark result") for i in range(size)]
+    got = {m.paper.id for m in ranked_matches(Subscriber("a@example.org",
+                                                         topics=("benchmark",)), papers)}
+    titled = {p.id for p in papers if "benchmark" in p.title}
+    assert got == ({p.id for p in papers} if size < 10 else titled)
+
+
+def test_ties_rank_the_same_whatever_the_feed_order() -> None:
+    import random
+
+    papers = [paper(f"p{i:03d}", "Diffusion" if i % 3 else "Other", "diffusion here",
+                    upvotes=i % 4) for i in range(300)]
+    sub = Subscriber("a@example.org", topics=("diffusion",))
+    first = [m.paper.id for m in ranked_matches(sub, papers)]
+    shuffled = papers[:]
+    random.Random(7).shuffle(shuffled)
+    assert [m.paper.id for m in ranked_matches(sub, shuffled)] == first
+    assert [e.paper.id for e in explain(sub, shuffled, {}) if e.kept] == first[:20]
