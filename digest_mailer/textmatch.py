@@ -23,12 +23,15 @@ import Stemmer
 # direction marks, word joiner, BOM): part of the word, then dropped.
 _INVISIBLE_CHARS = "\u00ad\u200b-\u200f\u2060\ufeff"
 _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+# Combining accents written apart from their letter ("e" + U+0301) belong to its word.
+_COMBINING = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
 # A word: letters and digits; `C++` and `C#` keep their sign. One character class per step,
 # so no input makes it backtrack.
-_WORD = re.compile(f"[^\\W_](?:[^\\W_]|[{_INVISIBLE_CHARS}])*(?:\\+\\+|#)?")
+_WORD = re.compile(f"[^\\W_](?:[^\\W_]|[{_INVISIBLE_CHARS}{_COMBINING}])*(?:\\+\\+|#)?")
 # `LLMs`, `MoEs`, `ViTs`, `GPUs`: an acronym whose plural is a lowercase s.
 _ACRONYM_PLURAL = re.compile(r"^[A-Z][A-Za-z0-9]*[A-Z0-9]s$")
 _BREAK = re.compile(r"[.;:!?()\[\]]")
+SNIPPET_SIDE = 80  # characters of context a side, at most
 # Words joined from at most this many written apart ("multi-modal" -> "multimodal").
 MAX_JOIN = 3
 
@@ -285,11 +288,18 @@ class Text:
         ellipsis where the text goes on."""
         lo, hi = max(start - words, 0), min(end + words + 1, len(self.spans))
         a, b = self.spans[start][0], self.spans[end - 1][1]
-        before = self.source[self.spans[lo][0]:a]
-        after = self.source[b:self.spans[hi - 1][1]]
-        if lo > 0:
+        # A dozen words, but never more than SNIPPET_SIDE characters a side: a script without
+        # spaces, or a long token, is one "word"; cut between whole characters.
+        first = max(self.spans[lo][0], a - SNIPPET_SIDE)
+        while first < a and unicodedata.combining(self.source[first]):
+            first += 1
+        last = min(self.spans[hi - 1][1], b + SNIPPET_SIDE)
+        while last > b and last < len(self.source) and unicodedata.combining(self.source[last]):
+            last -= 1
+        before, after = self.source[first:a], self.source[b:last]
+        if lo > 0 or first > self.spans[lo][0]:
             before = "…" + before
-        if hi < len(self.spans):
+        if hi < len(self.spans) or last < self.spans[hi - 1][1]:
             after += "…"
         return (" ".join(before.split()) + (" " if before[-1:].isspace() else ""),
                 self.source[a:b], (" " if after[:1].isspace() else "") + " ".join(after.split()))

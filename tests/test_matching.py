@@ -308,3 +308,22 @@ def test_ties_rank_the_same_whatever_the_feed_order() -> None:
     random.Random(7).shuffle(shuffled)
     assert [m.paper.id for m in ranked_matches(sub, shuffled)] == first
     assert [e.paper.id for e in explain(sub, shuffled, {}) if e.kept] == first[:20]
+
+
+@pytest.mark.parametrize("abstract", [
+    "据" * 3000 + " diffusion " + "据" * 3000,  # no spaces: one long "word" each side
+    "x" * 5000 + " diffusion " + "y" * 5000,
+    "Fre\u0301chet " * 20 + "diffusion" + " e\u0301" * 3000,  # decomposed accents
+    "🤖 " * 3000 + "diffusion" + " 🤖" * 3000,
+])
+def test_a_snippet_is_short_and_cut_between_characters(abstract: str) -> None:
+    import unicodedata
+
+    (m,) = ranked_matches(Subscriber("a@example.org", topics=("diffusion",)),
+                          [paper("1", "Other", abstract)])
+    before, hit, after = m.reasons[0].snippet
+    assert hit == "diffusion"
+    assert len(before) <= 100 and len(after) <= 100
+    assert not unicodedata.combining(before[:1] or "x")  # no accent without its letter
+    assert not unicodedata.combining(after[1:2] or "x")
+    assert not after.rstrip("…").endswith("e")  # the last letter keeps its accent
