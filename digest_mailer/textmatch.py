@@ -89,6 +89,8 @@ _OWN_STEM = {
     **dict.fromkeys(("majority", "majorities"), "majoriti"),
     "several": "several", "numerous": "numerous",
     **dict.fromkeys(("relative", "relatives", "relatively"), "relativ"),
+    # to ground (a model's answers) is not the ground of "ground truth"
+    **dict.fromkeys(("grounding", "grounded", "groundings"), "grounding"),
 }
 # The stemmer takes -ize and -ization back to the base word, which often means something else:
 # "generalization" is not "general", "tokenization" not "tokens", "optimizer" not "optimal".

@@ -94,6 +94,9 @@ CASES = [
     ("emergence", "emergency medicine", False),
     ("author", "the authority of", False),
     ("majority", "major gains", False),
+    ("grounding", "compared with the ground truth", False),
+    ("grounding", "ground-truth labels", False),
+    ("visual grounding", "visually grounded answers", True),
     # letters and digits: joined or apart, both ways
     ("GPT4", "GPT-4 as a judge", True),
     ("GPT-4", "GPT4 as a judge", True),
