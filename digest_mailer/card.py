@@ -11,6 +11,7 @@ from datetime import date
 from digest_mailer.models import Match, MatchReason, Paper, ReasonKind
 
 MAX_TEX = 5000
+MAX_TITLE, MAX_ORGANIZATION = 300, 100
 MAX_SENTENCE = 2000  # a contribution sentence is a sentence, not a page
 _GREEK = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
           "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
@@ -80,6 +81,20 @@ def plain(text: str) -> str:
     for tex, shown in _QUOTES:
         text = text.replace(tex, shown)
     return " ".join(text.split())
+
+
+def shorten(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a word boundary with an ellipsis: a feed's title or
+    organisation can be a megabyte, and the email must stay an email."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
+def title(paper: Paper) -> str:
+    """The title as text, at most MAX_TITLE characters (real ones are under 250)."""
+    return shorten(plain(paper.title[:MAX_TEX]), MAX_TITLE)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"“])")

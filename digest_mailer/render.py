@@ -114,7 +114,7 @@ def byline(match: Match) -> str:
     if authors:
         parts.append(", ".join(authors) + (" et al." if len(p.authors) > MAX_AUTHORS else ""))
     if p.organization:
-        parts.append(p.organization)
+        parts.append(card.shorten(p.organization, card.MAX_ORGANIZATION))
     parts.append(f"▲\u00a0{p.upvotes}\u00a0upvote{'s' if p.upvotes != 1 else ''}")
     return " · ".join(parts)
 
@@ -140,7 +140,7 @@ def paper_view(match: Match, run_date: date | None = None) -> PaperView:
     # A subscriber who takes every paper needs no reason per paper.
     why = "" if all(r.kind is ReasonKind.EVERYTHING for r in match.reasons) else match.why
     day = card.paper_day(p)
-    return PaperView(title=card.plain(p.title), url=p.hf_url, byline=byline(match),
+    return PaperView(title=card.title(p), url=p.hf_url, byline=byline(match),
                      blurb=blurb(match), links=tuple(links), why=why,
                      day=card.short_date(day, run_date or day) if day else "",
                      stars=card.stars(p), comments=card.comments(p),
@@ -221,7 +221,7 @@ class Renderer:
             "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
             "following": following(sub),
             "unsubscribe_url": marks.url,
-            "preview": one_line(f"{count} new: " + "; ".join(card.plain(m.paper.title) for m
+            "preview": one_line(f"{count} new: " + "; ".join(card.title(m.paper) for m
                                                             in digest.matches[:3]), 150),
         }
 

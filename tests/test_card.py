@@ -195,3 +195,14 @@ def test_a_hostile_feed_renders_escaped_in_both_parts(write_config: Callable[...
     assert "<mark>x</mark>" in text  # text stays text in the plain part
     for part in (text, html):
         assert not any(c in part for c in "\x1b\x00\x07\ufffe\uffff\ufdd0\ud800\u202e\u2066")
+
+
+def test_a_megabyte_title_or_organisation_does_not_make_a_megabyte_email() -> None:
+    p = Paper("2506.00001", "Diffusion " + "word " * 200_000, "diffusion",
+              ai_summary="s " * 300_000, authors=tuple(f"Author{i} B" for i in range(10_000)),
+              organization="o" * 100_000)
+    sub = Subscriber("a@example.org", topics=("diffusion",))
+    out = Renderer().render(Digest("Daily Papers", RUN, sub, select(sub, [p], ()).matches, 0,
+                                   "https://u/x"))
+    assert len(out.html) < 40_000 and len(out.text) < 10_000
+    assert "Diffusion word word" in out.text and "…" in out.text
