@@ -37,7 +37,8 @@ MAX_JOIN = 3
 
 # British -> American, by suffix (applied to both sides, so a word that only looks British
 # still matches itself) and by word where a suffix rule would catch innocent words.
-_SUFFIXES = (("isations", "izations"), ("isation", "ization"), ("ising", "izing"),
+_SUFFIXES = (("isabilities", "izabilities"), ("isability", "izability"), ("isable", "izable"),
+             ("isations", "izations"), ("isation", "ization"), ("ising", "izing"),
              ("ised", "ized"), ("ises", "izes"), ("isers", "izers"), ("iser", "izer"),
              ("ise", "ize"))
 _WORDS = {
@@ -73,6 +74,7 @@ _NOT_BRITISH = frozenset({
     "disguise", "disguised", "arise", "arises", "arising", "arised", "denoise", "denoised",
     "denoising", "raising", "rising", "praise", "bruise", "cruise", "poised", "poise",
     "ises", "isers", "despise", "chemise", "incise", "excise", "mortise", "reprise",
+    "advisable", "inadvisable", "revisable", "devisable", "supervisable",
 })
 _ANALYSE = {"analyse": "analyze", "analysed": "analyzed", "analysing": "analyzing",
             "paralyse": "paralyze", "catalyse": "catalyze"}
@@ -96,6 +98,7 @@ _OWN_STEM = {
 # "generalization" is not "general", "tokenization" not "tokens", "optimizer" not "optimal".
 # Every -ize form keeps a mark, so they match each other and not the base.
 _IZE = re.compile(r"iz(?:e|es|ed|ing|er|ers|ation|ations|ational)$")
+_IZABLE = re.compile(r"iz(?:able|ability|abilities)$")  # "generalizable": of the same family
 _IZE_MARK = "_iz"  # "_" is never part of a word, so no written word ends like this
 # Greek letters read as their names: "α-divergence" = "alpha-divergence" (LaTeX's "\alpha").
 _GREEK = {chr(c): unicodedata.name(chr(c)).rsplit(" ", 1)[-1].lower()
@@ -163,7 +166,7 @@ class Normalizer:
             return w[:-1]
         if not w.isalpha():
             return w
-        w = americanize(w)
+        w = _IZABLE.sub("ize", americanize(w))
         own = _OWN_STEM.get(w)
         if own is not None:
             return own

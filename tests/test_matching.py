@@ -83,6 +83,8 @@ CASES = [
     ("normalization", "normal maps", False),
     ("optimization", "optimal transport", False),
     ("optimization", "learned optimizers", True),
+    ("generalization", "the generalizability of reward models", True),
+    ("generalisation", "generalisable policies", True),
     ("normalizing flow", "normal flows", False),
     # ... and the stemmer's known collisions
     ("experiment", "the user experience", False),
