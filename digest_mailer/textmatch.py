@@ -21,10 +21,12 @@ import Stemmer
 
 # Invisible characters that may sit inside a word (soft hyphen, zero-width space and joiners,
 # direction marks, word joiner, BOM): part of the word, then dropped.
-_INVISIBLE_CHARS = "\u00ad\u200b-\u200f\u2060\ufeff"
+_INVISIBLE_CHARS = "\u00ad\u0640\u200b-\u200f\u2060\ufeff"  # and the Arabic tatweel
 _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
 # Combining accents written apart from their letter ("e" + U+0301) belong to its word.
-_COMBINING = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+# So do Hebrew points and Arabic vowel marks, which writers may leave out.
+_COMBINING = ("\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+              "\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed")
 # A word: letters and digits; `C++` and `C#` keep their sign. One character class per step,
 # so no input makes it backtrack.
 _WORD = re.compile(f"[^\\W_](?:[^\\W_]|[{_INVISIBLE_CHARS}{_COMBINING}])*(?:\\+\\+|#)?")

@@ -113,6 +113,10 @@ CASES = [
     ("beta-VAE", "the β-VAE", True),
     ("diffusion", "dif\u200bfu\u00adsi\u200don", True),
     ("diffusion", "\u200fdiffusion\u200e", True),
+    # right-to-left scripts: vowel marks and the Arabic elongation are optional
+    ("محمد", "مُحَمَّد الخوارزمي", True),
+    ("نموذج", "نمـــوذج لغوي", True),
+    ("שלום", "שָׁלוֹם", True),
     # plurals the stemmer leaves apart; British past tenses
     ("analysis", "two analyses", True),
     ("hypothesis", "the hypotheses", True),
