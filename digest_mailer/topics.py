@@ -240,7 +240,7 @@ def occurrences(name: str, text: Text, form: Form) -> list[tuple[int, int]]:
         found += [span for span in text.find((form.joined,)) if span[0] not in starts]
     if found:
         return found
-    if len(form.stems) == 2:
+    if len(form.stems) == 2 and not STOPWORDS.intersection(form.stems):
         found = text.near(*form.stems)
     # A title that holds every word of a short topic is about it, in any order ("Reasoning
     # ... in Large Language Models" for `LLM reasoning`); not for phrases with small words:

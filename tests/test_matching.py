@@ -138,6 +138,10 @@ def test_a_topic_finds_what_people_mean(term: str, text: str, expected: bool) ->
     ("LLM reasoning", "reasoning gains. Small large language models", "abstract", False),
     ("LLM reasoning", "Reasoning Boundaries in Large Language Models", "title", True),
     ("text-to-image", "Translating Long Text into Multi-Image", "title", False),
+    # ... and never for a small word: `in-context` is not "the context in which"
+    ("in-context", "the context in which it runs", "abstract", False),
+    ("on-device", "a device on the edge", "abstract", False),
+    ("in-context", "in-context examples", "abstract", True),
 ])
 def test_out_of_order_words(term: str, text: str, field: str, expected: bool) -> None:
     assert term_matches(term, text, field=field) is expected
