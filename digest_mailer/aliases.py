@@ -48,6 +48,9 @@ BUILTIN: tuple[tuple[str, ...], ...] = (
     ("KD", "knowledge distillation"),
     ("T2I", "text-to-image"),
     ("T2V", "text-to-video"),
+    # words the stemmer keeps apart that people use for one subject
+    ("math", "mathematics", "mathematical"),
+    ("autonomous driving", "self-driving"),
     ("synthetic data", "data synthesis", "synthesized data"),
     ("data curation", "data filtering", "data selection"),
 )

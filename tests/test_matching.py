@@ -46,6 +46,10 @@ CASES = [
     ("RAG", "retrieval-augmented generation for QA", True),
     ("mixture of experts", "Point-MoE for 3D segmentation", True),
     ("LLM reasoning", "large language model reasoning", True),
+    ("math reasoning", "mathematical reasoning", True),  # the stemmer keeps these apart
+    ("mathematical reasoning", "math reasoning", True),
+    ("math", "the aftermath of", False),
+    ("autonomous driving", "self-driving cars", True),
     # British and American spellings
     ("quantisation", "4-bit quantization of LLMs", True),
     ("quantization", "post-training quantisation", True),
