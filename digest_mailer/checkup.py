@@ -57,7 +57,9 @@ def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
     lines += [f"warning: {w.message}" for w in found.warnings]
     if not subs:
         lines.append("warning: no [[subscribers]]: runs will send nothing")
-    return lines
+    from digest_mailer.advice import topic_advice  # the matcher: only check needs it here
+
+    return lines + topic_advice(config)
 
 
 def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:

@@ -20,7 +20,7 @@ from digest_mailer.message import (
 )
 from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selection, Subscriber
 from digest_mailer.render import Renderer
-from digest_mailer.select import profile_key, ranked_matches, select_ranked
+from digest_mailer.select import Feed, profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
 from digest_mailer.store.outbox import Entry
 
@@ -41,6 +41,7 @@ class Composer:
     rendered_sets: int = 0
     render_seconds: float = 0.0  # spent rendering and serialising distinct digests
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
+    _feed: Feed | None = None  # the papers tokenised once for every profile
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
     _by_set: dict[int, MessageTemplate | None] = field(default_factory=dict)
@@ -49,7 +50,9 @@ class Composer:
         key = profile_key(sub)
         ranked = self._ranked.get(key)
         if ranked is None:
-            ranked = self._ranked[key] = ranked_matches(sub, self.papers)
+            if self._feed is None:
+                self._feed = Feed.of(self.papers)
+            ranked = self._ranked[key] = ranked_matches(sub, self._feed)
         return select_ranked(sub, ranked, offered)
 
     def _template(self, digest: Digest, now: datetime) -> MessageTemplate:

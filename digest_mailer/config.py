@@ -87,6 +87,21 @@ def _terms(values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _alias_name(value: str) -> str:
+    value = " ".join(value.split())
+    if not any(c.isalnum() for c in value):
+        raise ValueError(f"{value!r} has no letters or digits, so it matches nothing")
+    if len(value) > MAX_ALIAS_CHARS:
+        raise ValueError(f"longer than {MAX_ALIAS_CHARS} characters")
+    return value
+
+
+def _alias_names(values: list[str]) -> tuple[str, ...]:
+    if not values:
+        raise ValueError("an empty list adds nothing; give the other names, or remove the key")
+    return _terms([_alias_name(v) for v in values])
+
+
 def _http_url(value: str) -> str:
     _one_line(value)
     parts = urlsplit(value)
@@ -125,6 +140,9 @@ DAY = 86400.0
 OneLine = Annotated[str, AfterValidator(_one_line)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Terms = Annotated[list[str], AfterValidator(_terms)]
+AliasName = Annotated[str, AfterValidator(_alias_name)]
+AliasNames = Annotated[list[str], Field(max_length=50), AfterValidator(_alias_names)]
+MAX_ALIAS_CHARS = 100
 
 
 class _Section(BaseModel):
@@ -305,6 +323,11 @@ class Config(_Section):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     unsubscribe: UnsubscribeSettings
     subscribers: list[SubscriberSettings] = Field(default_factory=list)
+    aliases: dict[AliasName, AliasNames] = Field(
+        default_factory=dict, max_length=1000,
+        description='other names for a topic, beside the built-in ones (LLM, RAG, MoE...): '
+                    '"world model" = ["world models", "WM"]; a topic that is any of them '
+                    'matches papers that use another')
     # Where the file was read from: relative paths in it are relative to this folder.
     base_dir: Path = Field(default=Path("."), exclude=True)
     path: str = Field(default="", exclude=True)
@@ -351,11 +374,13 @@ class Config(_Section):
         return self._members
 
 
-def _member(s: SubscriberSettings, cap: int) -> Subscriber:
+def _member(s: SubscriberSettings, cap: int,
+            aliases: tuple[tuple[str, ...], ...] = ()) -> Subscriber:
     return Subscriber(email=s.email, name=s.name, topics=tuple(s.topics),
                       exclude=tuple(s.exclude), authors=tuple(s.authors),
                       min_upvotes=s.min_upvotes, max_papers=s.max_papers or cap,
-                      frequency=s.frequency, weekday=WEEKDAYS.index(s.weekday), paused=s.pause)
+                      frequency=s.frequency, weekday=WEEKDAYS.index(s.weekday), paused=s.pause,
+                      aliases=aliases)
 
 
 def load_config(path: Path) -> Config:
@@ -396,12 +421,13 @@ def parse_config(data: dict[str, Any], *, name: str, base_dir: Path,
                         f"{type(raw).__name__}")
         raw = []
     cap = config.newsletter.max_papers if config else 20
+    aliases = tuple((k, *v) for k, v in config.aliases.items()) if config else ()
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
         if consume:
             raw[i] = None
         try:
-            member = _member(SubscriberSettings.model_validate(item), cap)
+            member = _member(SubscriberSettings.model_validate(item), cap, aliases)
         except ValidationError as e:
             problems += [p for err in e.errors()
                          for p in describe_error({**err, "loc": ("subscribers", i, *err["loc"])},

@@ -29,7 +29,8 @@ def describe_error(err: Any, name: str, root: type[BaseModel]) -> list[str]:
     """One pydantic error as lines like `file: key.path: value is not ... (did you mean ...)`."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # Annotated validators and unions add their own names to the location; drop them.
-    loc = tuple(p for p in loc if p not in ("str", "int", "list[str]", "constrained-str"))
+    loc = tuple(p for p in loc
+                if p not in ("str", "int", "list[str]", "constrained-str", "[key]"))
     path = _key_path(loc)
     kind = err["type"]
     if kind == "extra_forbidden":

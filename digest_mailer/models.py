@@ -24,10 +24,15 @@ class Paper:
     ai_summary: str | None = None
     ai_keywords: tuple[str, ...] = ()
     num_comments: int = 0
+    github_stars: int = 0
 
     @property
     def hf_url(self) -> str:
         return f"https://huggingface.co/papers/{self.id}"
+
+    @property
+    def discussion_url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}#community"
 
     @property
     def arxiv_url(self) -> str:
@@ -64,6 +69,8 @@ class Subscriber:
     frequency: str = "daily"  # or "weekly"
     weekday: int = 0  # Monday; the day a weekly subscriber is due
     paused: bool = False
+    # The operator's [aliases] table (name, other names...), the same for every subscriber.
+    aliases: tuple[tuple[str, ...], ...] = ()
 
     def due_on(self, day: date) -> bool:
         return self.frequency != "weekly" or day.weekday() == self.weekday
@@ -80,24 +87,49 @@ class ReasonKind(StrEnum):
     EVERYTHING = "everything"
 
 
+WHERE = {"title": "in the title", "keywords": "in the keywords",
+         "abstract": "mentioned in the abstract"}
+
+
 @dataclass(frozen=True, slots=True)
 class MatchReason:
     kind: ReasonKind
     term: str = ""
-    fields: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()  # every field it matched in, best first
+    snippet: tuple[str, ...] = ()  # (before, the matched words, after), from the best field
+    via: str = ""  # the alias it matched through, when not the term itself
+    stemmed: bool = False  # matched another form of the word ("robots" for `robotics`)
+    mentions: int = 0  # in the abstract
+    words: str = ""  # what matched, as written in the best field
+
+    @property
+    def where(self) -> str:
+        return WHERE.get(self.fields[0], "") if self.fields else ""
+
+    @property
+    def matched(self) -> str:
+        return self.words
 
     def describe(self) -> str:
         if self.kind is ReasonKind.AUTHOR:
             return f"author {self.term}"
         if self.kind is ReasonKind.EVERYTHING:
             return "all papers"
-        return f"{self.term} ({', '.join(self.fields)})" if self.fields else self.term
+        if not self.fields:
+            return self.term
+        how = ""
+        if self.via:
+            how = f", through the alias {self.via!r}"
+        elif self.stemmed:
+            how = f", as {self.matched!r} by stem"
+        return f"{self.term} ({', '.join(self.fields)}{how})"
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     paper: Paper
     reasons: tuple[MatchReason, ...]
+    score: int = 0  # how well it matches: see select.py
 
     @property
     def why(self) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from digest_mailer.advice import topic_advice
 from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.cron import next_fire, parse_cron
 from digest_mailer.errors import DigestMailerError
@@ -15,6 +16,7 @@ from digest_mailer.select import Explanation, explain
 from digest_mailer.sources import open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
+from digest_mailer.textmatch import Normalizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +24,26 @@ class SubscriberExplanation:
     email: str
     note: str
     papers: tuple[Explanation, ...]
+    warnings: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()  # the topics explained (tried ones, with --topic)
 
 
-def explain_subscriber(config: Config, options: RunOptions, *, now: datetime
-                       ) -> SubscriberExplanation:
-    """Every paper of the current feed, kept or dropped for one subscriber, and why."""
+def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
+                       topics: Sequence[str] = ()) -> SubscriberExplanation:
+    """Every paper of the current feed, kept or dropped for one subscriber, and why; with
+    `topics`, as if the subscriber's topics were those (to try them before saving)."""
     matches = [s for s in config.subscribers_view() if s.key == (options.only or "").lower()]
     if not matches:
         raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
                                 hint="see `digest-mailer subscribers list`")
     sub = matches[0]
+    if topics:
+        for t in topics:
+            if not Normalizer.written(t):
+                raise DigestMailerError(f"--topic {t.strip()!r} has no letters or digits, so "
+                                        "it matches nothing",
+                                        hint="give a word or phrase: --topic 'diffusion models'")
+        sub = replace(sub, topics=tuple(dict.fromkeys(" ".join(t.split()) for t in topics)))
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, (sub,), run_date))
     c = config.source
@@ -44,8 +56,8 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime
         note = "paused (pause = true): nothing is sent while it is set"
     elif not sub.due_on(run_date):
         note = f"weekly on {WEEKDAYS[sub.weekday]}: nothing is sent on {run_date:%A}"
-    return SubscriberExplanation(sub.email, note,
-                                 tuple(explain(sub, fetched.papers, offered)))
+    return SubscriberExplanation(sub.email, note, tuple(explain(sub, fetched.papers, offered)),
+                                 tuple(topic_advice(config, [sub], fetched.papers)), sub.topics)
 
 
 def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str, Any]:

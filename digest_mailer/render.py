@@ -10,6 +10,7 @@ import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import jinja2
 import jinja2.meta
 from jinja2 import nodes
 
+from digest_mailer import card
 from digest_mailer.errors import RenderError
 from digest_mailer.marks import DigestTemplate, Marks, one_line
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
@@ -53,6 +55,11 @@ class PaperView:
     blurb: str
     links: tuple[tuple[str, str], ...]
     why: str
+    day: str = ""  # the paper's own date
+    stars: str = ""
+    comments: str = ""
+    discussion_url: str = ""
+    reasons: tuple[card.ReasonView, ...] = ()
 
 
 def byline(match: Match) -> str:
@@ -62,7 +69,7 @@ def byline(match: Match) -> str:
     if authors:
         parts.append(", ".join(authors) + (" et al." if len(p.authors) > MAX_AUTHORS else ""))
     if p.organization:
-        parts.append(p.organization)
+        parts.append(card.shorten(p.organization, card.MAX_ORGANIZATION))
     parts.append(f"▲\u00a0{p.upvotes}\u00a0upvote{'s' if p.upvotes != 1 else ''}")
     return " · ".join(parts)
 
@@ -70,32 +77,39 @@ def byline(match: Match) -> str:
 def blurb(match: Match, limit: int = BLURB_CHARS) -> str:
     """The one-line AI summary when there is one, else the abstract cut at a word boundary."""
     p = match.paper
-    text = p.ai_summary or p.abstract
+    text = card.plain(p.ai_summary) if p.ai_summary else card.contribution(card.plain(p.abstract))
     if len(text) <= limit:
         return text
     cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
     return cut.rstrip(" ,;:.-") + "…"
 
 
-def paper_view(match: Match) -> PaperView:
+def paper_view(match: Match, run_date: date | None = None) -> PaperView:
     p = match.paper
     links = [("Hugging Face", p.hf_url), ("arXiv", p.arxiv_url), ("PDF", p.pdf_url)]
     if p.github_url:
-        links.append(("Code", p.github_url))
+        stars = card.stars(p)
+        links.append((f"Code {stars}" if stars else "Code", p.github_url))
     if p.project_url and p.project_url != p.github_url:
         links.append(("Project page", p.project_url))
     # A subscriber who takes every paper needs no reason per paper.
     why = "" if all(r.kind is ReasonKind.EVERYTHING for r in match.reasons) else match.why
-    return PaperView(title=p.title, url=p.hf_url, byline=byline(match), blurb=blurb(match),
-                     links=tuple(links), why=why)
+    day = card.paper_day(p)
+    return PaperView(title=card.title(p), url=p.hf_url, byline=byline(match),
+                     blurb=blurb(match), links=tuple(links), why=why,
+                     day=card.short_date(day, run_date or day) if day else "",
+                     stars=card.stars(p), comments=card.comments(p),
+                     discussion_url=p.discussion_url, reasons=card.reasons(match))
 
 
 def following(sub: Subscriber) -> str:
     parts = []
     if sub.topics:
-        parts.append("the topics " + ", ".join(sub.topics))
+        parts.append(("the topics " if len(sub.topics) > 1 else "the topic ")
+                     + ", ".join(sub.topics))
     if sub.authors:
-        parts.append("the authors " + ", ".join(sub.authors))
+        parts.append(("the authors " if len(sub.authors) > 1 else "the author ")
+                     + ", ".join(sub.authors))
     return " and ".join(parts) if parts else "all papers"
 
 
@@ -217,14 +231,14 @@ class Renderer:
             "email": email,
             "count": count,
             "over_cap": digest.over_cap,
-            "papers": [paper_view(m) for m in digest.matches],
+            "papers": [paper_view(m, digest.run_date) for m in digest.matches],
             "topics": terms[:SUBJECT_TOPICS],
             "more_topics": max(len(terms) - SUBJECT_TOPICS, 0),
             "authors": top_terms(digest.matches, ReasonKind.AUTHOR)[:SUBJECT_TOPICS],
             "following": following(sub),
             "unsubscribe_url": url,
-            "preview": one_line(f"{count} new: " + "; ".join(m.paper.title for m in
-                                                            digest.matches[:3]), 150),
+            "preview": one_line(f"{count} new: " + "; ".join(card.title(m.paper) for m
+                                                            in digest.matches[:3]), 150),
         }
 
     def _render(self, part: _Part, ctx: dict[str, Any]) -> str:
@@ -331,7 +345,7 @@ def template_key(digest: Digest) -> tuple[object, ...]:
     everything the templates show except the name, the address and the unsubscribe link."""
     sub = digest.subscriber
     return (digest.newsletter, digest.run_date, digest.over_cap, bool(sub.name),
-            following(sub), tuple((m.paper.id, m.why) for m in digest.matches))
+            following(sub), tuple((m.paper.id, m.reasons) for m in digest.matches))
 
 
 def compile_mjml(source: str) -> str:

@@ -83,8 +83,10 @@ def test_text_and_html_carry_the_same_papers(sample_emails: dict[str, bytes]) ->
     for url in ("https://huggingface.co/papers/2506.00101", "https://arxiv.org/abs/2506.00101",
                 "https://arxiv.org/pdf/2506.00101", "https://github.com/example/fast-flow"):
         assert url in text and f'href="{url}"' in html
-    assert "Why you got this: diffusion (title, abstract, keywords)" in text
-    assert "Why you got this: diffusion (title, abstract, keywords)" in html
+    why = "diffusion, in the title and the abstract: “…and flow matching objectives"
+    assert why in " ".join(text.split())
+    assert ("<b>diffusion</b> in the title and the abstract: “…and flow matching objectives "
+            "for <mark") in " ".join(html.split())
     assert f"https://papers.example.org/unsubscribe/{TOKEN}" in text
     assert "Ada Quint, Bo Zhang, Chloé Martin et al." in text  # first three, then et al.
     assert "Example Lab" in text and "42\u00a0upvotes" in text
@@ -100,7 +102,7 @@ def test_twenty_paper_digest_stays_under_gmail_clipping(write_config: Callable[.
     _, html = parts(parse(data))
     size = len(html.encode("utf-8"))
     assert html.count("Hugging Face</a>") == 20
-    assert "Why you got this" not in html  # every paper: no reason to give
+    assert "Why:" not in html  # every paper: no reason to give
     assert size < 102_000, f"20-paper HTML is {size} bytes; Gmail clips past 102 KB"
     assert html.lstrip().lower().startswith("<!doctype html>")
     assert "<style" in html and 'style="' in html  # media queries kept, the rest inlined

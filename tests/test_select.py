@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from digest_mailer.models import Paper, ReasonKind, Subscriber
-from digest_mailer.select import Drop, Filter, phrase_pattern, select
+from digest_mailer.select import Drop, Feed, Filter, select, term_matches
 
 
 def paper(pid: str, title: str = "A paper", abstract: str = "", upvotes: int = 0,
@@ -18,13 +20,12 @@ def sub(**kw: object) -> Subscriber:
 
 
 def test_whole_words_and_phrases_any_case() -> None:
-    flow = phrase_pattern("flow")
-    assert flow.search("a Normalizing FLOW model")
-    assert not flow.search("integer overflow") and not flow.search("workflows")
-    llm = phrase_pattern("large language model")
-    assert llm.search("Large-Language Model") and llm.search("large\n language  model")
-    assert not llm.search("large language models")
-    assert phrase_pattern("C++").search("code in C++ is fast")
+    assert term_matches("flow", "a Normalizing FLOW model")
+    assert not term_matches("flow", "integer overflow")
+    assert not term_matches("flow", "workflows")
+    assert term_matches("large language model", "Large-Language Model")
+    assert term_matches("large language model", "large\n language  model")
+    assert term_matches("C++", "code in C++ is fast")
 
 
 def test_topics_match_title_abstract_and_keywords_with_reasons() -> None:
@@ -44,7 +45,8 @@ def test_exclude_wins_over_topics() -> None:
     papers = [paper("1", title="A survey of diffusion"), paper("2", title="Diffusion at scale")]
     s = select(sub(topics=("diffusion",), exclude=("survey",)), papers, offered=set())
     assert [m.paper.id for m in s.matches] == ["2"]
-    verdict = Filter.of(sub(topics=("diffusion",), exclude=("survey",))).judge(papers[0])
+    feed = Feed.of(papers)
+    verdict = Filter.of(sub(topics=("diffusion",), exclude=("survey",)), feed).verdicts(feed)[0]
     assert verdict.drop is Drop.EXCLUDED and verdict.detail == "'survey' in title"
 
 
@@ -92,3 +94,29 @@ def test_already_offered_papers_are_never_candidates_again() -> None:
     assert s.already_offered == 1 and s.matched_total == 2
     nothing = select(sub(), papers, offered={"a", "b"})
     assert nothing.matches == () and nothing.matched_total == 2
+
+
+@pytest.mark.parametrize(("follow", "author", "expected"), [
+    ("Yejin Choi", "Yejin Choi", True),
+    ("yejin choi", "YEJIN CHOI", True),
+    ("Yejin Choi", "Yéjin Chöi", True),
+    ("Y. Choi", "Yejin Choi", True),  # the subscriber's own initial: any first name with it
+    ("Y Choi", "Yejin Choi", True),
+    ("Yejin Choi", "Yejin A. Choi", True),  # a middle initial the subscriber left out
+    ("Yejin A. Choi", "Yejin Choi", True),
+    ("Jean-Pierre Dupont", "Jean Pierre Dupont", True),
+    # what must not match
+    ("Yejin Choi", "Y. Choi", False),  # the paper's initial may be anyone's
+    ("Y. Choi", "Hyun Choi", False),
+    ("Y. Choi", "Yejin Park", False),
+    ("Yejin Choi", "Yejin Choi-Park", False),
+    ("Ming Li", "Ming Xiao Li", False),  # a middle name is another person
+    ("Yejin A. Choi", "Yejin B. Choi", False),
+    ("Choi", "Yejin Choi", False),  # a surname alone is too many people
+    ("Yejin Choi", "Choi Yejin", False),
+])
+def test_author_names_initials_and_middle_names(follow: str, author: str,
+                                                expected: bool) -> None:
+    papers = [paper("1", authors=("Someone Else", author))]
+    got = select(sub(authors=(follow,)), papers, offered=set()).matches
+    assert bool(got) is expected

@@ -57,9 +57,11 @@ def history(config_path: str | None, email: str | None, paper: str | None,
 @source_option
 @kind_option
 @date_option
+@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
+              help="try this topic instead of the saved ones (repeatable); nothing is saved")
 @json_option
 def explain(config_path: str | None, email: str, source: str | None, source_kind: str | None,
-            run_date: date | None, as_json: bool) -> None:
+            run_date: date | None, topics: tuple[str, ...], as_json: bool) -> None:
     """For every paper in the current feed: kept or dropped for this subscriber, and why."""
     from digest_mailer.overview import explain_subscriber
     from digest_mailer.pipeline import RunOptions
@@ -67,15 +69,20 @@ def explain(config_path: str | None, email: str, source: str | None, source_kind
     config = load(config_path)
     result = explain_subscriber(config, RunOptions(source=source, source_kind=source_kind,
                                                    run_date=run_date, only=email),
-                                now=now())
+                                now=now(), topics=topics)
     if as_json:
-        echo_json({"email": result.email, "note": result.note,
+        echo_json({"email": result.email, "note": result.note, "topics": list(result.topics),
+                   "warnings": list(result.warnings),
                    "papers": [{"id": x.paper.id, "title": x.paper.title,
                                "upvotes": x.paper.upvotes, "kept": x.kept, "why": x.reason}
                               for x in result.papers]})
         return
     if result.note:
         click.echo(f"Note: {result.note}")
+    if topics:
+        click.echo(f"Trying the topics {', '.join(map(repr, result.topics))} (not saved)")
+    for line in result.warnings:
+        click.echo(line)
     for x in result.papers:
         mark = "KEPT   " if x.kept else "dropped"
         click.echo(f"{mark}  {x.paper.id:<12} {x.paper.upvotes:>4}  {x.paper.title[:70]}")

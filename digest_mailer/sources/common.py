@@ -15,7 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from digest_mailer.models import FetchResult, Paper
-from digest_mailer.text import CONTROL, SURROGATE
+from digest_mailer.text import CONTROL, NONCHAR, SURROGATE
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,7 +56,7 @@ def clean_text(raw: object, limit: int = MAX_TEXT) -> str:
         return ""
     # Cut before the regexes run: a 20 MB title costs no more than a 20 KB one.
     text = raw[: limit * 2] if len(raw) > limit * 2 else raw
-    text = " ".join(CONTROL.sub(" ", SURROGATE.sub("\ufffd", text)).split())
+    text = " ".join(CONTROL.sub(" ", NONCHAR.sub("", SURROGATE.sub("\ufffd", text))).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -89,6 +89,7 @@ def paper_from_item(item: Any) -> tuple[Paper | None, str]:
         ai_keywords=tuple(k for k in (clean_text(k, 200) for k in keywords[:MAX_KEYWORDS]) if k)
         if isinstance(keywords, list) else (),
         num_comments=as_int(item.get("numComments")),
+        github_stars=as_int(paper.get("githubStars") or item.get("githubStars")),
     ), ""
 
 

@@ -60,8 +60,11 @@ def _card(card: Tag) -> tuple[Paper | None, str]:
         return None, f"{pid}: no title"
     # The vote count sits beside the (disabled) upvote checkbox.
     votes = card.select_one("input[type=checkbox] ~ div.leading-none")
+    # The comment count is the text of the link to the paper's discussion.
+    talk = card.select_one('a[href$="#community"]')
     return Paper(id=pid, title=title,
-                 upvotes=count_text(votes.get_text(strip=True)) if votes else 0), ""
+                 upvotes=count_text(votes.get_text(strip=True)) if votes else 0,
+                 num_comments=count_text(talk.get_text(strip=True)) if talk else 0), ""
 
 
 def _with_listing_day(result: FetchResult, day: date | None) -> FetchResult:

@@ -86,8 +86,11 @@ class Ledger:
                 conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                        isolation_level=None)
                 ledger = cls(conn, str(path), readonly=True)
-                ledger._check_version()
-                return ledger
+                if ledger._check_version() > 0:
+                    return ledger
+                # Version 0: an empty file (touched, or a first run killed at once) holds
+                # nothing yet; read it as the empty ledger it is.
+                ledger.close()
             conn = sqlite3.connect(":memory:", isolation_level=None)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot read the ledger ({e})") from e
@@ -271,6 +274,17 @@ class Ledger:
             db.execute("UPDATE runs SET finished_at = ?, fetched = ?, sent = ?, failed = ?, "
                        "outcome = ? WHERE id = ?",
                        (finished_at.isoformat(), fetched, sent, failed, outcome, run_id))
+
+    def recent_titles(self, days: int) -> dict[str, list[Paper]]:
+        """The papers of the last `days` feeds the ledger knows, by day, titles only."""
+        rows = self.conn.execute(
+            "SELECT id, title, upvotes, coalesce(listed_on, substr(first_seen, 1, 10)) AS day "
+            "FROM papers WHERE day IN (SELECT DISTINCT coalesce(listed_on, substr(first_seen, "
+            "1, 10)) AS d FROM papers ORDER BY d DESC LIMIT ?)", (days,)).fetchall()
+        out: dict[str, list[Paper]] = {}
+        for pid, title, upvotes, day in rows:
+            out.setdefault(day, []).append(Paper(id=pid, title=title, upvotes=upvotes))
+        return out
 
     def remember(self, papers: Iterable[Paper], seen_at: datetime) -> None:
         stamp = seen_at.isoformat()
