@@ -420,3 +420,85 @@ def test_the_cli_prints_one_error_line_with_a_hint(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"Error: {url}/loop?date=2025-06-02&p=0&limit=100: more than 5 redirects (a loop?)",
         "Hint: check [source] location in the config"]
+
+
+# -- the whole fetch has a deadline too ----------------------------------------------------
+# Worst case without it (config bounds): 31 days x 50 pages x 11 tries x (600 s + waits): months.
+# At the defaults (2 days, 3 retries, 30 s): 2 x 50 x 4 x 30 s, over three hours.
+
+def _fresh_page(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """A slow server that never runs out of pages: each answer takes 0.3 s and holds a new id."""
+    stop.wait(0.3)
+    n = abs(hash(request.split(b" ")[1])) % 99_999
+    body = json.dumps([{"paper": {"id": f"2506.{n:05d}", "title": "A paper"}}]).encode()
+    conn.sendall(head(Content_Length=str(len(body))) + body)
+
+
+@pytest.mark.parametrize("path", ["/api", "/feed/{date}"])
+def test_a_slow_endless_feed_is_cut_at_the_whole_fetch_deadline(path: str) -> None:
+    from digest_mailer.sources.http import FETCH_DEADLINE_FACTOR
+
+    with raw_server(_fresh_page) as (url, seen), HttpFetcher(timeout=0.5, retries=3) as http:
+        source = open_source(SourceSpec("huggingface", url + path, 31), lambda: http)
+        start = time.monotonic()
+        with pytest.raises(SourceError) as info:
+            source.fetch(RUN)
+        elapsed = time.monotonic() - start
+    total = 0.5 * FETCH_DEADLINE_FACTOR
+    assert f"the whole fetch is over its {total:g}s deadline" in info.value.message
+    assert "[source] timeout" in info.value.hint
+    assert total - 0.1 <= elapsed < total + 2.0, elapsed
+    assert len(seen) < 12
+
+
+def test_a_429_storm_with_long_retry_after_does_not_wait_past_the_fetch_deadline() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("429 Slow", Retry_After="100", Content_Length="0"))
+
+    sleeps: list[float] = []
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=2, retries=10,
+                                                        sleep=sleeps.append) as http:
+        source = open_source(SourceSpec("huggingface", url + "/api", 1), lambda: http)
+        with pytest.raises(SourceError) as info:
+            source.fetch(RUN)
+    # The first wait (100 s) would already pass the 8 s deadline: no wait, one request.
+    assert sleeps == [] and len(seen) == 1
+    assert "HTTP 429" in info.value.message and "whole fetch" in info.value.message
+
+
+def test_retries_with_real_waits_stay_within_the_fetch_deadline() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("503 Busy", Retry_After="1", Content_Length="0"))
+
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=0.5, retries=10) as http:
+        source = open_source(SourceSpec("huggingface", url + "/api", 1), lambda: http)
+        start = time.monotonic()
+        with pytest.raises(SourceError, match="whole fetch"):
+            source.fetch(RUN)
+        elapsed = time.monotonic() - start
+    assert elapsed < 3.5 and 2 <= len(seen) <= 3, (elapsed, len(seen))
+
+
+def test_a_fetcher_is_ready_for_the_next_fetch_after_one_hit_its_deadline() -> None:
+    answers = iter([head("503 Busy", Retry_After="100", Content_Length="0")])
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(next(answers, head(Content_Length=str(len(FEED))) + FEED))
+
+    with raw_server(behave) as (url, _), HttpFetcher(timeout=1, retries=1) as http:
+        with pytest.raises(SourceError, match="whole fetch"):
+            open_source(SourceSpec("arxiv", url + "/a", 1), lambda: http).fetch(RUN)
+        assert http.get(url + "/b") == FEED
+
+
+@pytest.mark.parametrize("value", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_retry_after_now_or_in_the_past_still_backs_off(value: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("429 Slow", Retry_After=value, Content_Length="0"))
+
+    sleeps: list[float] = []
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=2, retries=3, backoff=0.25,
+                                                        sleep=sleeps.append) as http, \
+            pytest.raises(SourceError, match=r"HTTP 429 \(gave up after 4 attempts\)"):
+        http.get(url + "/feed")
+    assert sleeps == [0.25, 0.5, 1.0] and len(seen) == 4

@@ -109,7 +109,8 @@ def test_404_is_not_retried(http_server: HttpServer) -> None:
 def test_timeout_is_a_clear_error(http_server: HttpServer) -> None:
     http_server.routes["/api"] = slow(1.5, (200, JSON, b"[]"))
     with pytest.raises(SourceError, match=r"timed out after 0.3s \(gave up after 2 attempts\)"):
-        fetch(http_server, "/api", http=fetcher(timeout=0.3, retries=1))
+        # A short backoff: 0.3 s + the wait + 0.3 s must fit the whole fetch's 1.2 s.
+        fetch(http_server, "/api", http=fetcher(timeout=0.3, retries=1, backoff=0.1))
 
 
 def test_unreachable_server() -> None:

@@ -142,6 +142,10 @@ class HttpSource:
         return self.url
 
     def fetch(self, run_date: date) -> FetchResult:
+        with self.http.whole_fetch():
+            return self._fetch(run_date)
+
+    def _fetch(self, run_date: date) -> FetchResult:
         days = window(run_date, self.lookback_days)
         module = _module(self.kind)
         if "{date}" not in self.url and hasattr(module, "fetch"):

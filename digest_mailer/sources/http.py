@@ -1,12 +1,15 @@
-"""Fetching bytes over HTTP: a total deadline per request, a User-Agent, size caps on the body as
-sent and as decoded, a redirect limit, retries with backoff. Every failure is a SourceError."""
+"""Fetching bytes over HTTP: a total deadline per request and one for a whole fetch, a User-Agent,
+size caps on the body as sent and as decoded, a redirect limit, retries with backoff. Every failure
+is a SourceError."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -22,12 +25,17 @@ MAX_REDIRECTS = 5
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 120.0
 _HINT = "check [source] location in the config"
+# A whole fetch (every day, page, retry and wait of one source) is over within this many
+# `timeout`s. Without it the worst case is days x pages x tries x timeout: at the defaults
+# (2 days, up to 50 pages, 4 tries, 30 s) over three hours, at the config's limits months.
+FETCH_DEADLINE_FACTOR = 4
 
 
 class HttpFetcher:
     """One HTTP client for a run. Each request (redirects included) is over within `timeout`
-    seconds, whatever the server does. `sleep` is passed in so tests need not wait for
-    backoff."""
+    seconds, whatever the server does; inside `whole_fetch()` all requests, retries and waits
+    together are over within FETCH_DEADLINE_FACTOR x `timeout`. `sleep` is passed in so tests
+    need not wait for backoff."""
 
     def __init__(self, *, timeout: float = 30.0, retries: int = 3, max_bytes: int = 20_000_000,
                  backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -37,6 +45,7 @@ class HttpFetcher:
         self._backoff = backoff
         self._sleep = sleep
         self._deadline = Deadline()
+        self._fetch_at = math.inf  # time.monotonic() when the current whole fetch must be over
         # The body is decoded here, not by httpx, so a gzip bomb stops at max_bytes.
         self._client = httpx.Client(
             transport=DeadlineTransport(self._deadline), timeout=httpx.Timeout(timeout),
@@ -52,6 +61,28 @@ class HttpFetcher:
     def close(self) -> None:
         self._client.close()
 
+    @contextmanager
+    def whole_fetch(self) -> Iterator[None]:
+        """Every request made inside shares one more deadline: FETCH_DEADLINE_FACTOR x timeout."""
+        self._fetch_at = time.monotonic() + self._fetch_total
+        try:
+            yield
+        finally:
+            self._fetch_at = math.inf
+
+    @property
+    def _fetch_total(self) -> float:
+        return self._timeout * FETCH_DEADLINE_FACTOR
+
+    def _over(self, shown: str, problem: str, cause: Exception | None = None) -> SourceError:
+        error = SourceError(
+            f"{shown}: {problem}; the whole fetch is over its {self._fetch_total:g}s deadline "
+            f"({FETCH_DEADLINE_FACTOR} x [source] timeout)",
+            hint="the feed is slow or asks to wait; the next run tries again (or raise "
+                 "[source] timeout)")
+        error.__cause__ = cause
+        return error
+
     def get(self, url: str, params: Mapping[str, str | int] | None = None) -> bytes:
         shown = _shown(url, params)
         attempt = 0
@@ -59,9 +90,13 @@ class HttpFetcher:
             attempt += 1
             cause: Exception | None = None
             retry_after: float | None = None
+            if time.monotonic() >= self._fetch_at:
+                raise self._over(shown, "not requested")
             try:
                 status, body, retry_after = self._get_once(url, params, shown)
             except httpx.TimeoutException as e:
+                if time.monotonic() >= self._fetch_at:
+                    raise self._over(shown, "cut off", e) from e
                 problem, cause = f"timed out after {self._timeout:g}s", e
             except httpx.TooManyRedirects as e:
                 raise SourceError(f"{shown}: more than {MAX_REDIRECTS} redirects (a loop?)",
@@ -87,14 +122,19 @@ class HttpFetcher:
                 raise SourceError(f"{shown}: {problem} (gave up after {attempt} attempts)",
                                   hint="the feed may be down; the next run tries again"
                                   ) from cause
-            delay = retry_after if retry_after is not None else self._backoff * 2 ** (attempt - 1)
+            # Never sooner than the backoff: a Retry-After of 0 or in the past would otherwise
+            # turn a 429 into a tight loop against a server that is already overloaded.
+            delay = max(retry_after or 0.0, self._backoff * 2 ** (attempt - 1))
+            if time.monotonic() + delay >= self._fetch_at:
+                raise self._over(shown, f"{problem}, and waiting {delay:g}s to retry would pass "
+                                 "it", cause)
             logger.warning("%s: %s; retrying in %.1fs (%d/%d)", shown, problem, delay, attempt,
                            self._retries)
             self._sleep(delay)
 
     def _get_once(self, url: str, params: Mapping[str, str | int] | None, shown: str
                   ) -> tuple[int, bytes, float | None]:
-        self._deadline.start(self._timeout)
+        self._deadline.start(min(self._timeout, self._fetch_at - time.monotonic()))
         with self._client.stream("GET", url, params=params) as response:
             if not 200 <= response.status_code < 300:
                 return response.status_code, b"", _retry_after(response.headers)
