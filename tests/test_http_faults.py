@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -210,6 +211,30 @@ def test_gzip_that_is_gzip_is_read() -> None:
     with raw_server(behave) as (url, seen):
         assert get(url + "/feed") == FEED
     assert b"accept-encoding: gzip, deflate" in seen[0].lower()
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(("encoding", "body"), [
+    # Several gzip members one after the other are one gzip stream (RFC 1952 2.2); only the
+    # first was read, silently cutting the feed.
+    ("gzip", gzip.compress(FEED[:10]) + gzip.compress(FEED[10:30]) + gzip.compress(FEED[30:])),
+    # "deflate" without the zlib wrapper, as some servers send it (browsers read both).
+    ("deflate", _raw_deflate(FEED)),
+    ("deflate", zlib.compress(FEED)),
+    # Bytes after the last member are ignored, as gzip(1) does.
+    ("gzip", gzip.compress(FEED) + b"\x00\x00trailing"),
+])
+def test_every_valid_encoding_of_the_body_is_read_whole(encoding: str, body: bytes) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Encoding=encoding, Content_Length=str(len(body))))
+        drip(conn, body, 0, stop)  # one byte per read: a member boundary inside a read too
+
+    with raw_server(behave) as (url, _):
+        assert get(url + "/feed") == FEED
 
 
 @pytest.mark.parametrize(("encoding", "body", "expected"), [

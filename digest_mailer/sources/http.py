@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
@@ -171,26 +172,52 @@ class HttpFetcher:
             yield chunk
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _inflater(encoding: str, head: bytes) -> Any:
+    """A decompressor for a stream starting with `head` (2 bytes): gzip or zlib-wrapped data
+    (told apart by their headers), or raw deflate, which some servers send as "deflate"."""
+    if encoding == "deflate" and head != _GZIP_MAGIC and \
+            not (head[0] & 0x0F == 8 and int.from_bytes(head[:2]) % 31 == 0):
+        return zlib.decompressobj(-zlib.MAX_WBITS)
+    return zlib.decompressobj(zlib.MAX_WBITS | 32)
+
+
 def _decoded(raw: Iterable[bytes], encoding: str, cap: int, shown: str) -> Iterator[bytes]:
-    """The body decoded as Content-Encoding says, never more than `cap` + 1 bytes at a time."""
+    """The body decoded as Content-Encoding says, never more than `cap` + 1 bytes at a time.
+    Several gzip members in a row are one stream (RFC 1952); bytes after the last are ignored."""
     if encoding in ("", "identity"):
         yield from raw
         return
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise SourceError(f"{shown}: the server sent Content-Encoding {encoding[:40]!r}, which "
                           "was not asked for", hint="the server or a proxy is misbehaving")
-    decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, told apart
+    decoder: Any = None
+    pending = b""  # input not yet taken by a decoder
+    trailing = False  # past the last member: the rest is ignored
     try:
         for chunk in raw:
-            data = chunk
-            while data:
-                yield decoder.decompress(data, cap + 1)
-                data = decoder.unconsumed_tail
-        yield decoder.flush()
+            pending += chunk
+            while pending and not trailing:
+                if decoder is None or decoder.eof:
+                    if len(pending) < 2:
+                        break
+                    if decoder is not None and pending[:2] != _GZIP_MAGIC:
+                        trailing = True
+                        break
+                    decoder = _inflater(encoding, pending[:2])
+                yield decoder.decompress(pending, cap + 1)
+                pending = decoder.unused_data + decoder.unconsumed_tail if decoder.eof \
+                    else decoder.unconsumed_tail
+            if trailing:
+                pending = b""
+        if decoder is not None and not decoder.eof:
+            yield decoder.flush()
     except zlib.error as e:
         raise SourceError(f"{shown}: the body is not valid {encoding} as its Content-Encoding "
                           f"says ({e})", hint="the server or a proxy is misbehaving") from e
-    if not decoder.eof:
+    if decoder is None or not decoder.eof:
         raise SourceError(f"{shown}: the {encoding} body is cut short",
                           hint="the server or a proxy is misbehaving; the next run tries again")
 
