@@ -392,10 +392,12 @@ def test_odd_ids_strings_and_characters() -> None:
                       "ai_keywords": ["k"] * 100_000, "githubRepo": "https://github.com/" +
                       "a" * 5_000}}]
     result = hf_api.parse(json.dumps(doc).encode(), "feed")
-    assert [p.id for p in result.papers] == ["2506.00001", "2506.00004"]
-    assert result.skipped == 3
-    assert "id=a list" in result.skipped_reasons[0] and "id=a dict" in result.skipped_reasons[1]
-    paper = result.papers[1]
+    # A number is no id: 2506.10010 as a float would read as 2506.1001, another paper.
+    assert [p.id for p in result.papers] == ["2506.00004"]
+    assert result.skipped == 4
+    assert "id=2506.00001" in result.skipped_reasons[0]
+    assert "id=a list" in result.skipped_reasons[1] and "id=a dict" in result.skipped_reasons[2]
+    paper = result.papers[0]
     _in_bounds(paper)
     assert paper.title == "Lone \ufffd surrogate, NUL , NEL"
     assert len(paper.abstract) == MAX_TEXT and paper.abstract.endswith("…")

@@ -29,21 +29,25 @@ def parse(data: bytes, origin: str) -> FetchResult:
         # Feeding it XML (a wrong kind) ends in the clear "no daily papers found" below.
         warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
         soup = BeautifulSoup(data, "lxml")
-    holder = soup.select_one('[data-target="DailyPapers"][data-props]')
-    if holder is not None:
+    broken = ""
+    # The first holder that has the papers: a page may carry more than one.
+    for holder in soup.select('[data-target="DailyPapers"][data-props]'):
         try:
             props, cut = loads(str(holder["data-props"]), origin, hint="")
         except SourceError as e:
-            logger.warning("%s: data-props is not JSON (%s); reading the cards", origin, e)
-        else:
-            items = props.get("dailyPapers") if isinstance(props, dict) else None
-            if isinstance(items, list):
-                return _with_listing_day(hf_api.parse_items(items, origin, cut=cut),
-                                         parse_date(props.get("date")))
+            broken = broken or e.message.removeprefix(f"{origin}: ")
+            logger.warning("%s: data-props is not JSON (%s)", origin, e.message)
+            continue
+        items = props.get("dailyPapers") if isinstance(props, dict) else None
+        if isinstance(items, list):
+            return _with_listing_day(hf_api.parse_items(items, origin, cut=cut),
+                                     parse_date(props.get("date")))
     articles = soup.find_all("article")
     if not articles:
-        raise SourceError(f"{origin}: no daily papers found in this HTML (no DailyPapers "
-                          "data-props, no <article> cards)",
+        why = (f"its DailyPapers data-props is {broken}" if broken
+               else "no DailyPapers data-props")
+        raise SourceError(f"{origin}: no daily papers found in this HTML ({why}, no <article> "
+                          "cards)",
                           hint="is it the Hugging Face papers page? for the API use kind = "
                                "'huggingface'")
     return collect(articles, _card, origin, "card")
