@@ -421,7 +421,7 @@ def test_feeds_that_cannot_be_read_at_all_are_one_source_error(data: bytes,
 # -- size and time: a feed at max_bytes ------------------------------------------------------
 
 _BIG = r'''
-import json, resource, sys, time
+import json, re, sys, time
 from digest_mailer.sources import parse
 kind, n = sys.argv[1], int(sys.argv[2])
 ids = [f"2506.{i % 99_999 + 1:05d}" for i in range(n)]
@@ -435,12 +435,13 @@ else:
     data = ("<html><body>" + "".join(
         f'<article><h3><a href="/papers/{i}">t</a></h3><input type="checkbox">'
         f'<div class="leading-none">7</div></article>' for i in ids) + "</body></html>").encode()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 result = parse(kind, data, "big")
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec.
+peak = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) / 1024
 print(json.dumps({"mb": len(data) / 1e6, "seconds": time.perf_counter() - start,
                   "papers": len(result.papers), "skipped": result.skipped,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": peak}))
 '''
 
 
@@ -450,9 +451,9 @@ print(json.dumps({"mb": len(data) / 1e6, "seconds": time.perf_counter() - start,
     ("arxiv", 95_000),  # about 20 MB
 ])
 def test_a_feed_at_max_bytes_parses_in_bounded_time_and_memory(kind: str, items: int) -> None:
-    """In a child process, so its peak memory is its own. BeautifulSoup took 29 s and 814 MB
-    for 20 MB of cards; lxml's tree takes about 3 s and under 400 MB (loaded 2-core machine:
-    generous bounds)."""
+    """In a child process, so its peak memory is its own (Linux: /proc/self/status).
+    BeautifulSoup took 36 s and 846 MB for 19 MB of cards; lxml's tree takes about 4 s and
+    400 MB (bounds are generous for a loaded 2-core machine)."""
     import subprocess
     import sys
 
@@ -461,4 +462,4 @@ def test_a_feed_at_max_bytes_parses_in_bounded_time_and_memory(kind: str, items:
     got = json.loads(out)
     assert 15 <= got["mb"] <= 20 or kind == "huggingface", got
     assert got["papers"] == min(items, 99_999) and got["skipped"] == 0, got
-    assert got["seconds"] < 15 and got["rss_mb"] < 700, got
+    assert got["seconds"] < 15 and got["rss_mb"] < 500, got
