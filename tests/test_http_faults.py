@@ -527,3 +527,115 @@ def test_a_retry_after_now_or_in_the_past_still_backs_off(value: str) -> None:
             pytest.raises(SourceError, match=r"HTTP 429 \(gave up after 4 attempts\)"):
         http.get(url + "/feed")
     assert sleeps == [0.25, 0.5, 1.0] and len(seen) == 4
+
+
+# -- framing a server can get wrong ----------------------------------------------------------
+
+def _endless_chunks(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"1\r\n \r\n")
+        time.sleep(0.01)
+
+
+def _endless_102(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+    while not stop.is_set():
+        conn.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
+        time.sleep(0.005)
+
+
+def _longer_then_silent(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+    conn.sendall(head(Content_Length=str(len(FEED) + 100)) + FEED)
+    stop.wait(5)
+
+
+@pytest.mark.parametrize("behave", [_endless_chunks, _endless_102, _longer_then_silent])
+def test_a_body_or_head_that_never_ends_is_cut_at_the_deadline(behave: Behaviour) -> None:
+    with raw_server(behave) as (url, _):
+        elapsed, error = timed(url + "/feed", timeout=1.0)
+    assert "timed out after 1s" in error.message and elapsed < 3.0
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (head(Content_Length=str(len(FEED) + 100)) + FEED, "peer closed connection without sending"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789",
+     "incomplete chunked read"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+     "Only Transfer-Encoding: chunked is supported"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n" + FEED,
+     "conflicting Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n" + FEED, "bad Content-Length"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "the server broke HTTP"),
+    (b"", "Server disconnected without sending a response"),
+])
+def test_a_broken_frame_is_one_clear_retryable_error(answer: bytes, expected: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+
+    with raw_server(behave) as (url, seen):
+        _, error = timed(url + "/feed", retries=1)
+    assert expected in error.message and "gave up after 2 attempts" in error.message
+    assert "\n" not in error.message and len(seen) == 2
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    + head(Content_Length=str(len(FEED))) + FEED,
+    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + FEED,  # ends at close
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+    + f"{len(FEED):x}\r\n".encode() + FEED + b"\r\n0\r\n\r\n",  # chunked wins (RFC 9112 6.3)
+])
+def test_odd_but_valid_framing_is_read(answer: bytes) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+
+    with raw_server(behave) as (url, _):
+        assert get(url + "/feed") == FEED
+
+
+def test_bytes_past_the_content_length_never_answer_the_next_request() -> None:
+    """A connection was reused: the rest of a body longer than its Content-Length was read as
+    the next response, breaking it ("illegal request line") or forging it."""
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED)), Connection="keep-alive") + FEED + forged)
+        stop.wait(2)
+
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=2, retries=0) as http:
+        assert http.get(url + "/a") == FEED
+        assert http.get(url + "/b") == FEED
+    assert len(seen) == 2  # one request per connection
+
+
+def test_redirects_to_new_urls_and_other_hosts_stop_at_the_limit() -> None:
+    """Each hop a new URL, alternating between two servers: no loop to spot, still cut."""
+    hops: list[str] = []
+
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        hops.append(request.split(b" ")[1].decode())
+        target = other if len(hops) % 2 else first
+        conn.sendall(head("302 Found", Location=f"{target}/hop{len(hops)}",
+                          Content_Length="0"))
+
+    with raw_server(behave) as (first, _), raw_server(behave) as (other, _):
+        _, error = timed(first + "/start")
+    assert f"more than {MAX_REDIRECTS} redirects" in error.message
+    assert len(hops) == MAX_REDIRECTS + 1 and len(set(hops)) == len(hops)
+
+
+def test_a_redirect_to_another_host_over_http_is_followed() -> None:
+    def final(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(final) as (target, _):
+        port = target.rsplit(":", 1)[1]
+
+        def moved(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+            conn.sendall(head("301 Moved", Location=f"http://localhost:{port}/feed",
+                              Content_Length="0"))
+
+        with raw_server(moved) as (url, _):
+            assert get(url + "/old") == FEED

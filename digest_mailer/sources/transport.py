@@ -160,9 +160,12 @@ class _Body(httpx.SyncByteStream):
 
 class DeadlineTransport(httpx.BaseTransport):
     def __init__(self, deadline: Deadline, resolve: Resolver = socket.getaddrinfo) -> None:
+        # No connection is reused: bytes a server sent past its Content-Length would otherwise
+        # be read as the answer to the next request (a broken page, or a forged one). A fetch
+        # makes a few requests; a handshake each costs nothing that matters.
         self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
                                              network_backend=_Backend(deadline, resolve),
-                                             max_connections=4)
+                                             max_connections=4, max_keepalive_connections=0)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.SyncByteStream)
