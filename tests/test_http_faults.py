@@ -325,12 +325,34 @@ bodies = st.one_of(st.binary(max_size=200), st.just(gzip.compress(FEED)),
                    st.just(gzip.compress(FEED)[:20]), st.just(b"0\r\n\r\n"))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(status=statuses, fields=headers, body=bodies)
+def _framed(body: bytes, framing: str) -> tuple[str, bytes]:
+    """A Content-Length or Transfer-Encoding header and the body framed by it, true or not."""
+    if framing == "length":
+        return f"Content-Length: {len(body)}\r\n", body
+    if framing == "longer":
+        return f"Content-Length: {len(body) + 10}\r\n", body
+    if framing == "shorter":
+        return f"Content-Length: {max(len(body) - 5, 0)}\r\n", body
+    if framing.startswith("chunked"):
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7])
+                          for i in range(0, len(body), 7))
+        end = b"0\r\n\r\n" if framing == "chunked" else b"zz\r\n"
+        return "Transfer-Encoding: chunked\r\n", chunks + end
+    return "", body  # ends when the server closes
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(status=st.just("200 OK") | statuses, fields=headers, body=bodies,
+       encoding=st.sampled_from(["", "gzip", "deflate", "br", "gzip, gzip", "identity"]),
+       framing=st.sampled_from(["close", "length", "longer", "shorter", "chunked",
+                                "chunked-broken"]))
 def test_any_answer_gives_bytes_or_one_source_error(status: str, fields: list[tuple[str, str]],
-                                                    body: bytes) -> None:
+                                                    body: bytes, encoding: str,
+                                                    framing: str) -> None:
+    framing_header, framed = _framed(body, framing)
     answer = (f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
-              + "\r\n").encode("latin-1") + body
+              + (f"Content-Encoding: {encoding}\r\n" if encoding else "") + framing_header
+              + "\r\n").encode("latin-1") + framed
 
     def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
         conn.sendall(answer)
