@@ -482,3 +482,24 @@ def test_the_cli_prints_one_error_line_for_a_local_feed_it_cannot_read(what: str
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert len(lines) == 2 and lines[0].startswith(f"Error: {feed}") and \
         lines[1].startswith("Hint: "), lines
+
+
+@pytest.mark.parametrize("doctype", [
+    '<!DOCTYPE html [<!ENTITY x SYSTEM "file:///etc/hostname">]>',
+    '<?xml version="1.0"?><!DOCTYPE html [<!ENTITY a "aaaaaaaaaa"><!ENTITY x "&a;&a;&a;&a;&a;'
+    '&a;&a;&a;&a;&a;">]>',
+])
+def test_the_papers_page_expands_no_entity(doctype: str) -> None:
+    page = (f'{doctype}<html><body><article><h3><a href="/papers/2506.00001">T &x; end</a></h3>'
+            "</article></body></html>")
+    (paper,) = hf_page.parse(page.encode(), "page").papers
+    assert paper.title == "T &x; end"
+
+
+def test_file_urls_are_read_as_paths(tmp_path: Path) -> None:
+    feed = tmp_path / "my feed.json"
+    feed.write_text(json.dumps([{"paper": {"id": "2506.00001", "title": "T"}}]))
+    for url in (feed.as_uri(), f"file://localhost{feed.as_uri()[7:]}"):
+        assert len(open_source(SourceSpec(None, url), lambda: None).fetch(RUN).papers) == 1  # type: ignore[arg-type,return-value]
+    with pytest.raises(SourceError, match="only local file: URLs"):
+        open_source(SourceSpec(None, "file://fileserver/share/feed.json"), lambda: None)  # type: ignore[arg-type,return-value]
