@@ -503,3 +503,14 @@ def test_file_urls_are_read_as_paths(tmp_path: Path) -> None:
         assert len(open_source(SourceSpec(None, url), lambda: None).fetch(RUN).papers) == 1  # type: ignore[arg-type,return-value]
     with pytest.raises(SourceError, match="only local file: URLs"):
         open_source(SourceSpec(None, "file://fileserver/share/feed.json"), lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_one_invalid_utf8_byte_costs_a_character_not_the_day() -> None:
+    doc = json.dumps([{"paper": {"id": "2506.00001", "title": "Caf\x00"}},
+                      {"paper": {"id": "2506.00002", "title": "Fine"}}]).encode()
+    data = doc.replace(b"\\u0000", b"\xe9")  # Latin-1 e-acute: not UTF-8
+    result = hf_api.parse(data, "feed")
+    assert [p.title for p in result.papers] == ["Caf\ufffd", "Fine"]
+    # A surrogate written raw (CESU-8) is no UTF-8 either: replaced, the item read.
+    raw = '[{"paper": {"id": "2506.00001", "title": "\ud800"}}]'.encode("utf-8", "surrogatepass")
+    assert [p.title for p in hf_api.parse(raw, "feed").papers] == ["\ufffd\ufffd\ufffd"]
