@@ -426,7 +426,6 @@ def test_atom_with_odd_namespaces(root: str) -> None:
     (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aa"><!ENTITY b "&a;&a;">]><rss>&b;</rss>',
      "refused unsafe XML"),
     (b'<rss><channel><item><title>&nbsp;</title></item></channel></rss>', "not valid XML"),
-    (b"<rss><channel><item><title>T\xff</title></item></channel></rss>", "not valid XML"),
     (b"", "not valid XML"), (b"<", "not valid XML"),
     (b"<html><body/></html>", "not an Atom or RSS feed"),
 ])
@@ -514,3 +513,18 @@ def test_one_invalid_utf8_byte_costs_a_character_not_the_day() -> None:
     # A surrogate written raw (CESU-8) is no UTF-8 either: replaced, the item read.
     raw = '[{"paper": {"id": "2506.00001", "title": "\ud800"}}]'.encode("utf-8", "surrogatepass")
     assert [p.title for p in hf_api.parse(raw, "feed").papers] == ["\ufffd\ufffd\ufffd"]
+
+
+@pytest.mark.parametrize("decl", ["", '<?xml version="1.0" encoding="UTF-8"?>',
+                                  "<?xml version='1.0'?>"])
+def test_one_invalid_utf8_byte_in_xml_costs_a_character(decl: str) -> None:
+    rss = (f"{decl}<rss><channel><item><link>http://arxiv.org/abs/2506.00001</link>"
+           "<title>Caf\x00</title></item><item><link>http://arxiv.org/abs/2506.00002</link>"
+           "<title>Fine</title></item></channel></rss>").encode().replace(b"\x00", b"\xe9")
+    assert [p.title for p in arxiv.parse(rss, "feed").papers] == ["Caf\ufffd", "Fine"]
+
+
+def test_xml_in_a_declared_single_byte_encoding_is_read_as_declared() -> None:
+    rss = ('<?xml version="1.0" encoding="iso-8859-1"?><rss><channel><item><link>'
+           "http://arxiv.org/abs/2506.00001</link><title>Café</title></item></channel></rss>")
+    assert [p.title for p in arxiv.parse(rss.encode("latin-1"), "feed").papers] == ["Café"]

@@ -38,9 +38,29 @@ ARXIV = "{http://arxiv.org/schemas/atom}"
 _LISTING_PREFIX = re.compile(r"^arXiv:\S+\s+Announce Type:\s*\S+\s+Abstract:\s*", re.I)
 
 
+# The encoding an XML declaration names, if any (it sits in the first bytes).
+_DECLARED = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def _utf8(data: bytes) -> bytes:
+    """A UTF-8 document (declared so, or by default) with any byte that is not UTF-8 replaced by
+    U+FFFD: one Latin-1 title costs a character, not the whole feed. Other encodings (a BOM or
+    a declaration says which) are left to the parser."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        return data
+    declared = _DECLARED.match(data[:512])
+    if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
+        return data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")
+    return data
+
+
 def parse(data: bytes, origin: str) -> FetchResult:
     try:
-        root = fromstring(data, forbid_dtd=True)
+        root = fromstring(_utf8(data), forbid_dtd=True)
     except DefusedXmlException as e:
         raise SourceError(f"{origin}: refused unsafe XML ({type(e).__name__})",
                           hint="a feed with a DOCTYPE or entities is not an arXiv feed") from e
