@@ -661,3 +661,29 @@ def test_a_redirect_to_another_host_over_http_is_followed() -> None:
 
         with raw_server(moved) as (url, _):
             assert get(url + "/old") == FEED
+
+
+def test_the_cli_prints_one_error_line_when_the_whole_fetch_runs_out(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conftest import ENV, base_config, toml_text
+    from digest_mailer.cli import cli
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("503 Busy", Retry_After="100", Content_Length="0"))
+
+    path = tmp_path / "c.toml"
+    with raw_server(behave) as (url, seen):
+        doc = base_config(tmp_path, source=url + "/api", backend="file")
+        doc["source"].update({"retries": 5, "timeout": 1, "lookback_days": 7})
+        path.write_text(toml_text(doc))
+        start = time.monotonic()
+        result = CliRunner().invoke(cli, ["run", "--dry-run", "--config", str(path), "--date",
+                                          "2025-06-02"], env=ENV)
+        elapsed = time.monotonic() - start
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Error: ") and "HTTP 503" in lines[0]
+    assert "the whole fetch is over its 4s deadline" in lines[0]
+    assert lines[1].startswith("Hint: ") and "[source] timeout" in lines[1]
+    assert elapsed < 5 and len(seen) == 1
