@@ -687,3 +687,50 @@ def test_the_cli_prints_one_error_line_when_the_whole_fetch_runs_out(tmp_path: P
     assert "the whole fetch is over its 4s deadline" in lines[0]
     assert lines[1].startswith("Hint: ") and "[source] timeout" in lines[1]
     assert elapsed < 5 and len(seen) == 1
+
+
+# -- a proxy from the environment, as the plain httpx client honoured -------------------------
+
+def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    def proxy(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(proxy) as (proxy_url, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.removeprefix("http://"))  # no scheme, as often
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert get("http://feeds.example/api?date=x") == FEED
+    assert seen[0].startswith(b"GET http://feeds.example/api?date=x HTTP/1.1")
+
+
+def test_no_proxy_hosts_are_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def answer(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(answer) as (url, seen):
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        assert get(url + "/feed") == FEED
+    assert seen[0].startswith(b"GET /feed HTTP/1.1")
+
+
+def test_a_proxy_that_drips_is_cut_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def proxy(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        drip(conn, head(Content_Length=str(len(FEED))) + FEED, 0.05, stop)
+
+    with raw_server(proxy) as (proxy_url, _):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        elapsed, error = timed("http://feeds.example/api", timeout=1.0)
+    assert "timed out after 1s" in error.message and elapsed < 3.0
+
+
+def test_no_proxy_matching() -> None:
+    from digest_mailer.sources.transport import _bypassed
+
+    assert _bypassed("feeds.example.org", "example.org")
+    assert _bypassed("example.org", ".example.org")
+    assert _bypassed("x.internal", "*.internal,foo") and _bypassed("anything", "*")
+    assert _bypassed("10.0.0.1", "10.0.0.1:8080") and _bypassed("::1", "::1")
+    assert not _bypassed("notexample.org", "example.org") and not _bypassed("a.org", "")

@@ -17,7 +17,7 @@ import httpx
 
 from digest_mailer import __version__
 from digest_mailer.errors import SourceError
-from digest_mailer.sources.transport import Deadline, DeadlineTransport
+from digest_mailer.sources.transport import Deadline, DeadlineTransport, environment_proxies
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class HttpFetcher:
         self._fetch_at = math.inf  # time.monotonic() when the current whole fetch must be over
         # The body is decoded here, not by httpx, so a gzip bomb stops at max_bytes.
         self._client = httpx.Client(
-            transport=DeadlineTransport(self._deadline), timeout=httpx.Timeout(timeout),
+            transport=DeadlineTransport(self._deadline, proxies=environment_proxies()),
+            timeout=httpx.Timeout(timeout),
             follow_redirects=True, max_redirects=MAX_REDIRECTS,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"})
 
