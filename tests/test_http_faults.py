@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -30,9 +31,10 @@ Behaviour = Callable[[socket.socket, bytes, threading.Event], None]
 
 
 @contextmanager
-def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
+def raw_server(behave: Behaviour, tls: ssl.SSLContext | None = None
+               ) -> Iterator[tuple[str, list[bytes]]]:
     """Accepts connections; each reads one request head, then `behave` answers as it likes.
-    Yields the base URL and the request heads seen."""
+    Yields the base URL and the request heads seen. With `tls`, it speaks HTTPS."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -45,6 +47,8 @@ def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
             conn.settimeout(5)
             head = b""
             try:
+                if tls is not None:
+                    conn = tls.wrap_socket(conn, server_side=True)
                 while b"\r\n\r\n" not in head:
                     data = conn.recv(4096)
                     if not data:
@@ -68,7 +72,8 @@ def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+        scheme = "https" if tls else "http"
+        yield f"{scheme}://127.0.0.1:{listener.getsockname()[1]}", seen
     finally:
         stop.set()
         thread.join(5)
@@ -734,3 +739,75 @@ def test_no_proxy_matching() -> None:
     assert _bypassed("x.internal", "*.internal,foo") and _bypassed("anything", "*")
     assert _bypassed("10.0.0.1", "10.0.0.1:8080") and _bypassed("::1", "::1")
     assert not _bypassed("notexample.org", "example.org") and not _bypassed("a.org", "")
+
+
+# -- HTTPS: the handshake under the deadline, no downgrade to plain http -------------------
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a self-signed certificate for 127.0.0.1, and that certificate."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
+
+
+def test_https_is_read_and_a_redirect_to_plain_http_is_refused(
+        tls_pair: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    context, cert = tls_pair
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # httpx's own way to trust a CA
+
+    def plain(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(plain) as (http_url, plain_seen):
+        def secure(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+            if request.startswith(b"GET /feed "):
+                conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+            elif request.startswith(b"GET /moved "):
+                conn.sendall(head("302 Found", Location="/feed", Content_Length="0"))
+            else:
+                conn.sendall(head("302 Found", Location=f"{http_url}/feed", Content_Length="0"))
+
+        with raw_server(secure, tls=context) as (https_url, _):
+            assert get(https_url + "/feed") == FEED
+            assert get(https_url + "/moved") == FEED
+            _, error = timed(https_url + "/down")
+    assert "redirected from https to plain http" in error.message
+    assert error.hint and plain_seen == []  # never asked over plain http
+
+
+def test_a_tls_handshake_that_stalls_is_cut_at_the_deadline() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:  # accepts, then never answers the ClientHello
+        elapsed, error = timed(f"https://127.0.0.1:{listener.getsockname()[1]}/feed",
+                               timeout=1.0)
+    finally:
+        listener.close()
+    assert "timed out after 1s" in error.message and elapsed < 3.0

@@ -47,11 +47,14 @@ class HttpFetcher:
         self._sleep = sleep
         self._deadline = Deadline()
         self._fetch_at = math.inf  # time.monotonic() when the current whole fetch must be over
+        self._secure = False  # the current request was made over https
+        self._shown = ""  # the current request, as error messages show it
         # The body is decoded here, not by httpx, so a gzip bomb stops at max_bytes.
         self._client = httpx.Client(
             transport=DeadlineTransport(self._deadline, proxies=environment_proxies()),
             timeout=httpx.Timeout(timeout),
             follow_redirects=True, max_redirects=MAX_REDIRECTS,
+            event_hooks={"request": [self._no_downgrade]},
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"})
 
     def __enter__(self) -> HttpFetcher:
@@ -134,8 +137,20 @@ class HttpFetcher:
                            self._retries)
             self._sleep(delay)
 
+    def _no_downgrade(self, request: httpx.Request) -> None:
+        """Called before every request, redirects included: a feed asked for over https is not
+        then read over plain http, where anyone on the path could rewrite it."""
+        if request.url.scheme == "https":
+            self._secure = True
+        elif self._secure:
+            raise SourceError(f"{self._shown}: redirected from https to plain http "
+                              f"({str(request.url)[:200]})",
+                              hint="the feed's server downgrades; ask its owner, or use the http "
+                                   "URL if you accept that")
+
     def _get_once(self, url: str, params: Mapping[str, str | int] | None, shown: str
                   ) -> tuple[int, bytes, float | None]:
+        self._secure, self._shown = False, shown
         self._deadline.start(min(self._timeout, self._fetch_at - time.monotonic()))
         with self._client.stream("GET", url, params=params) as response:
             if not 200 <= response.status_code < 300:
