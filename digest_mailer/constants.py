@@ -12,8 +12,27 @@ DEFAULT_CONFIG = "digest-mailer.toml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"),
+         (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
 def _head(data: bytes) -> bytes:
-    return data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    """The first bytes as lower-case ASCII-compatible text, past a byte-order mark, leading
+    space and comments: UTF-16 and UTF-32 feeds (JSON and XML allow them) are sniffed too."""
+    head = data[:4096]
+    for bom, codec in _BOMS:
+        if head.startswith(bom):
+            head = head[len(bom):].decode(codec, "ignore").encode()
+            break
+    else:
+        if b"\x00" in head[:4]:  # UTF-16 or UTF-32 without a mark: NULs beside ASCII
+            codec = "utf-32" if head[:2] == b"\x00\x00" or head[2:4] == b"\x00\x00" else "utf-16"
+            codec += "-be" if head[:1] == b"\x00" else "-le"
+            head = head.decode(codec, "ignore").encode()
+    head = head.lstrip()
+    while head.startswith(b"<!--") and b"-->" in head:
+        head = head[head.index(b"-->") + 3:].lstrip()
+    return head.lower()
 
 
 def _json(data: bytes) -> bool:
@@ -26,7 +45,7 @@ def _html(data: bytes) -> bool:
 
 
 def _xml(data: bytes) -> bool:
-    return _head(data).startswith((b"<?xml", b"<feed", b"<rss"))
+    return _head(data).startswith((b"<?xml", b"<feed", b"<rss", b"<rdf:rdf"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -29,9 +31,10 @@ Behaviour = Callable[[socket.socket, bytes, threading.Event], None]
 
 
 @contextmanager
-def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
+def raw_server(behave: Behaviour, tls: ssl.SSLContext | None = None
+               ) -> Iterator[tuple[str, list[bytes]]]:
     """Accepts connections; each reads one request head, then `behave` answers as it likes.
-    Yields the base URL and the request heads seen."""
+    Yields the base URL and the request heads seen. With `tls`, it speaks HTTPS."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -44,6 +47,8 @@ def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
             conn.settimeout(5)
             head = b""
             try:
+                if tls is not None:
+                    conn = tls.wrap_socket(conn, server_side=True)
                 while b"\r\n\r\n" not in head:
                     data = conn.recv(4096)
                     if not data:
@@ -67,7 +72,8 @@ def raw_server(behave: Behaviour) -> Iterator[tuple[str, list[bytes]]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+        scheme = "https" if tls else "http"
+        yield f"{scheme}://127.0.0.1:{listener.getsockname()[1]}", seen
     finally:
         stop.set()
         thread.join(5)
@@ -212,6 +218,30 @@ def test_gzip_that_is_gzip_is_read() -> None:
     assert b"accept-encoding: gzip, deflate" in seen[0].lower()
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(("encoding", "body"), [
+    # Several gzip members one after the other are one gzip stream (RFC 1952 2.2); only the
+    # first was read, silently cutting the feed.
+    ("gzip", gzip.compress(FEED[:10]) + gzip.compress(FEED[10:30]) + gzip.compress(FEED[30:])),
+    # "deflate" without the zlib wrapper, as some servers send it (browsers read both).
+    ("deflate", _raw_deflate(FEED)),
+    ("deflate", zlib.compress(FEED)),
+    # Bytes after the last member are ignored, as gzip(1) does.
+    ("gzip", gzip.compress(FEED) + b"\x00\x00trailing"),
+])
+def test_every_valid_encoding_of_the_body_is_read_whole(encoding: str, body: bytes) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Encoding=encoding, Content_Length=str(len(body))))
+        drip(conn, body, 0, stop)  # one byte per read: a member boundary inside a read too
+
+    with raw_server(behave) as (url, _):
+        assert get(url + "/feed") == FEED
+
+
 @pytest.mark.parametrize(("encoding", "body", "expected"), [
     ("gzip", b"this is not gzip at all", "the body is not valid gzip"),
     ("deflate", b"\x00\x01\x02 nor deflate", "the body is not valid deflate"),
@@ -300,12 +330,34 @@ bodies = st.one_of(st.binary(max_size=200), st.just(gzip.compress(FEED)),
                    st.just(gzip.compress(FEED)[:20]), st.just(b"0\r\n\r\n"))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(status=statuses, fields=headers, body=bodies)
+def _framed(body: bytes, framing: str) -> tuple[str, bytes]:
+    """A Content-Length or Transfer-Encoding header and the body framed by it, true or not."""
+    if framing == "length":
+        return f"Content-Length: {len(body)}\r\n", body
+    if framing == "longer":
+        return f"Content-Length: {len(body) + 10}\r\n", body
+    if framing == "shorter":
+        return f"Content-Length: {max(len(body) - 5, 0)}\r\n", body
+    if framing.startswith("chunked"):
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7])
+                          for i in range(0, len(body), 7))
+        end = b"0\r\n\r\n" if framing == "chunked" else b"zz\r\n"
+        return "Transfer-Encoding: chunked\r\n", chunks + end
+    return "", body  # ends when the server closes
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(status=st.just("200 OK") | statuses, fields=headers, body=bodies,
+       encoding=st.sampled_from(["", "gzip", "deflate", "br", "gzip, gzip", "identity"]),
+       framing=st.sampled_from(["close", "length", "longer", "shorter", "chunked",
+                                "chunked-broken"]))
 def test_any_answer_gives_bytes_or_one_source_error(status: str, fields: list[tuple[str, str]],
-                                                    body: bytes) -> None:
+                                                    body: bytes, encoding: str,
+                                                    framing: str) -> None:
+    framing_header, framed = _framed(body, framing)
     answer = (f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
-              + "\r\n").encode("latin-1") + body
+              + (f"Content-Encoding: {encoding}\r\n" if encoding else "") + framing_header
+              + "\r\n").encode("latin-1") + framed
 
     def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
         conn.sendall(answer)
@@ -420,3 +472,342 @@ def test_the_cli_prints_one_error_line_with_a_hint(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"Error: {url}/loop?date=2025-06-02&p=0&limit=100: more than 5 redirects (a loop?)",
         "Hint: check [source] location in the config"]
+
+
+# -- the whole fetch has a deadline too ----------------------------------------------------
+# Worst case without it (config bounds): 31 days x 50 pages x 11 tries x (600 s + waits): months.
+# At the defaults (2 days, 3 retries, 30 s): 2 x 50 x 4 x 30 s, over three hours.
+
+def _fresh_page(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """A slow server that never runs out of pages: each answer takes 0.3 s and holds a new id."""
+    stop.wait(0.3)
+    n = abs(hash(request.split(b" ")[1])) % 99_999
+    body = json.dumps([{"paper": {"id": f"2506.{n:05d}", "title": "A paper"}}]).encode()
+    conn.sendall(head(Content_Length=str(len(body))) + body)
+
+
+@pytest.mark.parametrize("path", ["/api", "/feed/{date}"])
+def test_a_slow_endless_feed_is_cut_at_the_whole_fetch_deadline(path: str) -> None:
+    from digest_mailer.sources.http import FETCH_DEADLINE_FACTOR
+
+    with raw_server(_fresh_page) as (url, seen), HttpFetcher(timeout=0.5, retries=3) as http:
+        source = open_source(SourceSpec("huggingface", url + path, 31), lambda: http)
+        start = time.monotonic()
+        with pytest.raises(SourceError) as info:
+            source.fetch(RUN)
+        elapsed = time.monotonic() - start
+    total = 0.5 * FETCH_DEADLINE_FACTOR
+    assert f"the whole fetch is over its {total:g}s deadline" in info.value.message
+    assert "[source] timeout" in info.value.hint
+    assert total - 0.1 <= elapsed < total + 2.0, elapsed
+    assert len(seen) < 12
+
+
+def test_a_429_storm_with_long_retry_after_does_not_wait_past_the_fetch_deadline() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("429 Slow", Retry_After="100", Content_Length="0"))
+
+    sleeps: list[float] = []
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=2, retries=10,
+                                                        sleep=sleeps.append) as http:
+        source = open_source(SourceSpec("huggingface", url + "/api", 1), lambda: http)
+        with pytest.raises(SourceError) as info:
+            source.fetch(RUN)
+    # The first wait (100 s) would already pass the 8 s deadline: no wait, one request.
+    assert sleeps == [] and len(seen) == 1
+    assert "HTTP 429" in info.value.message and "whole fetch" in info.value.message
+
+
+def test_retries_with_real_waits_stay_within_the_fetch_deadline() -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("503 Busy", Retry_After="1", Content_Length="0"))
+
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=0.5, retries=10) as http:
+        source = open_source(SourceSpec("huggingface", url + "/api", 1), lambda: http)
+        start = time.monotonic()
+        with pytest.raises(SourceError, match="whole fetch"):
+            source.fetch(RUN)
+        elapsed = time.monotonic() - start
+    assert elapsed < 3.5 and 2 <= len(seen) <= 3, (elapsed, len(seen))
+
+
+def test_a_fetcher_is_ready_for_the_next_fetch_after_one_hit_its_deadline() -> None:
+    answers = iter([head("503 Busy", Retry_After="100", Content_Length="0")])
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(next(answers, head(Content_Length=str(len(FEED))) + FEED))
+
+    with raw_server(behave) as (url, _), HttpFetcher(timeout=1, retries=1) as http:
+        with pytest.raises(SourceError, match="whole fetch"):
+            open_source(SourceSpec("arxiv", url + "/a", 1), lambda: http).fetch(RUN)
+        assert http.get(url + "/b") == FEED
+
+
+@pytest.mark.parametrize("value", ["0", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_retry_after_now_or_in_the_past_still_backs_off(value: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("429 Slow", Retry_After=value, Content_Length="0"))
+
+    sleeps: list[float] = []
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=2, retries=3, backoff=0.25,
+                                                        sleep=sleeps.append) as http, \
+            pytest.raises(SourceError, match=r"HTTP 429 \(gave up after 4 attempts\)"):
+        http.get(url + "/feed")
+    assert sleeps == [0.25, 0.5, 1.0] and len(seen) == 4
+
+
+# -- framing a server can get wrong ----------------------------------------------------------
+
+def _endless_chunks(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"1\r\n \r\n")
+        time.sleep(0.01)
+
+
+def _endless_102(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+    while not stop.is_set():
+        conn.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
+        time.sleep(0.005)
+
+
+def _longer_then_silent(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+    conn.sendall(head(Content_Length=str(len(FEED) + 100)) + FEED)
+    stop.wait(5)
+
+
+@pytest.mark.parametrize("behave", [_endless_chunks, _endless_102, _longer_then_silent])
+def test_a_body_or_head_that_never_ends_is_cut_at_the_deadline(behave: Behaviour) -> None:
+    with raw_server(behave) as (url, _):
+        elapsed, error = timed(url + "/feed", timeout=1.0)
+    assert "timed out after 1s" in error.message and elapsed < 3.0
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (head(Content_Length=str(len(FEED) + 100)) + FEED, "peer closed connection without sending"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789",
+     "incomplete chunked read"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+     "Only Transfer-Encoding: chunked is supported"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n" + FEED,
+     "conflicting Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n" + FEED, "bad Content-Length"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "the server broke HTTP"),
+    (b"", "Server disconnected without sending a response"),
+])
+def test_a_broken_frame_is_one_clear_retryable_error(answer: bytes, expected: str) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+
+    with raw_server(behave) as (url, seen):
+        _, error = timed(url + "/feed", retries=1)
+    assert expected in error.message and "gave up after 2 attempts" in error.message
+    assert "\n" not in error.message and len(seen) == 2
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    + head(Content_Length=str(len(FEED))) + FEED,
+    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + FEED,  # ends at close
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+    + f"{len(FEED):x}\r\n".encode() + FEED + b"\r\n0\r\n\r\n",  # chunked wins (RFC 9112 6.3)
+])
+def test_odd_but_valid_framing_is_read(answer: bytes) -> None:
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+
+    with raw_server(behave) as (url, _):
+        assert get(url + "/feed") == FEED
+
+
+def test_bytes_past_the_content_length_never_answer_the_next_request() -> None:
+    """A connection was reused: the rest of a body longer than its Content-Length was read as
+    the next response, breaking it ("illegal request line") or forging it."""
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED)), Connection="keep-alive") + FEED + forged)
+        stop.wait(2)
+
+    with raw_server(behave) as (url, seen), HttpFetcher(timeout=2, retries=0) as http:
+        assert http.get(url + "/a") == FEED
+        assert http.get(url + "/b") == FEED
+    assert len(seen) == 2  # one request per connection
+
+
+def test_redirects_to_new_urls_and_other_hosts_stop_at_the_limit() -> None:
+    """Each hop a new URL, alternating between two servers: no loop to spot, still cut."""
+    hops: list[str] = []
+
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        hops.append(request.split(b" ")[1].decode())
+        target = other if len(hops) % 2 else first
+        conn.sendall(head("302 Found", Location=f"{target}/hop{len(hops)}",
+                          Content_Length="0"))
+
+    with raw_server(behave) as (first, _), raw_server(behave) as (other, _):
+        _, error = timed(first + "/start")
+    assert f"more than {MAX_REDIRECTS} redirects" in error.message
+    assert len(hops) == MAX_REDIRECTS + 1 and len(set(hops)) == len(hops)
+
+
+def test_a_redirect_to_another_host_over_http_is_followed() -> None:
+    def final(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(final) as (target, _):
+        port = target.rsplit(":", 1)[1]
+
+        def moved(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+            conn.sendall(head("301 Moved", Location=f"http://localhost:{port}/feed",
+                              Content_Length="0"))
+
+        with raw_server(moved) as (url, _):
+            assert get(url + "/old") == FEED
+
+
+def test_the_cli_prints_one_error_line_when_the_whole_fetch_runs_out(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conftest import ENV, base_config, toml_text
+    from digest_mailer.cli import cli
+
+    def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head("503 Busy", Retry_After="100", Content_Length="0"))
+
+    path = tmp_path / "c.toml"
+    with raw_server(behave) as (url, seen):
+        doc = base_config(tmp_path, source=url + "/api", backend="file")
+        doc["source"].update({"retries": 5, "timeout": 1, "lookback_days": 7})
+        path.write_text(toml_text(doc))
+        start = time.monotonic()
+        result = CliRunner().invoke(cli, ["run", "--dry-run", "--config", str(path), "--date",
+                                          "2025-06-02"], env=ENV)
+        elapsed = time.monotonic() - start
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Error: ") and "HTTP 503" in lines[0]
+    assert "the whole fetch is over its 4s deadline" in lines[0]
+    assert lines[1].startswith("Hint: ") and "[source] timeout" in lines[1]
+    assert elapsed < 5 and len(seen) == 1
+
+
+# -- a proxy from the environment, as the plain httpx client honoured -------------------------
+
+def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    def proxy(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(proxy) as (proxy_url, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.removeprefix("http://"))  # no scheme, as often
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert get("http://feeds.example/api?date=x") == FEED
+    assert seen[0].startswith(b"GET http://feeds.example/api?date=x HTTP/1.1")
+
+
+def test_no_proxy_hosts_are_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def answer(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(answer) as (url, seen):
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        assert get(url + "/feed") == FEED
+    assert seen[0].startswith(b"GET /feed HTTP/1.1")
+
+
+def test_a_proxy_that_drips_is_cut_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def proxy(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        drip(conn, head(Content_Length=str(len(FEED))) + FEED, 0.05, stop)
+
+    with raw_server(proxy) as (proxy_url, _):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        elapsed, error = timed("http://feeds.example/api", timeout=1.0)
+    assert "timed out after 1s" in error.message and elapsed < 3.0
+
+
+def test_no_proxy_matching() -> None:
+    from digest_mailer.sources.transport import _bypassed
+
+    assert _bypassed("feeds.example.org", "example.org")
+    assert _bypassed("example.org", ".example.org")
+    assert _bypassed("x.internal", "*.internal,foo") and _bypassed("anything", "*")
+    assert _bypassed("10.0.0.1", "10.0.0.1:8080") and _bypassed("::1", "::1")
+    assert not _bypassed("notexample.org", "example.org") and not _bypassed("a.org", "")
+
+
+# -- HTTPS: the handshake under the deadline, no downgrade to plain http -------------------
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a self-signed certificate for 127.0.0.1, and that certificate."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
+
+
+def test_https_is_read_and_a_redirect_to_plain_http_is_refused(
+        tls_pair: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    context, cert = tls_pair
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # httpx's own way to trust a CA
+
+    def plain(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
+        conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+
+    with raw_server(plain) as (http_url, plain_seen):
+        def secure(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+            if request.startswith(b"GET /feed "):
+                conn.sendall(head(Content_Length=str(len(FEED))) + FEED)
+            elif request.startswith(b"GET /moved "):
+                conn.sendall(head("302 Found", Location="/feed", Content_Length="0"))
+            else:
+                conn.sendall(head("302 Found", Location=f"{http_url}/feed", Content_Length="0"))
+
+        with raw_server(secure, tls=context) as (https_url, _):
+            assert get(https_url + "/feed") == FEED
+            assert get(https_url + "/moved") == FEED
+            _, error = timed(https_url + "/down")
+    assert "redirected from https to plain http" in error.message
+    assert error.hint and plain_seen == []  # never asked over plain http
+
+
+def test_a_tls_handshake_that_stalls_is_cut_at_the_deadline() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:  # accepts, then never answers the ClientHello
+        elapsed, error = timed(f"https://127.0.0.1:{listener.getsockname()[1]}/feed",
+                               timeout=1.0)
+    finally:
+        listener.close()
+    assert "timed out after 1s" in error.message and elapsed < 3.0

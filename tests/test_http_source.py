@@ -109,7 +109,8 @@ def test_404_is_not_retried(http_server: HttpServer) -> None:
 def test_timeout_is_a_clear_error(http_server: HttpServer) -> None:
     http_server.routes["/api"] = slow(1.5, (200, JSON, b"[]"))
     with pytest.raises(SourceError, match=r"timed out after 0.3s \(gave up after 2 attempts\)"):
-        fetch(http_server, "/api", http=fetcher(timeout=0.3, retries=1))
+        # A short backoff: 0.3 s + the wait + 0.3 s must fit the whole fetch's 1.2 s.
+        fetch(http_server, "/api", http=fetcher(timeout=0.3, retries=1, backoff=0.1))
 
 
 def test_unreachable_server() -> None:
@@ -157,3 +158,22 @@ def test_a_deep_or_huge_feed_over_http_skips_the_bad_item(http_server: HttpServe
     result = fetch(http_server, "/api")
     assert [(p.id, p.upvotes) for p in result.papers] == [("2506.00002", 2**31 - 1)]
     assert result.skipped == 1 and "nested more than 64 levels" in result.skipped_reasons[0]
+
+
+@pytest.mark.parametrize(("pages", "requests", "ids"), [
+    # Overlapping pages (an item moved while paging): each paper once.
+    ({"0": ["2506.00001", "2506.00002"], "1": ["2506.00002", "2506.00003"]}, 3, 3),
+    # A server that alternates between two pages forever stops when nothing is new.
+    ({str(p): ["2506.00001" if p % 2 == 0 else "2506.00002"] for p in range(50)}, 3, 2),
+    # Pages of items that are all unreadable still end at the first empty page.
+    ({"0": ["junk"], "1": ["junk"]}, 3, 0),
+])
+def test_pages_that_repeat_or_overlap(http_server: HttpServer, pages: dict[str, list[str]],
+                                      requests: int, ids: int) -> None:
+    def route(req: Request) -> Reply:
+        return 200, JSON, json.dumps([item(i) for i in pages.get(req.query["p"], [])]).encode()
+
+    http_server.routes["/api"] = route
+    result = fetch(http_server, "/api")
+    assert len(http_server.requests) == requests
+    assert len(result.papers) == ids == len({p.id for p in result.papers})

@@ -319,3 +319,214 @@ def test_local_sources_that_are_not_plain_files(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"bigger than source.max_bytes \(1,000 bytes\)"):
         open_source(SourceSpec(None, str(big), max_bytes=1_000), lambda: None).fetch(RUN)  # type: ignore[arg-type,return-value]
     assert open_source(SourceSpec(None, str(big)), lambda: None).fetch(RUN).papers == ()  # type: ignore[arg-type,return-value]
+
+
+# -- shapes the fixtures do not have -------------------------------------------------------
+
+def test_only_arxiv_ids_are_ids() -> None:
+    # A number is no id: the float 2506.10010 is 2506.1001, another paper.
+    assert canonical_id(2506.10010) is None and canonical_id(250601234) is None
+    assert canonical_id(True) is None
+    # Months run 01-12; since 2015 (1501) the number has five digits, before it four.
+    for bad in ("9999.99999", "2513.01234", "2500.01234", "0000.0000", "2506.0001",
+                "1412.01234", "hep-th/9913001", "hep-th/9900001"):
+        assert canonical_id(bad) is None, bad
+    for good, expected in (("1412.3555", "1412.3555"), ("0704.0001v2", "0704.0001"),
+                           ("1501.00001", "1501.00001"), ("arXiv:2506.01234v3", "2506.01234"),
+                           ("math.AG/0601001", "math.AG/0601001")):
+        assert canonical_id(good) == expected, good
+
+
+def test_hf_items_of_every_wrong_type_are_skipped_with_a_reason() -> None:
+    doc = [[1, 2], 3, None, "2506.00001", True,
+           {"paper": "2506.00002", "title": "paper as a string"},
+           {"paper": {"id": 2506.10010, "title": "a number as the id"}},
+           {"paper": {"id": "2506.00003", "title": "T", "authors": {"name": "A"},
+                      "ai_keywords": 5, "upvotes": "7", "numComments": None,
+                      "githubRepo": ["https://github.com/x/y"], "publishedAt": 1e308,
+                      "submittedOnDailyAt": ["2025-06-02"]},
+            "organization": "a string", "numComments": {"n": 1}}]
+    result = hf_api.parse(json.dumps(doc).encode(), "feed")
+    (paper,) = result.papers
+    assert (paper.id, paper.authors, paper.ai_keywords, paper.upvotes, paper.github_url,
+            paper.published_at, paper.listed_on) == ("2506.00003", (), (), 0, None, None, None)
+    assert result.skipped == 7
+    assert result.skipped_reasons[5] == "feed item 5: 'paper' is a str, not an object"
+
+
+@pytest.mark.parametrize("encode", [
+    lambda s: s.encode("utf-16"), lambda s: s.encode("utf-16-le"), lambda s: s.encode("utf-32"),
+    lambda s: b"\xef\xbb\xbf" + s.encode()])
+def test_json_in_any_unicode_encoding_is_read_and_sniffed(encode, tmp_path: Path) -> None:
+    path = tmp_path / "feed.json"
+    path.write_bytes(encode(json.dumps([{"paper": {"id": "2506.00001", "title": "Título"}}],
+                                       ensure_ascii=False)))
+    assert [p.title for p in read(None, path).papers] == ["Título"]
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    ('<?xml version="1.0" encoding="utf-16"?><rss></rss>'.encode("utf-16"), "arxiv"),
+    (b"<!-- generated --><rss version='2.0'></rss>", "arxiv"),
+    (b"<rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'/>", "arxiv"),
+    ("<!DOCTYPE html><html></html>".encode("utf-16"), "huggingface-page"),
+    (b"\n\n<!-- c -->\n<!DOCTYPE html>", "huggingface-page"),
+    (b"", None), (b"x", None), (b"\xef\xbb\xbf", None), (b"\xff\xfe", None),
+])
+def test_sniffing_sees_through_encodings_and_comments(data: bytes, kind: str | None) -> None:
+    assert sniff_kind(data) == kind
+
+
+RDF = b"""<?xml version="1.0" encoding="UTF-8"?>
+<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+ xmlns="http://purl.org/rss/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/">
+<channel rdf:about="http://arxiv.org/"><title>cs.LG updates on arXiv.org</title></channel>
+<item rdf:about="http://arxiv.org/abs/2506.01234">
+<title>Sparse experts, small models. (arXiv:2506.01234v1 [cs.LG])</title>
+<link>http://arxiv.org/abs/2506.01234</link>
+<description rdf:parseType="Literal">&lt;p&gt;We revisit sparse layers.&lt;/p&gt;</description>
+<dc:creator>Ana Lima, Bj\xc3\xb6rn Berg</dc:creator>
+<dc:date>2025-06-02T00:00:00-04:00</dc:date>
+</item>
+<item rdf:about="http://arxiv.org/abs/2506.05678"><title></title>
+<link>http://arxiv.org/abs/2506.05678</link></item>
+</rdf:RDF>"""
+
+
+def test_arxiv_rss_1_0_rdf_as_the_old_listing_feeds_sent_it() -> None:
+    result = arxiv.parse(RDF, "cs.LG")
+    (paper,) = result.papers
+    assert (paper.id, paper.authors, paper.listed_on) == ("2506.01234", ("Ana Lima", "Björn Berg"),
+                                                          date(2025, 6, 2))
+    assert paper.title.startswith("Sparse experts") and "sparse layers" in paper.abstract
+    assert result.skipped == 1 and "no title" in result.skipped_reasons[0]
+
+
+@pytest.mark.parametrize("root", [
+    '<feed>',  # no namespace at all
+    '<feed xmlns="http://purl.org/atom/ns#">',  # Atom 0.3
+    '<a:feed xmlns:a="http://www.w3.org/2005/Atom">',  # a prefix instead of the default
+])
+def test_atom_with_odd_namespaces(root: str) -> None:
+    prefix = "a:" if root.startswith("<a:") else ""
+    entry = (f"<{prefix}entry><{prefix}id>http://arxiv.org/abs/2506.01234v1</{prefix}id>"
+             f"<{prefix}title><![CDATA[Fast <b>&</b> sparse]]></{prefix}title>"
+             f"<{prefix}author><{prefix}name>Ana &amp; Lima &#x1F600;</{prefix}name>"
+             f"</{prefix}author></{prefix}entry>")
+    doc = f"{root}{entry}</{prefix}feed>".encode()
+    (paper,) = arxiv.parse(doc, "feed").papers
+    assert (paper.id, paper.title, paper.authors) == ("2506.01234", "Fast <b>&</b> sparse",
+                                                      ("Ana & Lima \U0001F600",))
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (b'<?xml version="1.0" encoding="klingon"?><rss/>',
+     "not valid XML (unknown encoding: klingon)"),
+    (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><rss>&x;</rss>',
+     "refused unsafe XML"),
+    (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aa"><!ENTITY b "&a;&a;">]><rss>&b;</rss>',
+     "refused unsafe XML"),
+    (b'<rss><channel><item><title>&nbsp;</title></item></channel></rss>', "not valid XML"),
+    (b"", "not valid XML"), (b"<", "not valid XML"),
+    (b"<html><body/></html>", "not an Atom or RSS feed"),
+])
+def test_xml_that_cannot_be_read_says_why(payload: bytes, expected: str) -> None:
+    with pytest.raises(SourceError) as info:
+        arxiv.parse(payload, "feed.xml")
+    assert expected in info.value.message and "\n" not in info.value.message
+
+
+def test_hf_page_reads_the_holder_that_has_the_papers() -> None:
+    item = json.dumps({"dailyPapers": [{"paper": {"id": "2506.00001", "title": "T"}}]})
+    holder = '<div data-target="DailyPapers" data-props="{props}"></div>'
+    page = ("<html><body>" + holder.replace("{props}", "{}")
+            + holder.replace("{props}", item.replace('"', "&quot;")) + "</body></html>")
+    assert [p.id for p in hf_page.parse(page.encode(), "page").papers] == ["2506.00001"]
+
+
+def test_hf_page_with_broken_data_props_and_no_cards_says_so() -> None:
+    page = b'<html><div data-target="DailyPapers" data-props="{broken"></div></html>'
+    with pytest.raises(SourceError, match="its DailyPapers data-props is not valid JSON"):
+        hf_page.parse(page, "page")
+
+
+@pytest.mark.parametrize("content", [b"", b"[", b" ", b"\x00", "€".encode("utf-16")[:3]])
+def test_empty_and_tiny_files(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "feed"
+    path.write_bytes(content)
+    for kind in (None, "huggingface", "huggingface-page", "arxiv"):
+        with pytest.raises(SourceError) as info:
+            read(kind, path)
+        assert "\n" not in info.value.message and info.value.hint
+
+
+@pytest.mark.parametrize("what", ["empty", "directory", "klingon", "page"])
+def test_the_cli_prints_one_error_line_for_a_local_feed_it_cannot_read(what: str,
+                                                                        tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conftest import ENV, base_config, toml_text
+    from digest_mailer.cli import cli
+
+    feed = tmp_path / "feed"
+    if what == "directory":
+        feed.mkdir()
+    else:
+        feed.write_bytes({"empty": b"", "klingon": b'<?xml version="1.0" encoding="klingon"?>'
+                          b"<rss/>", "page": b"<!DOCTYPE html><html><p>hi</p></html>"}[what])
+    config = tmp_path / "c.toml"
+    config.write_text(toml_text(base_config(tmp_path, source=str(feed), backend="file")))
+    result = CliRunner().invoke(cli, ["run", "--dry-run", "--config", str(config), "--date",
+                                      "2025-06-02"], env=ENV)
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    # A directory is refused by the preflight, which names the config key; the rest by the
+    # source, which names the file.
+    assert len(lines) == 2 and lines[0].startswith("Error: ") and str(feed) in lines[0] and \
+        lines[1].startswith("Hint: "), lines
+
+
+@pytest.mark.parametrize("doctype", [
+    '<!DOCTYPE html [<!ENTITY x SYSTEM "file:///etc/hostname">]>',
+    '<?xml version="1.0"?><!DOCTYPE html [<!ENTITY a "aaaaaaaaaa"><!ENTITY x "&a;&a;&a;&a;&a;'
+    '&a;&a;&a;&a;&a;">]>',
+])
+def test_the_papers_page_expands_no_entity(doctype: str) -> None:
+    page = (f'{doctype}<html><body><article><h3><a href="/papers/2506.00001">T &x; end</a></h3>'
+            "</article></body></html>")
+    (paper,) = hf_page.parse(page.encode(), "page").papers
+    assert paper.title == "T &x; end"
+
+
+def test_file_urls_are_read_as_paths(tmp_path: Path) -> None:
+    feed = tmp_path / "my feed.json"
+    feed.write_text(json.dumps([{"paper": {"id": "2506.00001", "title": "T"}}]))
+    for url in (feed.as_uri(), f"file://localhost{feed.as_uri()[7:]}"):
+        assert len(open_source(SourceSpec(None, url), lambda: None).fetch(RUN).papers) == 1  # type: ignore[arg-type,return-value]
+    with pytest.raises(SourceError, match="only local file: URLs"):
+        open_source(SourceSpec(None, "file://fileserver/share/feed.json"), lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_one_invalid_utf8_byte_costs_a_character_not_the_day() -> None:
+    doc = json.dumps([{"paper": {"id": "2506.00001", "title": "Caf\x00"}},
+                      {"paper": {"id": "2506.00002", "title": "Fine"}}]).encode()
+    data = doc.replace(b"\\u0000", b"\xe9")  # Latin-1 e-acute: not UTF-8
+    result = hf_api.parse(data, "feed")
+    assert [p.title for p in result.papers] == ["Caf\ufffd", "Fine"]
+    # A surrogate written raw (CESU-8) is no UTF-8 either: replaced, the item read.
+    raw = '[{"paper": {"id": "2506.00001", "title": "\ud800"}}]'.encode("utf-8", "surrogatepass")
+    assert [p.title for p in hf_api.parse(raw, "feed").papers] == ["\ufffd\ufffd\ufffd"]
+
+
+@pytest.mark.parametrize("decl", ["", '<?xml version="1.0" encoding="UTF-8"?>',
+                                  "<?xml version='1.0'?>"])
+def test_one_invalid_utf8_byte_in_xml_costs_a_character(decl: str) -> None:
+    rss = (f"{decl}<rss><channel><item><link>http://arxiv.org/abs/2506.00001</link>"
+           "<title>Caf\x00</title></item><item><link>http://arxiv.org/abs/2506.00002</link>"
+           "<title>Fine</title></item></channel></rss>").encode().replace(b"\x00", b"\xe9")
+    assert [p.title for p in arxiv.parse(rss, "feed").papers] == ["Caf\ufffd", "Fine"]
+
+
+def test_xml_in_a_declared_single_byte_encoding_is_read_as_declared() -> None:
+    rss = ('<?xml version="1.0" encoding="iso-8859-1"?><rss><channel><item><link>'
+           "http://arxiv.org/abs/2506.00001</link><title>Café</title></item></channel></rss>")
+    assert [p.title for p in arxiv.parse(rss.encode("latin-1"), "feed").papers] == ["Café"]

@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from digest_mailer.constants import SOURCE_KINDS, SOURCES
 from digest_mailer.errors import DigestMailerError, SourceError
@@ -142,6 +142,10 @@ class HttpSource:
         return self.url
 
     def fetch(self, run_date: date) -> FetchResult:
+        with self.http.whole_fetch():
+            return self._fetch(run_date)
+
+    def _fetch(self, run_date: date) -> FetchResult:
         days = window(run_date, self.lookback_days)
         module = _module(self.kind)
         if "{date}" not in self.url and hasattr(module, "fetch"):
@@ -171,7 +175,10 @@ def open_source(spec: SourceSpec, http: Callable[[], HttpFetcher]) -> Source:
                           hint="check --source or [source] location") from e
     scheme = parts.scheme.lower()
     if scheme == "file":
-        return FileSource(spec.kind, Path(parts.path), spec.max_bytes)
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"{spec.location}: only local file: URLs can be read",
+                              hint="mount the share and give its local path")
+        return FileSource(spec.kind, Path(unquote(parts.path)), spec.max_bytes)
     if scheme not in ("http", "https"):
         raise SourceError(f"{spec.location}: only http and https URLs (or local files) can "
                           "be read")

@@ -20,9 +20,12 @@ from digest_mailer.text import CONTROL, NONCHAR, SURROGATE
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# New-style ids (2501.01234, 0704.0001) and old-style ones (hep-th/9901001, math.AG/0601001).
-_NEW_ID = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?:v\d+)?(?![\d])")
-_OLD_ID = re.compile(r"(?<![\w-])([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?(?!\d)")
+# New-style ids (2501.01234, 0704.0001) and old-style ones (hep-th/9901001, math.AG/0601001):
+# year, month 01-12, number. Since 2015 (1501) the number has five digits, before it four.
+_MONTH = r"(?:0[1-9]|1[0-2])"
+_NEW_ID = re.compile(rf"(?<![\d.])(\d\d{_MONTH})\.(\d{{4,5}})(?:v\d+)?(?![\d])")
+_OLD_ID = re.compile(
+    rf"(?<![\w-])([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{{2}})?/\d\d{_MONTH}\d{{3}})(?:v\d+)?(?!\d)")
 # Characters RFC 3986 never allows unescaped: a link holding one is malformed or an attack.
 _NOT_IN_URL = re.compile(r'[\s"<>\\^`{|}]')
 # Counts (upvotes, comments, stars) are clamped to what a 32-bit column, a template and a sort
@@ -41,12 +44,17 @@ MAX_REASONS = 100
 
 
 def canonical_id(raw: object) -> str | None:
-    """The arXiv id without its version, from an id, an abs/pdf URL or an OAI identifier."""
-    if not isinstance(raw, str | int | float):
+    """The arXiv id without its version, from an id, an abs/pdf URL or an OAI identifier. Only
+    text: a number is no id (the float 2506.10010 reads as 2506.1001, another paper)."""
+    if not isinstance(raw, str):
         return None
-    text = str(raw).strip()
-    m = _NEW_ID.search(text) or _OLD_ID.search(text)
-    return m.group(1) if m else None
+    text = raw.strip()[:MAX_URL]
+    for m in _NEW_ID.finditer(text):
+        yymm, number = m.groups()
+        if (len(number) == 5) == (yymm >= "1501"):
+            return f"{yymm}.{number}"
+    old = _OLD_ID.search(text)
+    return old.group(1) if old else None
 
 
 def clean_text(raw: object, limit: int = MAX_TEXT) -> str:

@@ -63,6 +63,8 @@ def paper_from_item(item: Any) -> tuple[Paper | None, str]:
     if not isinstance(item, dict):
         return None, f"not an object ({shown(item)})"
     inner = item.get("paper")
+    if inner is not None and not isinstance(inner, dict):
+        return None, f"'paper' is a {type(inner).__name__}, not an object"
     paper: dict[str, Any] = inner if isinstance(inner, dict) else item
     pid = canonical_id(paper.get("id"))
     if pid is None:

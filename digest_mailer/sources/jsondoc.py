@@ -73,10 +73,8 @@ def _cut(text: str, limit: int) -> str | None:
 def loads(data: bytes | str, origin: str, hint: str, *, limit: int = MAX_DEPTH
           ) -> tuple[Any, bool]:
     """The decoded document and whether any part of it was cut for being too deep."""
-    try:
-        text = data if isinstance(data, str) else data.decode(json.detect_encoding(data))
-    except (UnicodeDecodeError, LookupError) as e:
-        raise SourceError(f"{origin}: not valid JSON (not UTF-8 text)", hint=hint) from e
+    # A byte that is not UTF-8 (a Latin-1 title) costs that character, not the whole feed.
+    text = data if isinstance(data, str) else data.decode(json.detect_encoding(data), "replace")
     cut = _cut(text, limit)
     try:
         if cut is None:

@@ -11,17 +11,21 @@ SyncBackend).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.request import getproxies_environment
 
 import httpcore
 import httpx
+
+logger = logging.getLogger(__name__)
 
 
 class Deadline:
@@ -158,11 +162,58 @@ class _Body(httpx.SyncByteStream):
             close()
 
 
+def _bypassed(host: str, no_proxy: str) -> bool:
+    """Whether NO_PROXY ("example.org,.internal,10.0.0.1:8080,*") names `host` or a parent."""
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.lower().split(","):
+        name = entry.strip().lstrip("*").lstrip(".")
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name  # host:port
+        if entry.strip() == "*" or (name and (host == name or host.endswith("." + name))):
+            return True
+    return False
+
+
+def environment_proxies() -> dict[str, str]:
+    """HTTP_PROXY / HTTPS_PROXY / ALL_PROXY (and NO_PROXY, under "no"), as httpx's own client
+    honours them: a custom transport would otherwise ignore them."""
+    found = getproxies_environment()
+    if "all" in found:
+        found = {"http": found["all"], "https": found["all"]} | found
+    return found
+
+
 class DeadlineTransport(httpx.BaseTransport):
-    def __init__(self, deadline: Deadline, resolve: Resolver = socket.getaddrinfo) -> None:
-        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
-                                             network_backend=_Backend(deadline, resolve),
-                                             max_connections=4)
+    def __init__(self, deadline: Deadline, resolve: Resolver = socket.getaddrinfo,
+                 proxies: Mapping[str, str] | None = None) -> None:
+        self._backend = _Backend(deadline, resolve)
+        self._ssl = httpx.create_ssl_context()
+        self._pool = self._new_pool(None)
+        self._no_proxy = (proxies or {}).get("no", "")
+        self._proxied: dict[str, httpcore.ConnectionPool | httpcore.HTTPProxy] = {}
+        for scheme in ("http", "https"):
+            url = (proxies or {}).get(scheme, "").strip()
+            url = url if "://" in url or not url else f"http://{url}"
+            if url.lower().startswith(("http://", "https://")):
+                self._proxied[scheme] = self._new_pool(url)
+            elif url:
+                logger.warning("the %s proxy %s is not an http(s) proxy; not used", scheme, url)
+
+    def _new_pool(self, proxy: str | None) -> httpcore.ConnectionPool | httpcore.HTTPProxy:
+        # No connection is reused: bytes a server sent past its Content-Length would otherwise
+        # be read as the answer to the next request (a broken page, or a forged one). A fetch
+        # makes a few requests; a handshake each costs nothing that matters.
+        if proxy is None:
+            return httpcore.ConnectionPool(ssl_context=self._ssl, network_backend=self._backend,
+                                           max_connections=4, max_keepalive_connections=0)
+        return httpcore.HTTPProxy(proxy_url=proxy, ssl_context=self._ssl,
+                                  network_backend=self._backend, max_connections=4,
+                                  max_keepalive_connections=0)
+
+    def _pool_for(self, url: httpx.URL) -> httpcore.ConnectionPool | httpcore.HTTPProxy:
+        proxied = self._proxied.get(url.scheme)
+        if proxied is None or _bypassed(url.host, self._no_proxy):
+            return self._pool
+        return proxied
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.SyncByteStream)
@@ -172,10 +223,11 @@ class DeadlineTransport(httpx.BaseTransport):
                              port=request.url.port, target=request.url.raw_path),
             headers=request.headers.raw, content=request.stream, extensions=request.extensions)
         with _as_httpx():
-            response = self._pool.handle_request(core)
+            response = self._pool_for(request.url).handle_request(core)
         assert isinstance(response.stream, Iterable)
         return httpx.Response(status_code=response.status, headers=response.headers,
                               stream=_Body(response.stream), extensions=response.extensions)
 
     def close(self) -> None:
-        self._pool.close()
+        for pool in (self._pool, *self._proxied.values()):
+            pool.close()
