@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from digest_mailer import aliases as alias_table
 from digest_mailer.config import Config
 from digest_mailer.models import Paper, Subscriber
-from digest_mailer.select import Feed
 from digest_mailer.textmatch import Normalizer, fold
-from digest_mailer.topics import STOPWORDS
+from digest_mailer.topics import STOPWORDS, Feed
 
 BROAD_SHARE = 0.5  # a topic in more than half of every feed filters little
 MIN_FEED = 5  # a day with fewer papers says nothing about a topic's share

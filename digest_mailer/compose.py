@@ -20,9 +20,10 @@ from digest_mailer.message import (
 )
 from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selection, Subscriber
 from digest_mailer.render import Renderer
-from digest_mailer.select import Feed, profile_key, ranked_matches, select_ranked
+from digest_mailer.select import profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
 from digest_mailer.store.outbox import Entry
+from digest_mailer.topics import Feed
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import logging
 from dataclasses import replace
 from datetime import date
 
-import lxml.html  # type: ignore[import-untyped]  # no stubs shipped
+import lxml.html
 from lxml import etree
 
 from digest_mailer.errors import SourceError
