@@ -44,12 +44,29 @@ def _one_line(value: str) -> str:
 
 
 def _address(value: str) -> str:
-    """A bare address, checked for syntax only: deliverability needs DNS, which a check must not."""
+    """A bare address, checked for syntax only: deliverability needs DNS, which a check must not.
+    A non-ASCII local part needs SMTPUTF8, which the email package cannot write in a header:
+    a run would stop on it with a traceback."""
     _one_line(value)
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError as e:
         raise ValueError(f"{value!r} is not an email address ({e})") from e
+    if checked.smtputf8:
+        raise ValueError(f"{value!r}: the part before the @ is not ASCII, which email headers "
+                         "cannot carry (it needs SMTPUTF8)")
+    return checked.normalized
+
+
+def _ascii_address(value: str) -> str:
+    """An address of ours (From, Reply-To, envelope, mailto): it goes into headers and the
+    SMTP envelope as is, so an international domain is written in its ASCII (xn--) form."""
+    address = _address(value)
+    if not address.isascii():
+        ascii_form = validate_email(address, check_deliverability=False).ascii_email
+        raise ValueError(f"{value!r}: write the domain in its ASCII form ({ascii_form!r}): "
+                         "headers and the SMTP envelope carry it as is")
+    return address
 
 
 def email_address(value: str) -> str:
@@ -64,8 +81,42 @@ def _mailbox(value: str) -> str:
     if not addr or "@" not in addr:
         raise ValueError(f"{value!r} is not an address like "
                          "'Daily Papers <papers@example.org>'")
-    _address(addr)
+    _ascii_address(addr)
     return value
+
+
+# RFC 2919: the id is a dot-atom with at least one dot; anything else breaks the List-Id header
+# (a space, an angle bracket) or the token bound to it.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
+# RFC 3986 characters: a URL goes into List-Unsubscribe inside <...> as is.
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_LABELS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*")
+_MAILTO_LOCAL = re.compile(r"[A-Za-z0-9._+'!$*=~-]+")
+
+
+def _list_id(value: str) -> str:
+    if len(value) > 255 or not _LIST_ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a list id like 'papers.example.org' (ASCII letters, "
+                         "digits and dots, no spaces or angle brackets)")
+    return value
+
+
+def _dns_name(value: str) -> str:
+    """A DKIM domain or selector: DNS labels; a ';' or '=' would add tags to the signature."""
+    if len(value) > 253 or not _LABELS.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DNS name like 'example.org' (ASCII letters, "
+                         "digits, '-', '_' and dots)")
+    return value
+
+
+def _mailto(value: str) -> str:
+    address = _ascii_address(value)
+    if not _MAILTO_LOCAL.fullmatch(address.rpartition("@")[0]):
+        raise ValueError(f"{value!r}: '?', '&', '%', '#' or '/' before the @ would change the "
+                         "mailto: link; use a plain address")
+    return address
 
 
 def _timezone(value: str) -> str:
@@ -146,7 +197,7 @@ class NewsletterSettings(_Section):
     subject: OneLine | None = Field(
         None, description="a Jinja template for the subject; variables: newsletter, count, "
                           "topics, more_topics, authors, date, name")
-    list_id: OneLine | None = Field(
+    list_id: Annotated[str, AfterValidator(_list_id)] | None = Field(
         None, description="the List-Id header's id; default: the name's slug at the From domain")
     templates_dir: str | None = Field(
         None, description="a folder whose templates override the shipped ones, file by file")
@@ -217,7 +268,7 @@ class SmtpSettings(_Section):
                                   description="the environment variable holding the password")
     timeout: float = Field(30.0, gt=0, le=600, description="seconds per SMTP command")
     ca_file: str | None = Field(None, description="extra CA certificates (PEM) to trust")
-    envelope_from: Annotated[str, AfterValidator(_address)] | None = Field(
+    envelope_from: Annotated[str, AfterValidator(_ascii_address)] | None = Field(
         None, description="the envelope sender (bounces); default: the From address")
     password_file: str | None = Field(
         None, description="a file holding the password, readable by its owner only; "
@@ -233,9 +284,11 @@ class SmtpSettings(_Section):
 
 
 class DkimSettings(_Section):
-    domain: OneLine = Field(min_length=1, description="the signing domain (d=)")
-    selector: OneLine = Field(min_length=1, description="the selector (s=): its public key is "
-                                                        "at <selector>._domainkey.<domain>")
+    domain: Annotated[str, AfterValidator(_dns_name)] = Field(
+        min_length=1, description="the signing domain (d=)")
+    selector: Annotated[str, AfterValidator(_dns_name)] = Field(
+        min_length=1,
+        description="the selector (s=): its public key is at <selector>._domainkey.<domain>")
     key_file: str = Field(description="the private key (PEM), readable by its owner only")
 
 
@@ -265,7 +318,7 @@ class DeliverySettings(_Section):
 
 class UnsubscribeSettings(_Section):
     url: str = Field(description="the one-click unsubscribe URL; must contain {token}")
-    mailto: Annotated[str, AfterValidator(_address)] | None = Field(
+    mailto: Annotated[str, AfterValidator(_mailto)] | None = Field(
         None, description="an address that takes unsubscribe requests by email")
     secret_env: OneLine = Field("DIGEST_UNSUBSCRIBE_SECRET",
                                 description="the environment variable holding the HMAC secret")
@@ -275,7 +328,17 @@ class UnsubscribeSettings(_Section):
     def _url(cls, v: str) -> str:
         if "{token}" not in v:
             raise ValueError(f"{v!r} has no {{token}} placeholder")
-        _http_url(v.replace("{token}", "t"))
+        filled = v.replace("{token}", "t")
+        _http_url(filled)
+        parts = urlsplit(v)
+        if parts.scheme != "https":
+            raise ValueError(f"{v!r} is not https: one-click unsubscribe (RFC 8058) needs an "
+                             "https URL, and mail providers ignore it otherwise")
+        if "{token}" in parts.netloc:
+            raise ValueError(f"{v!r}: {{token}} belongs in the path or the query, not the host")
+        if not _URL_CHARS.fullmatch(filled):
+            raise ValueError(f"{v!r} has characters a URL cannot carry as is (spaces, <, >, "
+                             "quotes, non-ASCII): percent-encode them")
         return v
 
 

@@ -180,6 +180,27 @@ def _login(config: Config) -> None:
                  "username")
 
 
+MIN_DKIM_BITS = 1024  # RFC 8301: receivers reject signatures from shorter RSA keys
+
+
+def _dkim_key(key: bytes, path: Path) -> None:
+    """An RSA private key in PEM of at least 1024 bits, the kind the signer takes."""
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    where = f"{path} (delivery.dkim.key_file)"
+    try:
+        bits = int(parse_pem_private_key(key)["modulus"]).bit_length()
+    except (UnparsableKeyError, ValueError, KeyError, IndexError, TypeError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise DigestMailerError(f"{where}: not an RSA private key in PEM (PKCS#1 or PKCS#8): "
+                                f"{detail}", hint="generate one with `openssl genrsa -out "
+                                                  "dkim.pem 2048`") from e
+    if bits < MIN_DKIM_BITS:
+        raise DigestMailerError(f"{where}: the RSA key has {bits} bits; receivers reject "
+                                f"DKIM keys under {MIN_DKIM_BITS}",
+                                hint="generate one with `openssl genrsa -out dkim.pem 2048`")
+
+
 SAMPLE_PAPERS = (
     Paper(id="2501.00001", title="A Sample Paper on Diffusion & <Flows> \"quoted\"",
           abstract="An abstract long enough to be cut. " * 20, authors=("Ada Lovelace",
@@ -220,8 +241,9 @@ def _render_sample(config: Config, now: datetime) -> tuple[RenderedDigest, tuple
     signer = None
     if config.delivery.dkim is not None:
         dk = config.delivery.dkim
-        key = credentials.read_private_file(config.resolve(dk.key_file), "DKIM key",
-                                            "delivery.dkim.key_file")
+        key_path = config.resolve(dk.key_file)
+        key = credentials.read_private_file(key_path, "DKIM key", "delivery.dkim.key_file")
+        _dkim_key(key, key_path)
         signer = DkimSigner(dk.domain, dk.selector, key)
     shared = Shared(sender=nl.from_, envelope_from=config.delivery.smtp.envelope_from
                     or config.from_address, reply_to=nl.reply_to,
@@ -234,6 +256,15 @@ def _render_sample(config: Config, now: datetime) -> tuple[RenderedDigest, tuple
     message = template.personalize(email=sub.email, name=sub.name,
                                    unsubscribe_url=digest.unsubscribe_url, token="sample-token",
                                    message_id=f"<sample@{config.from_domain}>", want_html=True)
+    if not message.subject:
+        # Empty for a subscriber without a name is their template's choice; empty for the
+        # sample, which has every value, is a subject that never says anything.
+        origin = ("newsletter.subject" if config.newsletter.subject else
+                  str(config.templates_dir / "subject.txt.j2") if config.templates_dir
+                  else "subject.txt.j2")
+        raise DigestMailerError(f"{origin}: the subject renders empty",
+                                hint="fix it: a subject with no text is shown as "
+                                     "'(no subject)' and looks like spam")
     if signer is not None and not message.data.startswith(b"DKIM-Signature:"):
         raise DigestMailerError("delivery.dkim: the sample email was not signed",
                                 hint="check delivery.dkim.key_file")

@@ -238,6 +238,15 @@ class Renderer:
             raise RenderError(f"{where}: rendering failed: {type(e).__name__}: {e}",
                               hint=self._hint(part.origin)) from e
 
+    def _filled(self, part: _Part, ctx: dict[str, Any]) -> str:
+        """A text part that renders nothing (or only spaces) cannot be spliced into an email:
+        said as that template's fault, not as a failure of the email package."""
+        out = self._render(part, ctx)
+        if not one_line(out, len(out) + 1):
+            raise RenderError(f"{part.origin}: renders nothing for this digest",
+                              hint=self._hint(part.origin))
+        return out
+
     def _real(self, digest: Digest) -> dict[str, Any]:
         sub = digest.subscriber
         return self.context(digest, sub.name, sub.email, digest.unsubscribe_url)
@@ -291,7 +300,7 @@ class Renderer:
             ctx = self.context(digest, *marks.all())
             html = (self._compile(self._render(self._html, real)) if self._html.personal
                     else marks.placed(self._compile(self._render(self._html, ctx))))
-            text = self._render(self._text, real if self._text.personal else ctx)
+            text = self._filled(self._text, real if self._text.personal else ctx)
         else:
             marks, html, text = self._bodies_for(digest, marks)
         subject = self._render(self._subject, real if self._subject.personal else
@@ -304,7 +313,7 @@ class Renderer:
         if found is None:
             ctx = self.context(digest, *marks.all())
             found = (marks, marks.placed(self._compile(self._render(self._html, ctx))),
-                     self._render(self._text, ctx))
+                     self._filled(self._text, ctx))
             self._bodies[key] = found
             if len(self._bodies) > 8:
                 self._bodies.popitem(last=False)
@@ -323,7 +332,7 @@ class Renderer:
         ctx = self._real(digest)
         return RenderedDigest(subject=one_line(self._render(self._subject, ctx)),
                               html=self._compile(self._render(self._html, ctx)),
-                              text=self._render(self._text, ctx))
+                              text=self._filled(self._text, ctx))
 
 
 def template_key(digest: Digest) -> tuple[object, ...]:

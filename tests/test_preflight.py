@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,21 @@ def _custom(doc: dict[str, Any], tmp: Path, name: str, text: str) -> None:
     doc["newsletter"]["templates_dir"] = str(folder)
 
 
+def _key(tmp: Path, kind: str) -> Path:
+    """A private key in PEM of a kind DKIM signing cannot use."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if kind == "rsa512":  # the library refuses to make one; openssl still does
+        pem = subprocess.run(["openssl", "genrsa", "512"], capture_output=True, check=True
+                             ).stdout
+    else:
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+    return private(tmp / f"{kind}.pem", pem.decode())
+
+
 def _fifo(tmp: Path) -> Path:
     path = tmp / "fifo"
     os.mkfifo(path, 0o600)
@@ -82,7 +98,7 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
     ("DKIM key not a key", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s",
         "key_file": str(private(t / "k.pem", "not a key"))}),
-     r"DKIM signing failed", "check delivery.dkim.key_file"),
+     r"k\.pem \(delivery\.dkim\.key_file\): not an RSA private key in PEM", "openssl genrsa"),
     ("DKIM key a folder", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s", "key_file": str(t)}),
      r"delivery\.dkim\.key_file\): the DKIM key is not a regular file", "point"),
@@ -128,6 +144,52 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
      "config.example.toml"),
     ("rate_limit inf", lambda d, t: d["delivery"]["smtp"].update(rate_limit=float("inf")),
      r"delivery\.smtp\.rate_limit: inf is not valid", "config.example.toml"),
+    # Found by the check-review: each passed check, then a run stopped with a traceback or
+    # sent malformed headers.
+    ("from an international domain", lambda d, t: d["newsletter"].update(
+        {"from": "Zoë Papers <papers@exämple.org>"}),
+     r"newsletter\.from: .*write the domain in its ASCII form \('papers@xn--exmple-cua\.org'\)",
+     "config.example.toml"),
+    ("from a non-ASCII local part", lambda d, t: d["newsletter"].update(
+        {"from": "P <päpers@example.org>"}),
+     r"newsletter\.from: .*the part before the @ is not ASCII", "config.example.toml"),
+    ("subscriber non-ASCII local part", lambda d, t: d["subscribers"].append(
+        {"email": "zoë@example.org"}),
+     r"subscribers\[3\]\.email: .*the part before the @ is not ASCII", "config.example.toml"),
+    ("envelope_from international", lambda d, t: d["delivery"]["smtp"].update(
+        envelope_from="b@exämple.org"),
+     r"delivery\.smtp\.envelope_from: .*ASCII form", "config.example.toml"),
+    ("mailto with a query", lambda d, t: d["unsubscribe"].update(mailto="a?b=c@example.org"),
+     r"unsubscribe\.mailto: .*would change the mailto: link", "config.example.toml"),
+    ("list_id with a space", lambda d, t: d["newsletter"].update(list_id="my list.example.org"),
+     r"newsletter\.list_id: 'my list\.example\.org' is not a list id", "config.example.toml"),
+    ("list_id with brackets", lambda d, t: d["newsletter"].update(list_id="a>b<c.org"),
+     r"newsletter\.list_id: .* is not a list id", "config.example.toml"),
+    ("list_id non-ASCII", lambda d, t: d["newsletter"].update(list_id="lïst.example.org"),
+     r"newsletter\.list_id: .* is not a list id", "config.example.toml"),
+    ("unsubscribe over http", lambda d, t: d["unsubscribe"].update(
+        url="http://x.example.org/u/{token}"),
+     r"unsubscribe\.url: .* is not https", "config.example.toml"),
+    ("token in the host", lambda d, t: d["unsubscribe"].update(
+        url="https://{token}.example.org/u"),
+     r"unsubscribe\.url: .*belongs in the path or the query", "config.example.toml"),
+    ("unsubscribe url breaking the header", lambda d, t: d["unsubscribe"].update(
+        url="https://x.example.org/u/{token}>,<https://evil.example/"),
+     r"unsubscribe\.url: .*characters a URL cannot carry", "config.example.toml"),
+    ("DKIM selector adds a tag", lambda d, t: d["delivery"].update(dkim={
+        "domain": "example.org", "selector": "s; x=1",
+        "key_file": str(private(t / "k.pem", "x"))}),
+     r"delivery\.dkim\.selector: 's; x=1' is not a DNS name", "config.example.toml"),
+    ("DKIM key not RSA", lambda d, t: d["delivery"].update(dkim={
+        "domain": "example.org", "selector": "s", "key_file": str(_key(t, "ec"))}),
+     r"ec\.pem \(delivery\.dkim\.key_file\): not an RSA private key in PEM", "openssl genrsa"),
+    ("DKIM key too short", lambda d, t: d["delivery"].update(dkim={
+        "domain": "example.org", "selector": "s", "key_file": str(_key(t, "rsa512"))}),
+     r"rsa512\.pem \(delivery\.dkim\.key_file\): the RSA key has 512 bits", "openssl genrsa"),
+    ("subject renders empty", lambda d, t: _subject(d, t, "{{ '' }}  "),
+     r"newsletter\.subject: the subject renders empty", "no subject"),
+    ("text template renders empty", lambda d, t: _custom(d, t, "digest.txt.j2", "{# no #}\n"),
+     r"tpl/digest\.txt\.j2: renders nothing", "overrides the shipped template"),
 ]
 
 
