@@ -9,6 +9,7 @@ import textwrap
 import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,10 @@ class Renderer:
         }
 
     def _render(self, part: _Part, ctx: dict[str, Any]) -> str:
+        env = part.template.environment
         try:
-            return part.template.render(ctx)
+            with env.bounded() if isinstance(env, Sandbox) else nullcontext():
+                return part.template.render(ctx)
         except Exception as e:  # an operator's template can raise anything (1/0, a sandbox
             # refusal, an undefined name): it is that template's fault, said as such
             line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))

@@ -3,11 +3,19 @@ subscriber's values in a way marks cannot stand in for."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import nodes, pass_context
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.runtime import Context, markup_join, str_join
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 PERSONAL = frozenset({"name", "email", "unsubscribe_url"})
 # Inside these, output is captured or transformed before it reaches the email.
@@ -35,25 +43,229 @@ def alters_personal(node: nodes.Node, passes: bool = False, captured: bool = Fal
                        for c in (node.expr1, node.expr2) if c is not None))
     if isinstance(node, nodes.And | nodes.Or | nodes.Concat):
         return any(alters_personal(c, passes, captured) for c in node.iter_child_nodes())
+    if isinstance(node, nodes.Filter) and node.name == _CONCAT and isinstance(node.node,
+                                                                               nodes.List):
+        return any(alters_personal(c, passes, captured) for c in node.node.items)
     if isinstance(node, nodes.Not):
         return alters_personal(node.node, True, captured)
     return any(alters_personal(c, False, captured) for c in node.iter_child_nodes())
 
 
-class Sandbox(SandboxedEnvironment):
-    """Operators' templates cannot reach Python objects (the sandbox), nor make a huge number
-    or string out of a small template."""
+_CONCAT, _LOOP, _SPEND = "_dm_concat", "_dm_loop", "_dm_spend"
+_BIG_NUMBER = re.compile(r"\d{7,}")  # a width or precision in a format string
+_OBJECT = 1_000  # what an object counts for: about what its repr writes
 
-    intercepted_binops = frozenset({"**", "*"})
-    LIMIT = 100_000
+
+def measure(value: Any, cap: int) -> int:
+    """About how many characters `value` writes when printed, counting each reference (a list
+    holding one string 1,000 times writes it 1,000 times); stops counting past `cap`, so the
+    cost is bounded too."""
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        v = stack.pop()
+        if isinstance(v, str | bytes):
+            total += len(v)
+        elif isinstance(v, bool | float | type(None)):
+            total += 1
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 1
+        elif isinstance(v, dict):
+            total += 1 + len(v)
+            stack.extend(itertools.islice(itertools.chain(v.keys(), v.values()), cap))
+        elif isinstance(v, list | tuple | set | frozenset):
+            total += 1 + len(v)
+            stack.extend(itertools.islice(v, cap))
+        elif isinstance(v, Iterator | Context):
+            total += 1  # consumed elsewhere, under the same limits
+        else:
+            total += _OBJECT
+    return total
+
+
+@dataclass(slots=True)
+class _Budget:
+    deadline: float
+    output: int = 0
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Operators' templates cannot reach Python objects (the sandbox) nor change the values
+    they are given (immutable), and one render is bounded in time and in what it builds: a
+    deadline checked at every call, filter and loop step; each value it makes, and all it
+    writes, capped; numbers kept to a sane size. Past a bound, a SecurityError that the
+    renderer reports as that template's fault."""
+
+    intercepted_binops = frozenset({"**", "*", "+", "%"})
+    LIMIT = 100_000  # a string or list repeated with `*`
+    VALUE = 5_000_000  # characters a value may hold (a whole body passed through a filter)
+    PRODUCT = 20_000_000  # size times count in one call: 'x'.ljust(n), s|indent(n), ...
+    OUTPUT = 20_000_000  # characters one render may write, captured blocks included
+    INT_BITS = 10_000
+    SECONDS = 10.0
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=self._finalize, **options)
+        self.globals.pop("lipsum", None)  # random text: a fast path could never match it
+        self.filters = {name: self._guarded(f) for name, f in self.filters.items()}
+        # Marked as needing the context, so Jinja never runs them at compile time.
+        self.filters[_CONCAT] = pass_context(functools.partial(Sandbox._concat, self))
+        self.filters[_LOOP] = pass_context(functools.partial(Sandbox._loop, self))
+        self.filters[_SPEND] = pass_context(functools.partial(Sandbox._spend, self))
+        self._budget: _Budget | None = None
+
+    @contextmanager
+    def bounded(self) -> Iterator[None]:
+        """The bounds of one render (a template and what it includes)."""
+        outer, self._budget = self._budget, _Budget(time.monotonic() + self.SECONDS)
+        try:
+            yield
+        finally:
+            self._budget = outer
+
+    def _tick(self) -> None:
+        if self._budget is not None and time.monotonic() > self._budget.deadline:
+            raise SecurityError(f"the template took longer than {self.SECONDS:g} s to render")
+
+    def _write(self, size: int) -> None:
+        if self._budget is not None:
+            self._budget.output += size
+            if self._budget.output > self.OUTPUT:
+                raise SecurityError(f"the template writes more than {self.OUTPUT:,} "
+                                    "characters")
+
+    def _sized(self, value: Any) -> Any:
+        if measure(value, self.VALUE) > self.VALUE:
+            raise SecurityError(f"a value of more than {self.VALUE:,} characters")
+        return value
+
+    def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Iterators made lists (bounded), then no two arguments whose sizes multiply past
+        PRODUCT: a width, a count or a separator times the text it applies to."""
+        def listed(v: Any) -> Any:
+            if isinstance(v, Iterator) and not isinstance(v, str):
+                items = list(itertools.islice(v, self.LIMIT + 1))
+                if len(items) > self.LIMIT:
+                    raise SecurityError(f"a sequence of more than {self.LIMIT:,} items")
+                return items
+            return v
+
+        args = tuple(listed(a) for a in args)
+        kwargs = {k: listed(v) for k, v in kwargs.items()}
+        sizes = sorted((abs(v) if isinstance(v, int) and not isinstance(v, bool)
+                        else measure(v, self.PRODUCT)
+                        for v in (*args, *kwargs.values()) if not isinstance(v, Context)),
+                       reverse=True)
+        if len(sizes) > 1 and sizes[0] * sizes[1] > self.PRODUCT:
+            raise SecurityError(f"arguments of sizes {sizes[0]:,} and {sizes[1]:,}: the "
+                                "result would be too large")
+        return args, kwargs
+
+    def _guarded(self, f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)  # keeps Jinja's pass_context marks
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            self._tick()
+            args, kwargs = self._arguments(args, kwargs)
+            for v in args:
+                if isinstance(v, str) and _BIG_NUMBER.search(v) and f.__name__ == \
+                        "do_format":
+                    raise SecurityError("a width or precision of 7 digits or more")
+            return self._sized(f(*args, **kwargs))
+        return guarded
+
+    def call(self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        self._tick()
+        owner = getattr(__obj, "__self__", None)
+        # A method of a string counts the string among its arguments: 'x'.ljust(n).
+        if isinstance(owner, str | bytes):
+            self._arguments((owner, *args), kwargs)
+        args, kwargs = self._arguments(args, kwargs)
+        return self._sized(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and _BIG_NUMBER.search(owner):
+            raise SecurityError("a width or precision of 7 digits or more")
+        return super().wrap_str_format(value)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise SecurityError(f"power {right} is over the limit (64)")
+        self._tick()
+        if operator == "**" and isinstance(right, int):
+            if abs(right) > 64:
+                raise SecurityError(f"power {right} is over the limit (64)")
+            if isinstance(left, int) and left.bit_length() * abs(right) > self.INT_BITS:
+                raise SecurityError(f"a number of more than {self.INT_BITS} bits")
         if operator == "*":
+            if isinstance(left, int) and isinstance(right, int) and \
+                    left.bit_length() + right.bit_length() > self.INT_BITS:
+                raise SecurityError(f"a number of more than {self.INT_BITS} bits")
             sized, times = ((left, right) if isinstance(right, int) else (right, left))
             if isinstance(sized, str | list | tuple) and isinstance(times, int) and \
-                    len(sized) * times > self.LIMIT:
+                    measure(sized, self.LIMIT) * times > self.LIMIT:
                 raise SecurityError("a repeated string or list over "
-                                                   f"{self.LIMIT} items")
-        return super().call_binop(context, operator, left, right)
+                                    f"{self.LIMIT} items")
+        if operator == "%" and isinstance(left, str) and _BIG_NUMBER.search(left):
+            raise SecurityError("a width or precision of 7 digits or more")
+        if operator in ("+", "%"):
+            self._arguments((left, right), {})
+        return self._sized(super().call_binop(context, operator, left, right))
+
+    def _finalize(self, value: Any) -> Any:
+        # Every {{ ... }}, in the body or captured by a block or a macro, counts.
+        size = measure(value, self.VALUE)
+        if size > self.VALUE:
+            raise SecurityError(f"a value of more than {self.VALUE:,} characters")
+        self._write(size)
+        return value
+
+    def _concat(self, context: Context, items: list[Any]) -> str:
+        """`a ~ b`, as Jinja joins it, once the parts are known to fit."""
+        self._tick()
+        if sum(measure(i, self.VALUE) for i in items) > self.VALUE:
+            raise SecurityError(f"a value of more than {self.VALUE:,} characters")
+        join = markup_join if context.eval_ctx.autoescape else str_join
+        return join(items)
+
+    def _loop(self, _context: Context, iterable: Any) -> Iterator[Any]:
+        for item in iterable:
+            self._tick()
+            yield item
+
+    def _spend(self, _context: Context, size: int) -> str:
+        """Static text written by an Output node (a loop repeats it)."""
+        self._tick()
+        self._write(size)
+        return ""
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Every loop steps through _loop, every `~` through _concat, and every piece of
+        static text counts towards OUTPUT."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _LOOP, [], [], None, None,
+                                     lineno=loop.iter.lineno)
+        for concat in list(tree.find_all(nodes.Concat)):
+            _replace(tree, concat, nodes.Filter(nodes.List(concat.nodes, lineno=concat.lineno),
+                                                _CONCAT, [], [], None, None,
+                                                lineno=concat.lineno))
+        for output in tree.find_all(nodes.Output):
+            static = sum(len(n.data) for n in output.nodes if isinstance(n, nodes.TemplateData))
+            if static:
+                output.nodes.insert(0, nodes.Filter(nodes.Const(static), _SPEND, [], [], None,
+                                                    None, lineno=output.lineno))
+        return tree
+
+
+def _replace(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
+    """Put `new` where `old` is in the tree."""
+    for parent in [tree, *tree.find_all(nodes.Node)]:
+        for field in parent.fields:
+            value = getattr(parent, field, None)
+            if value is old:
+                setattr(parent, field, new)
+                return
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    if item is old:
+                        value[i] = new
+                        return
