@@ -15,7 +15,6 @@ from digest_mailer.preflight import sample_digest
 from digest_mailer.render import Renderer
 from digest_mailer.sandbox import Sandbox
 
-BIG = 10 ** 9
 ATTACKS = {
     # time
     "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
@@ -25,10 +24,10 @@ ATTACKS = {
     "branching macro": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}"
                        "{% endmacro %}{{ f(40) }}",
     # memory, in one call
-    "ljust": "{{ 'x'.ljust(%d) }}" % BIG,
-    "center filter": "{{ 'x'|center(%d) }}" % BIG,
+    "ljust": "{{ 'x'.ljust(1000000000) }}",
+    "center filter": "{{ 'x'|center(1000000000) }}",
     "format width": "{{ '{:>999999999}'.format(1) }}",
-    "format filter star": "{{ '%%*s'|format(%d, 'x') }}" % BIG,
+    "format filter star": "{{ '%*s'|format(1000000000, 'x') }}",
     "percent width": "{{ '%0999999999d' % 1 }}",
     "replace": "{{ ('x' * 99999)|replace('', 'y' * 99999) }}",
     "str.replace": "{{ ('x' * 99999).replace('', 'y' * 99999) }}",
