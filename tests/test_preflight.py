@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from click.testing import CliRunner, Result
 from conftest import ENV, NOW, SmtpHandler, base_config, local_smtp, start_smtp, toml_text
 from digest_mailer.cli import cli
 from digest_mailer.config import load_config
-from digest_mailer.errors import ConfigError
+from digest_mailer.errors import ConfigError, DigestMailerError
 from digest_mailer.pipeline import RunOptions, run
 
 
@@ -365,3 +366,119 @@ def test_check_says_which_templates_are_rendered_per_subscriber(tmp_path: Path) 
     assert ("templates rendered for each subscriber alone (slower: they change name, email or "
             "unsubscribe_url): newsletter.subject") in result.stdout.splitlines()
     assert "subject \"Hi Ada O'" in result.stdout  # the sample subject, with the real name
+
+
+# -- check --smtp against servers that misbehave -----------------------------------------------
+
+def _bad_smtp(mode: str) -> tuple[socket.socket, threading.Event]:
+    """A hand-written SMTP server on 127.0.0.1 that misbehaves one way per `mode`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def session(conn: socket.socket) -> None:
+        f = conn.makefile("rb")
+
+        def say(line: str) -> None:
+            conn.sendall(line.encode() + b"\r\n")
+
+        with conn:
+            if mode == "silent":
+                stop.wait(60)
+                return
+            if mode == "drip":  # a byte every 0.2 s, never a whole line
+                while not stop.is_set():
+                    conn.sendall(b"2")
+                    stop.wait(0.2)
+                return
+            say("220 bad.example ESMTP")
+            for raw in f:
+                verb = raw.decode(errors="replace").strip().upper()
+                if verb.startswith("EHLO"):
+                    extensions = {"noauth": [], "tls-fails": ["STARTTLS"],
+                                  "tls-refused": ["STARTTLS"]}[mode]
+                    say("250-bad.example")
+                    for ext in extensions:
+                        say(f"250-{ext}")
+                    say("250 8BITMIME")
+                elif verb == "STARTTLS" and mode == "tls-refused":
+                    say("454 4.7.0 TLS not available")
+                elif verb == "STARTTLS":
+                    say("220 go ahead")
+                    conn.sendall(b"this is not a TLS handshake\r\n" * 4)
+                    return
+                elif verb == "QUIT":
+                    say("221 bye")
+                    return
+                else:
+                    say("502 no")
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=session, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, stop
+
+
+BAD_SERVERS = [
+    # mode, security, username, the Error line
+    ("silent", "none", "", r"no answer within 0\.25 s \(at connect\)"),
+    ("drip", "none", "", r"no complete answer within 2 s \(at connect\)"),
+    ("noauth", "none", "", None),  # no login wanted: fine
+    ("noauth", "starttls", "", r"the server does not offer STARTTLS"),
+    ("tls-fails", "starttls", "mailer", r"STARTTLS failed \("),
+    ("tls-refused", "starttls", "mailer", r"STARTTLS failed \(\(454, b'4\.7\.0 TLS not"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_SERVERS, ids=[f"{c[0]}-{c[1]}" for c in BAD_SERVERS])
+def test_check_smtp_against_a_misbehaving_server(tmp_path: Path, case: tuple[Any, ...]) -> None:
+    mode, security, username, error = case
+    listener, stop = _bad_smtp(mode)
+    try:
+        doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": listener.getsockname()[1],
+                                          "security": security, "username": username,
+                                          "timeout": 0.25})
+        path = write(tmp_path, doc)
+        started = time.monotonic()
+        result = invoke("check", "--smtp", "--config", str(path),
+                        env={**ENV, "DIGEST_SMTP_PASSWORD": "pw"})
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.close()
+    assert took < 15, took  # 8 commands x 0.25 s, on a loaded machine
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    if error is None:
+        assert result.exit_code == 0, result.stderr
+        assert "smtp: QUIT; no mail was sent" in result.stdout
+        return
+    assert result.exit_code == 1
+    assert len(errors) == 1, result.stderr
+    assert re.search(error, errors[0]), errors[0]
+
+
+def test_check_smtp_with_a_login_the_server_does_not_offer(tmp_path: Path) -> None:
+    listener, stop = _bad_smtp("noauth")
+    try:
+        doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": listener.getsockname()[1],
+                                          "security": "none", "timeout": 2})
+        path = write(tmp_path, doc)
+        from digest_mailer.checkup import probe_smtp
+
+        config = load_config(path)
+        smtp = config.delivery.smtp.model_copy(update={"username": "mailer"})
+        config = config.model_copy(update={"delivery": config.delivery.model_copy(
+            update={"smtp": smtp})})
+        with pytest.raises(DigestMailerError, match=r"the server offers no login \(no AUTH"):
+            probe_smtp(config, {"DIGEST_SMTP_PASSWORD": "pw"})
+    finally:
+        stop.set()
+        listener.close()
