@@ -7,6 +7,7 @@ import logging
 import re
 import textwrap
 import traceback
+import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -284,10 +285,11 @@ class Renderer:
 
     def template_key(self, digest: Digest) -> tuple[object, ...]:
         """Digests with equal keys render to the same template. When a template uses a
-        subscriber's value other than by printing it, each subscriber has their own."""
+        subscriber's value other than by printing it, or the value holds characters MJML
+        rewrites, each subscriber has their own."""
         self.verify(digest)
         key = template_key(digest)
-        if self.personal:
+        if self.personal or rewritten(digest):
             sub = digest.subscriber
             return (*key, sub.name, sub.email, digest.unsubscribe_url)
         return key
@@ -298,6 +300,11 @@ class Renderer:
         templates that need them)."""
         self.verify(digest)
         marks = marks or Marks.new()
+        if rewritten(digest):
+            # Rendered with the values themselves: the template holds no marks to fill.
+            done = self.render(digest)
+            return DigestTemplate(subject=done.subject, html=done.html, text=done.text,
+                                  marks=marks)
         real = self._real(digest) if self.personal else {}
         if self._html.personal or self._text.personal:
             ctx = self.context(digest, *marks.all())
@@ -336,6 +343,22 @@ class Renderer:
         return RenderedDigest(subject=one_line(self._render(self._subject, ctx)),
                               html=self._compile(self._render(self._html, ctx)),
                               text=self._filled(self._text, ctx))
+
+
+def _rewritten_char(c: str) -> bool:
+    # What mjml-python writes as `\u{...}` inside an attribute (Rust's escape_debug): controls,
+    # format characters (bidi marks, zero-width joiners, soft hyphen), spaces other than
+    # U+0020, unassigned and private-use code points, and combining marks.
+    return not c.isprintable() or unicodedata.category(c) in ("Mn", "Me", "Mc")
+
+
+def rewritten(digest: Digest) -> bool:
+    """Whether the subscriber's name, address or link holds a character MJML rewrites in an
+    attribute: the escaping the fast path computes cannot follow it, so that email renders
+    with the values themselves."""
+    sub = digest.subscriber
+    return any(not v.isascii() and any(map(_rewritten_char, v))
+               for v in (sub.name, sub.email, digest.unsubscribe_url))
 
 
 def template_key(digest: Digest) -> tuple[object, ...]:
