@@ -133,6 +133,14 @@ def _paths(config: Config, *, source_given: bool, dry_run: bool) -> list[Finding
         out.append(Finding(f"state.path: {state} is a folder, not the ledger file",
                            hint=f"point [state] path at a file, such as "
                                 f"{state / 'digest-state.sqlite3'}"))
+    elif state.exists() and not dry_run and not (
+            os.access(state, os.W_OK) and os.access(state.parent, os.W_OK | os.X_OK)):
+        # SQLite writes a journal and the run its lock beside the ledger: both need the folder.
+        what = state if not os.access(state, os.W_OK) else state.parent
+        out.append(Finding(f"state.path: {what} is not writable (a read-only file system or "
+                           f"permissions), so runs cannot record what they send in {state}",
+                           hint="make the ledger and its folder writable by the user that runs "
+                                "digest-mailer"))
     elif not state.exists():
         parent = _nearest(state.parent)
         if not parent.is_dir():

@@ -482,3 +482,43 @@ def test_check_smtp_with_a_login_the_server_does_not_offer(tmp_path: Path) -> No
     finally:
         stop.set()
         listener.close()
+
+
+@pytest.fixture
+def read_only_ledger(tmp_path: Path) -> Iterator[Path]:
+    """An existing ledger on a read-only file system when root (who ignores permission
+    bits), else in a folder without write permission."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    ledger = folder / "state.sqlite3"
+    if os.geteuid() != 0:
+        ledger.write_bytes(b"")
+        folder.chmod(0o500)
+        yield ledger
+        folder.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        ledger.write_bytes(b"")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield ledger
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_ledger_that_cannot_be_written_is_refused_by_check_and_run(
+        tmp_path: Path, read_only_ledger: Path) -> None:
+    """It passed check, then the run stopped on an OSError traceback from the lock."""
+    doc = base_config(tmp_path, backend="file")
+    doc["state"]["path"] = str(read_only_ledger)
+    path = write(tmp_path, doc)
+    for command in (["check"], ["run", "--date", "2025-06-02"]):
+        result = invoke(*command, "--config", str(path), env=ENV)
+        assert result.exit_code == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, result.stderr
+        assert re.search(r"state\.path: .*ro.* is not writable \(a read-only file system or "
+                         r"permissions\)", errors[0]), errors[0]
