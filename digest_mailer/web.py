@@ -17,6 +17,7 @@ import html
 import logging
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs
 import h11
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -230,6 +232,11 @@ def form_fields(content_type: str, body: bytes) -> dict[str, list[str]]:
     return fields
 
 
+def _suppress(state: Path, email: str, when: datetime) -> bool:
+    with Ledger.open(state) as ledger:
+        return ledger.suppress(email, "unsubscribed", when, "one-click")
+
+
 def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
                ) -> Starlette:
     def unknown() -> HTMLResponse:
@@ -266,8 +273,14 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
             return _unavailable()
         if email is None:
             return unknown()
-        with Ledger.open(snap.config.state_path) as ledger:
-            new = ledger.suppress(email, "unsubscribed", now(), "one-click")
+        state = snap.config.state_path
+        try:
+            # In a worker thread: the ledger may be busy with a run for a while (SQLite waits
+            # for its lock), and the event loop must keep answering everyone else.
+            new = await run_in_threadpool(_suppress, state, email, now())
+        except (sqlite3.Error, OSError) as e:
+            logger.error("%s: cannot record an unsubscribe: %s", state, e)
+            return _unavailable()
         if new:
             logger.info("unsubscribed %s", _masked(email))
         return _page("You are unsubscribed",

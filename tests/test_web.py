@@ -473,3 +473,32 @@ def test_concurrent_clicks_for_one_address(web: httpx.Client, config_path: Path)
         t.join(60)
     assert codes == [200] * 20
     assert list(suppressed(config_path)) == ["grace@example.org"]
+
+
+def test_a_busy_ledger_never_blocks_other_requests(web: httpx.Client, config_path: Path) -> None:
+    """A run holding the ledger's write lock: the click waits for it in a worker thread, and
+    every other request is answered meanwhile (the wait blocked the event loop)."""
+    import sqlite3
+
+    url = f"{web.base_url}/unsubscribe/{bound('ada@example.org')}"
+    state = load_config(config_path).state_path
+    Ledger.open(state).close()  # the ledger exists, as after a first run
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    codes: list[int] = []
+    clicker = threading.Thread(target=lambda: codes.append(
+        httpx.post(url, timeout=60, **ONE_CLICK).status_code))
+    clicker.start()
+    try:
+        time.sleep(0.5)  # the click is waiting on the lock
+        started = time.monotonic()
+        assert web.get("/healthz", timeout=30).text == "ok"
+        assert web.get(f"/unsubscribe/{bound('grace@example.org')}").status_code == 200
+        assert time.monotonic() - started < 2.5
+    finally:
+        time.sleep(0.5)
+        holder.execute("ROLLBACK")
+        holder.close()
+    clicker.join(60)
+    assert codes == [200]
+    assert list(suppressed(config_path)) == ["ada@example.org"]
