@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import nodes, pass_context
+from jinja2 import Environment, nodes, pass_context
 from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -82,6 +83,63 @@ def measure(value: Any, cap: int) -> int:
     return total
 
 
+# What Jinja passes to a filter before its value (pass_context and the like): not sizes.
+_PASSED = (Context, EvalContext, Environment)
+
+
+def estimate(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             method: bool, cap: int) -> int:
+    """About how many characters a filter or a string method makes, for those that can make
+    far more than they are given (a width, a count or a separator times the text); 0 for the
+    others, whose result is measured once made."""
+    def arg(i: int, key: str, default: Any = None) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
+    def size(v: Any) -> int:
+        if isinstance(v, bool) or v is None:
+            return 1
+        return abs(v) if isinstance(v, int) else measure(v, cap)
+
+    text = value if isinstance(value, str | bytes) else ""
+    n = size(value) if not isinstance(value, int) else 0
+    nl, tab = ("\n", "\t") if isinstance(text, str) else (b"\n", b"\t")
+    if name in ("center", "ljust", "rjust", "zfill"):
+        return max(n, size(arg(0, "width", 80)))
+    if name == "indent":
+        return n + (text.count(nl) + 1) * size(arg(0, "width", 4))
+    if name == "expandtabs":
+        return n + text.count(tab) * size(arg(0, "tabsize", 8))
+    if name == "replace":
+        old, new = arg(0, "old", ""), arg(1, "new", "")
+        if not isinstance(old, str | bytes) or type(old) is not type(text):
+            return n
+        return n + ((len(text) + 1) if not old else text.count(old)) * size(new)
+    if name == "join":
+        items, sep = (arg(0, "iterable", ()), value) if method else (value, arg(0, "d", ""))
+        count = len(items) if isinstance(items, list | tuple | set | str | dict) else 1
+        return measure(items, cap) + count * size(sep)
+    if name == "wordwrap":
+        width = max(size(arg(0, "width", 79)), 1)
+        return n + (n // width + 1) * size(arg(2, "wrapstring", None) or "\n")
+    if name == "translate":
+        table = arg(0, "table", {})
+        longest = max((size(v) for v in table.values()), default=1) if isinstance(
+            table, dict) else 1
+        return n * max(longest, 1)
+    if name == "urlize":
+        return n + (n // 4 + 1) * (size(arg(2, "target", "")) + size(arg(3, "rel", "")) + 40)
+    if name in ("format", "format_map"):
+        if isinstance(text, str) and _BIG_NUMBER.search(text):
+            return cap + 1  # a width or precision of 7 digits
+        stars = text.count("*") if isinstance(text, str) else 0
+        ints = sorted((abs(a) for a in args if isinstance(a, int) and not isinstance(a, bool)),
+                      reverse=True)
+        return n + sum(ints[:stars]) + sum(measure(a, cap) for a in (*args, *kwargs.values()))
+    if name in ("batch", "slice"):
+        return size(arg(0, "linecount" if name == "batch" else "slices", 1))
+    return 0
+
+
 @dataclass(slots=True)
 class _Budget:
     deadline: float
@@ -98,7 +156,6 @@ class Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"**", "*", "+", "%"})
     LIMIT = 100_000  # a string or list repeated with `*`
     VALUE = 5_000_000  # characters a value may hold (a whole body passed through a filter)
-    PRODUCT = 20_000_000  # size times count in one call: 'x'.ljust(n), s|indent(n), ...
     OUTPUT = 20_000_000  # characters one render may write, captured blocks included
     INT_BITS = 10_000
     SECONDS = 10.0
@@ -138,10 +195,9 @@ class Sandbox(ImmutableSandboxedEnvironment):
             raise SecurityError(f"a value of more than {self.VALUE:,} characters")
         return value
 
-    def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]
-                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Iterators made lists (bounded), then no two arguments whose sizes multiply past
-        PRODUCT: a width, a count or a separator times the text it applies to."""
+    def _listed(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Iterators made lists, bounded, so that their size can be known."""
         def listed(v: Any) -> Any:
             if isinstance(v, Iterator) and not isinstance(v, str):
                 items = list(itertools.islice(v, self.LIMIT + 1))
@@ -150,36 +206,35 @@ class Sandbox(ImmutableSandboxedEnvironment):
                 return items
             return v
 
-        args = tuple(listed(a) for a in args)
-        kwargs = {k: listed(v) for k, v in kwargs.items()}
-        sizes = sorted((abs(v) if isinstance(v, int) and not isinstance(v, bool)
-                        else measure(v, self.PRODUCT)
-                        for v in (*args, *kwargs.values()) if not isinstance(v, Context)),
-                       reverse=True)
-        if len(sizes) > 1 and sizes[0] * sizes[1] > self.PRODUCT:
-            raise SecurityError(f"arguments of sizes {sizes[0]:,} and {sizes[1]:,}: the "
-                                "result would be too large")
-        return args, kwargs
+        return tuple(listed(a) for a in args), {k: listed(v) for k, v in kwargs.items()}
+
+    def _precheck(self, name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  *, method: bool) -> None:
+        made = estimate(name, value, args, kwargs, method=method, cap=self.VALUE)
+        if made > self.VALUE:
+            raise SecurityError(f"{name} would make about {made:,} characters, over "
+                                f"{self.VALUE:,}")
 
     def _guarded(self, f: Callable[..., Any]) -> Callable[..., Any]:
+        name = f.__name__.removeprefix("do_")
+
         @functools.wraps(f)  # keeps Jinja's pass_context marks
         def guarded(*args: Any, **kwargs: Any) -> Any:
             self._tick()
-            args, kwargs = self._arguments(args, kwargs)
-            for v in args:
-                if isinstance(v, str) and _BIG_NUMBER.search(v) and f.__name__ == \
-                        "do_format":
-                    raise SecurityError("a width or precision of 7 digits or more")
+            args, kwargs = self._listed(args, kwargs)
+            given = [i for i, a in enumerate(args) if not isinstance(a, _PASSED)]
+            if given:
+                first = given[0]
+                self._precheck(name, args[first], args[first + 1:], kwargs, method=False)
             return self._sized(f(*args, **kwargs))
         return guarded
 
     def call(self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         self._tick()
+        args, kwargs = self._listed(args, kwargs)
         owner = getattr(__obj, "__self__", None)
-        # A method of a string counts the string among its arguments: 'x'.ljust(n).
-        if isinstance(owner, str | bytes):
-            self._arguments((owner, *args), kwargs)
-        args, kwargs = self._arguments(args, kwargs)
+        if isinstance(owner, str | bytes):  # 'x'.ljust(n), sep.join(items), ...
+            self._precheck(getattr(__obj, "__name__", ""), owner, args, kwargs, method=True)
         return self._sized(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -204,10 +259,12 @@ class Sandbox(ImmutableSandboxedEnvironment):
                     measure(sized, self.LIMIT) * times > self.LIMIT:
                 raise SecurityError("a repeated string or list over "
                                     f"{self.LIMIT} items")
-        if operator == "%" and isinstance(left, str) and _BIG_NUMBER.search(left):
-            raise SecurityError("a width or precision of 7 digits or more")
-        if operator in ("+", "%"):
-            self._arguments((left, right), {})
+        if operator == "%" and isinstance(left, str):
+            self._precheck("format", left, right if isinstance(right, tuple) else (right,), {},
+                           method=False)
+        if operator == "+" and measure(left, self.VALUE) + measure(right, self.VALUE) > \
+                self.VALUE:
+            raise SecurityError(f"a value of more than {self.VALUE:,} characters")
         return self._sized(super().call_binop(context, operator, left, right))
 
     def _finalize(self, value: Any) -> Any:

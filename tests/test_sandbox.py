@@ -33,8 +33,12 @@ ATTACKS = {
     "str.replace": "{{ ('x' * 99999).replace('', 'y' * 99999) }}",
     "indent": "{{ ('\\n' * 99999)|indent(99999) }}",
     "join of a generator": "{{ range(100000)|map('string')|join('y' * 9999) }}",
-    "join of references": "{% set a = 'x' * 99999 %}{{ [a, a, a, a, a, a, a, a, a, a, a]"
-                          "|join('y' * 999) }}",
+    "join of references": "{% set a = 'x' * 99999 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+                          "{{ [b, b, b, b, b, b]|map('join')|join }}",
+    "join with a long separator": "{{ range(100000)|join('y' * 99) }}",
+    "translate": "{{ ('x' * 99999).translate({120: 'y' * 9999}) }}",
+    "expandtabs": "{{ ('x\t' * 49999).expandtabs(99999) }}",
+    "wordwrap": "{{ ('a' * 99999)|wordwrap(1, true, 'y' * 999) }}",
     "power": "{{ (10 ** 64) ** 64 }}",
     # memory, step by step
     "doubling with ~": "{% set ns = namespace(s='x' * 1000) %}{% for i in range(40) %}"
@@ -92,3 +96,12 @@ def test_what_templates_do_every_day_still_works(tmp_path: Path) -> None:
                             "{{ '{:,}'.format(1234567) }} {{ 1234567890|filesizeformat }} "
                             "{{ (range(1000)|map('string')|join(', '))|length }} "
                             "{{ ('ab' * 1000)|replace('a', 'xyz')|length }} {{ 2 ** 64 }}")
+
+
+def test_long_text_through_filters_that_take_the_environment(tmp_path: Path) -> None:
+    """wordwrap, truncate (the environment) and join (the evaluation context) on text of a
+    few hundred thousand characters: what Jinja passes them first is not a size."""
+    render_custom(tmp_path, "{% set w = 'word ' * 20000 %}{% set s = w ~ w ~ w %}"
+                            "{{ s|wordwrap(72)|length }} "
+                            "{{ s|truncate(100) }} {{ [s, s]|join(' ')|length }} "
+                            "{{ s|indent(2)|length }} {{ s|upper|length }}")
