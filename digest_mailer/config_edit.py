@@ -254,7 +254,10 @@ def _slow_edit(path: Path, text: str, change: Callable[[AoT], str]) -> tuple[str
         subs = tomlkit.aot()
         doc.append("subscribers", subs)
     if not isinstance(subs, AoT):
-        raise ConfigError(f"{path}: subscribers: expected [[subscribers]] tables")
+        raise ConfigError(f"{path}: subscribers: expected [[subscribers]] tables",
+                          hint="this command edits [[subscribers]] tables only: write the "
+                               "`subscribers = [...]` array as tables (see config.example.toml)"
+                               ", or edit it by hand; nothing was written")
     message = change(subs)
     return tomlkit.dumps(doc), message
 

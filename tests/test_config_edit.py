@@ -348,3 +348,20 @@ def test_mixed_concurrent_edits_all_land(config: Path) -> None:
         elif c[0] == "set":
             assert subs[c[1]].paused
     assert config.stat().st_mode & 0o777 == 0o640
+
+
+def test_an_inline_array_of_subscribers_is_refused_with_a_hint(config: Path) -> None:
+    text = config.read_text()
+    top = text.index("[[subscribers]]")
+    inline = ('subscribers = [{email = "a@example.org", name = "A"}, # a comment\n'
+              ' {email = "b@example.org"}]\n')
+    config.write_text(inline + text[:top])
+    before = config.read_bytes()
+    for edit in (lambda: add_subscriber(config, "new@example.org", SubscriberChange()),
+                 lambda: set_subscriber(config, "a@example.org", SubscriberChange(name="Z")),
+                 lambda: remove_subscriber(config, "b@example.org")):
+        with pytest.raises(ConfigError, match=r"subscribers: expected \[\[subscribers\]\] "
+                                              r"tables") as e:
+            edit()
+        assert "write the `subscribers = [...]` array as tables" in str(e.value.hint)
+    assert config.read_bytes() == before
