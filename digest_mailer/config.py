@@ -74,14 +74,41 @@ def email_address(value: str) -> str:
     return _address(value)
 
 
-def _mailbox(value: str) -> str:
-    """`Name <addr@host>` or a bare address."""
+def _mailboxes(value: str) -> list[str]:
+    """The addresses of `Name <addr@host>, ...`, each checked; ValueError for anything the
+    header parser reads differently (a group, a stray comma, a missing address)."""
     _one_line(value)
-    addr = parseaddr(value)[1]
-    if not addr or "@" not in addr:
+    from email.errors import NonASCIILocalPartDefect
+    from email.headerregistry import HeaderRegistry
+
+    try:
+        header = HeaderRegistry()("reply-to", value)
+    except (ValueError, IndexError) as e:
         raise ValueError(f"{value!r} is not an address like "
-                         "'Daily Papers <papers@example.org>'")
-    _ascii_address(addr)
+                         "'Daily Papers <papers@example.org>'") from e
+    groups = header.groups  # type: ignore[attr-defined]
+    addresses = [a.addr_spec for a in header.addresses]  # type: ignore[attr-defined]
+    # A non-ASCII local part is a defect to the parser; _ascii_address says it better.
+    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    if defects or any(g.display_name for g in groups) or not addresses or any(
+            "@" not in a for a in addresses):
+        raise ValueError(f"{value!r} is not an address like "
+                         "'Daily Papers <papers@example.org>' (quote a name with a comma: "
+                         "'\"Papers, Inc\" <papers@example.org>')")
+    for address in addresses:
+        _ascii_address(address)
+    return addresses
+
+
+def _mailbox(value: str) -> str:
+    """`Name <addr@host>` or a bare address: exactly one (a From with two needs a Sender)."""
+    if len(_mailboxes(value)) != 1:
+        raise ValueError(f"{value!r} holds several addresses; From takes one")
+    return value
+
+
+def _reply_to(value: str) -> str:
+    _mailboxes(value)
     return value
 
 
@@ -189,7 +216,7 @@ class NewsletterSettings(_Section):
                           description="shown in the email header, the subject and List-Id")
     from_: Annotated[str, AfterValidator(_mailbox)] = Field(
         alias="from", description="the From header: 'Name <address>'")
-    reply_to: Annotated[str, AfterValidator(_mailbox)] | None = Field(
+    reply_to: Annotated[str, AfterValidator(_reply_to)] | None = Field(
         None, description="an optional Reply-To address")
     max_papers: int = Field(20, ge=1, le=100, description="default cap of papers per email")
     timezone: Annotated[str, AfterValidator(_timezone)] = Field(
@@ -334,8 +361,9 @@ class UnsubscribeSettings(_Section):
         if parts.scheme != "https":
             raise ValueError(f"{v!r} is not https: one-click unsubscribe (RFC 8058) needs an "
                              "https URL, and mail providers ignore it otherwise")
-        if "{token}" in parts.netloc:
-            raise ValueError(f"{v!r}: {{token}} belongs in the path or the query, not the host")
+        if "{token}" in parts.netloc or "{token}" in parts.fragment:
+            raise ValueError(f"{v!r}: {{token}} belongs in the path or the query (a browser "
+                             "sends neither the host's nor the fragment's part as the token)")
         if not _URL_CHARS.fullmatch(filled):
             raise ValueError(f"{v!r} has characters a URL cannot carry as is (spaces, <, >, "
                              "quotes, non-ASCII): percent-encode them")

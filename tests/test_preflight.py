@@ -177,6 +177,26 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
     ("unsubscribe url breaking the header", lambda d, t: d["unsubscribe"].update(
         url="https://x.example.org/u/{token}>,<https://evil.example/"),
      r"unsubscribe\.url: .*characters a URL cannot carry", "config.example.toml"),
+    ("from two mailboxes", lambda d, t: d["newsletter"].update(
+        {"from": "a@example.org, b@example.org"}),
+     r"newsletter\.from: .* holds several addresses; From takes one", "config.example.toml"),
+    ("from a group", lambda d, t: d["newsletter"].update({"from": "G: a@example.org;"}),
+     r"newsletter\.from: .* is not an address like", "config.example.toml"),
+    ("from an unquoted comma", lambda d, t: d["newsletter"].update(
+        {"from": "Papers, Inc <papers@example.org>"}),
+     r"newsletter\.from: .*quote a name with a comma", "config.example.toml"),
+    ("token in the fragment", lambda d, t: d["unsubscribe"].update(
+        url="https://x.example.org/u#{token}"),
+     r"unsubscribe\.url: .*belongs in the path or the query", "config.example.toml"),
+    ("template includes an absolute path", lambda d, t: _custom(
+        d, t, "digest.txt.j2", "{% include '/etc/passwd' %}\n"),
+     r"tpl/digest\.txt\.j2: it uses the template '/etc/passwd', which is not in",
+     "overrides the shipped template"),
+    ("template imports a missing file", lambda d, t: _custom(
+        d, t, "digest.txt.j2", "{% if count > 999 %}{% import 'macros.j2' as m %}"
+                               "{% endif %}x\n"),
+     r"tpl/digest\.txt\.j2: it uses the template 'macros\.j2', which is not in",
+     "overrides the shipped template"),
     ("DKIM selector adds a tag", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s; x=1",
         "key_file": str(private(t / "k.pem", "x"))}),
