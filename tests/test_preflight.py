@@ -54,6 +54,20 @@ def _custom(doc: dict[str, Any], tmp: Path, name: str, text: str) -> None:
     doc["newsletter"]["templates_dir"] = str(folder)
 
 
+def _custom_bytes(doc: dict[str, Any], tmp: Path, data: bytes | None) -> None:
+    """digest.txt.j2 in templates_dir as these bytes; None: a FIFO; b"": a folder."""
+    folder = tmp / "tpl"
+    folder.mkdir(exist_ok=True)
+    target = folder / "digest.txt.j2"
+    if data is None:
+        os.mkfifo(target, 0o600)
+    elif not data:
+        target.mkdir()
+    else:
+        target.write_bytes(data)
+    doc["newsletter"]["templates_dir"] = str(folder)
+
+
 def _key(tmp: Path, kind: str) -> Path:
     """A private key in PEM of a kind DKIM signing cannot use."""
     from cryptography.hazmat.primitives import serialization
@@ -197,6 +211,15 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
                                "{% endif %}x\n"),
      r"tpl/digest\.txt\.j2: it uses the template 'macros\.j2', which is not in",
      "overrides the shipped template"),
+    ("template not UTF-8", lambda d, t: _custom_bytes(d, t, "caf\xe9 {{ count }}\n".encode(
+        "latin-1")),
+     r"tpl/digest\.txt\.j2: not UTF-8 text \(byte 3\)", "or remove it"),
+    ("template a FIFO", lambda d, t: _custom_bytes(d, t, None),
+     r"tpl/digest\.txt\.j2: not a regular file", "or remove it"),
+    ("template a folder", lambda d, t: _custom_bytes(d, t, b""),
+     r"tpl/digest\.txt\.j2: not a regular file", "or remove it"),
+    ("template too large", lambda d, t: _custom_bytes(d, t, b"x" * 1_500_000),
+     r"tpl/digest\.txt\.j2: 1,500,000 bytes, over the 1,000,000", "or remove it"),
     ("DKIM selector adds a tag", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s; x=1",
         "key_file": str(private(t / "k.pem", "x"))}),
