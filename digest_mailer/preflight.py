@@ -158,16 +158,21 @@ def _paths(config: Config, *, source_given: bool, dry_run: bool) -> list[Finding
     if smtp.ca_file:
         ca_file = config.resolve(smtp.ca_file)
         if not ca_file.is_file():
-            out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: no such file",
-                               hint="fix delivery.smtp.ca_file (PEM certificates)"))
+            out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: " + (
+                "not a regular file" if ca_file.exists() else "no such file"),
+                hint="fix delivery.smtp.ca_file (PEM certificates)"))
         else:
             import ssl
 
             try:
                 ssl.create_default_context().load_verify_locations(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as e:
+            except ssl.SSLError as e:
                 out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: not PEM certificates "
                                    f"({e})", hint="fix delivery.smtp.ca_file"))
+            except OSError as e:  # after SSLError, which is one
+                out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: cannot read: "
+                                   f"{e.strerror or e}", hint="fix delivery.smtp.ca_file or "
+                                                              "its permissions"))
     return out
 
 

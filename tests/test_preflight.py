@@ -220,6 +220,8 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
      r"tpl/digest\.txt\.j2: not a regular file", "or remove it"),
     ("template too large", lambda d, t: _custom_bytes(d, t, b"x" * 1_500_000),
      r"tpl/digest\.txt\.j2: 1,500,000 bytes, over the 1,000,000", "or remove it"),
+    ("ca_file a FIFO", lambda d, t: d["delivery"]["smtp"].update(ca_file=str(_fifo(t))),
+     r"delivery\.smtp\.ca_file: .*fifo: not a regular file", "fix delivery.smtp.ca_file"),
     ("DKIM selector adds a tag", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s; x=1",
         "key_file": str(private(t / "k.pem", "x"))}),
