@@ -100,20 +100,22 @@ def estimate(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any
             return 1
         return abs(v) if isinstance(v, int) else measure(v, cap)
 
-    text = value if isinstance(value, str | bytes) else ""
+    text: Any = value if isinstance(value, str | bytes) else ""
     n = size(value) if not isinstance(value, int) else 0
     nl, tab = ("\n", "\t") if isinstance(text, str) else (b"\n", b"\t")
     if name in ("center", "ljust", "rjust", "zfill"):
         return max(n, size(arg(0, "width", 80)))
     if name == "indent":
-        return n + (text.count(nl) + 1) * size(arg(0, "width", 4))
+        return n + (int(text.count(nl)) + 1) * size(arg(0, "width", 4))
     if name == "expandtabs":
-        return n + text.count(tab) * size(arg(0, "tabsize", 8))
+        return n + int(text.count(tab)) * size(arg(0, "tabsize", 8))
     if name == "replace":
         old, new = arg(0, "old", ""), arg(1, "new", "")
         if not isinstance(old, str | bytes) or type(old) is not type(text):
             return n
-        return n + ((len(text) + 1) if not old else text.count(old)) * size(new)
+        pattern: Any = old
+        found: int = (len(text) + 1) if not old else text.count(pattern)
+        return n + found * size(new)
     if name == "join":
         items, sep = (arg(0, "iterable", ()), value) if method else (value, arg(0, "d", ""))
         count = len(items) if isinstance(items, list | tuple | set | str | dict) else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -357,9 +357,11 @@ def test_an_inline_array_of_subscribers_is_refused_with_a_hint(config: Path) -> 
               ' {email = "b@example.org"}]\n')
     config.write_text(inline + text[:top])
     before = config.read_bytes()
-    for edit in (lambda: add_subscriber(config, "new@example.org", SubscriberChange()),
-                 lambda: set_subscriber(config, "a@example.org", SubscriberChange(name="Z")),
-                 lambda: remove_subscriber(config, "b@example.org")):
+    edits: list[Callable[[], str]] = [
+        lambda: add_subscriber(config, "new@example.org", SubscriberChange()),
+        lambda: set_subscriber(config, "a@example.org", SubscriberChange(name="Z")),
+        lambda: remove_subscriber(config, "b@example.org")]
+    for edit in edits:
         with pytest.raises(ConfigError, match=r"subscribers: expected \[\[subscribers\]\] "
                                               r"tables") as e:
             edit()
