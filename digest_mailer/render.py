@@ -221,6 +221,9 @@ class Renderer:
         except jinja2.TemplateNotFound as e:
             raise RenderError(f"{filename}: it uses the template {e.name!r}, which is not in "
                               f"{', '.join(self._dirs)}", hint=self._hint(filename)) from e
+        except RecursionError as e:  # the parser and the compiler recurse
+            raise RenderError(f"{filename}: nested too deeply to compile",
+                              hint=self._hint(filename)) from e
         return _Part(template, filename, personal)
 
     def _compile_subject(self, env: jinja2.Environment, source: str) -> _Part:
@@ -229,7 +232,11 @@ class Renderer:
             personal = self._personal(env, env.parse(source), set())
         except jinja2.TemplateSyntaxError as e:
             raise RenderError(f"newsletter.subject: template syntax error: {e.message} "
-                              f"(in {source!r})", hint=self._hint("newsletter.subject")) from e
+                              f"(in {source[:200]!r})",
+                              hint=self._hint("newsletter.subject")) from e
+        except RecursionError as e:
+            raise RenderError("newsletter.subject: nested too deeply to compile",
+                              hint=self._hint("newsletter.subject")) from e
         return _Part(template, "newsletter.subject", personal)
 
     def _personal(self, env: jinja2.Environment, ast: nodes.Template, seen: set[str]) -> bool:

@@ -300,31 +300,35 @@ class Sandbox(ImmutableSandboxedEnvironment):
         """Every loop steps through _loop, every `~` through _concat, and every piece of
         static text counts towards OUTPUT."""
         tree = super()._parse(source, name, filename)
-        for loop in tree.find_all(nodes.For):
-            loop.iter = nodes.Filter(loop.iter, _LOOP, [], [], None, None,
-                                     lineno=loop.iter.lineno)
-        for concat in list(tree.find_all(nodes.Concat)):
-            _replace(tree, concat, nodes.Filter(nodes.List(concat.nodes, lineno=concat.lineno),
-                                                _CONCAT, [], [], None, None,
-                                                lineno=concat.lineno))
-        for output in tree.find_all(nodes.Output):
-            static = sum(len(n.data) for n in output.nodes if isinstance(n, nodes.TemplateData))
-            if static:
-                output.nodes.insert(0, nodes.Filter(nodes.Const(static), _SPEND, [], [], None,
-                                                    None, lineno=output.lineno))
+        # One pass over the tree (iterative: a deep template must not exhaust the stack).
+        stack: list[nodes.Node] = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, nodes.For):
+                node.iter = nodes.Filter(node.iter, _LOOP, [], [], None, None,
+                                         lineno=node.iter.lineno)
+            if isinstance(node, nodes.Output):
+                static = sum(len(n.data) for n in node.nodes
+                             if isinstance(n, nodes.TemplateData))
+                if static:
+                    node.nodes.insert(0, nodes.Filter(nodes.Const(static), _SPEND, [], [],
+                                                      None, None, lineno=node.lineno))
+            for field in node.fields:
+                value = getattr(node, field, None)
+                if isinstance(value, nodes.Node):
+                    setattr(node, field, _concat_node(value))
+                    stack.append(getattr(node, field))
+                elif isinstance(value, list):
+                    for i, item in enumerate(value):
+                        if isinstance(item, nodes.Node):
+                            value[i] = _concat_node(item)
+                            stack.append(value[i])
         return tree
 
 
-def _replace(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
-    """Put `new` where `old` is in the tree."""
-    for parent in [tree, *tree.find_all(nodes.Node)]:
-        for field in parent.fields:
-            value = getattr(parent, field, None)
-            if value is old:
-                setattr(parent, field, new)
-                return
-            if isinstance(value, list):
-                for i, item in enumerate(value):
-                    if item is old:
-                        value[i] = new
-                        return
+def _concat_node(node: nodes.Node) -> nodes.Node:
+    """`a ~ b` as a call of _concat, which checks the size before joining."""
+    if not isinstance(node, nodes.Concat):
+        return node
+    return nodes.Filter(nodes.List(node.nodes, lineno=node.lineno), _CONCAT, [], [], None,
+                        None, lineno=node.lineno)

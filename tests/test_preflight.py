@@ -222,6 +222,12 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
      r"tpl/digest\.txt\.j2: 1,500,000 bytes, over the 1,000,000", "or remove it"),
     ("ca_file a FIFO", lambda d, t: d["delivery"]["smtp"].update(ca_file=str(_fifo(t))),
      r"delivery\.smtp\.ca_file: .*fifo: not a regular file", "fix delivery.smtp.ca_file"),
+    ("template nested too deeply", lambda d, t: _custom(
+        d, t, "digest.txt.j2", "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}\n"),
+     r"tpl/digest\.txt\.j2: nested too deeply to compile", "overrides the shipped template"),
+    ("subject nested too deeply", lambda d, t: _subject(d, t, "{{ " + "[" * 3000 + "]" * 3000
+                                                        + " }}"),
+     r"newsletter\.subject: nested too deeply to compile", "fix newsletter.subject"),
     ("DKIM selector adds a tag", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s; x=1",
         "key_file": str(private(t / "k.pem", "x"))}),

@@ -105,3 +105,10 @@ def test_long_text_through_filters_that_take_the_environment(tmp_path: Path) -> 
                             "{{ s|wordwrap(72)|length }} "
                             "{{ s|truncate(100) }} {{ [s, s]|join(' ')|length }} "
                             "{{ s|indent(2)|length }} {{ s|upper|length }}")
+
+
+def test_a_large_template_compiles_in_linear_time(tmp_path: Path) -> None:
+    """60,000 `~`: each was put in place by a walk over the whole tree (a minute of CPU)."""
+    started = time.monotonic()
+    render_custom(tmp_path, "{{ 'a' ~ 'b' }}\n" * 60_000)
+    assert time.monotonic() - started < 30
