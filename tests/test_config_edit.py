@@ -367,3 +367,26 @@ def test_an_inline_array_of_subscribers_is_refused_with_a_hint(config: Path) -> 
             edit()
         assert "write the `subscribers = [...]` array as tables" in str(e.value.hint)
     assert config.read_bytes() == before
+
+
+def test_a_config_that_is_not_utf8_is_one_error_line(config: Path) -> None:
+    config.write_bytes(config.read_bytes().replace(b"Ada", "Ad\xe9".encode("latin-1"), 1))
+    before = config.read_bytes()
+    code, out = _cli("add", "new@example.org", "--config", str(config))
+    assert code == 1
+    _one_error(out, r"cannot edit: 'utf-8' codec can't decode byte 0xe9")
+    assert config.read_bytes() == before
+
+
+def test_comments_inside_an_entry_survive_a_set(config: Path) -> None:
+    text = config.read_text()
+    at = text.index('email = "grace@example.org"')
+    config.write_text(text[:at] + "# asked by phone, 2024-03-02\n" + text[at:].replace(
+        'email = "grace@example.org"', 'email = "grace@example.org"  # work address', 1))
+    set_subscriber(config, "grace@example.org", SubscriberChange(name="Grace H"))
+    after = config.read_text()
+    assert "# asked by phone, 2024-03-02\n" in after
+    assert 'email = "grace@example.org"  # work address' in after
+    assert load_config(config).subscribers_view()[
+        [s.email for s in load_config(config).subscribers_view()].index(
+            "grace@example.org")].name == "Grace H"
