@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
@@ -144,6 +145,13 @@ def _mailto(value: str) -> str:
         raise ValueError(f"{value!r}: '?', '&', '%', '#' or '/' before the @ would change the "
                          "mailto: link; use a plain address")
     return address
+
+
+def _composed(value: str) -> str:
+    """NFC: an accent typed as a separate combining mark (as macOS often sends it) becomes
+    the one character it means. mjml-python writes a combining mark inside an attribute as
+    a backslash-u escape, so a name typed with one showed mangled in a title or a link."""
+    return unicodedata.normalize("NFC", value)
 
 
 def _timezone(value: str) -> str:
@@ -372,7 +380,8 @@ class UnsubscribeSettings(_Section):
 
 class SubscriberSettings(_Section):
     email: Annotated[str, AfterValidator(_address)] = Field(description="the address")
-    name: OneLine = Field("", description="used in the greeting and the To header")
+    name: Annotated[str, AfterValidator(_one_line), AfterValidator(_composed)] = Field(
+        "", description="used in the greeting and the To header")
     topics: Terms = Field(default_factory=list,
                           description="words or phrases; a paper matching any of them is sent")
     exclude: Terms = Field(default_factory=list, description="a paper matching any is never sent")
