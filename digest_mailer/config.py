@@ -131,6 +131,15 @@ def _list_id(value: str) -> str:
     return value
 
 
+def _list_name(value: str) -> str:
+    """The name goes unquoted before the id in List-Id (`Name <id>`): an angle bracket in it
+    makes receivers read the wrong id."""
+    if "<" in value or ">" in value:
+        raise ValueError(f"{value!r} has an angle bracket, which breaks the List-Id header "
+                         "(receivers would read the list's id from inside the name)")
+    return value
+
+
 def _dns_name(value: str) -> str:
     """A DKIM domain or selector: DNS labels; a ';' or '=' would add tags to the signature."""
     if len(value) > 253 or not _LABELS.fullmatch(value):
@@ -220,8 +229,9 @@ class _Section(BaseModel):
 
 
 class NewsletterSettings(_Section):
-    name: OneLine = Field("Daily Papers", min_length=1,
-                          description="shown in the email header, the subject and List-Id")
+    name: Annotated[str, AfterValidator(_one_line), AfterValidator(_list_name)] = Field(
+        "Daily Papers", min_length=1,
+        description="shown in the email header, the subject and List-Id")
     from_: Annotated[str, AfterValidator(_mailbox)] = Field(
         alias="from", description="the From header: 'Name <address>'")
     reply_to: Annotated[str, AfterValidator(_reply_to)] | None = Field(

@@ -228,6 +228,10 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any], Path], None], str, str]] = [
     ("subject nested too deeply", lambda d, t: _subject(d, t, "{{ " + "[" * 3000 + "]" * 3000
                                                         + " }}"),
      r"newsletter\.subject: nested too deeply to compile", "fix newsletter.subject"),
+    ("newsletter name with angle brackets", lambda d, t: d["newsletter"].update(
+        name="Papers <beta>"),
+     r"newsletter\.name: 'Papers <beta>' has an angle bracket, which breaks the List-Id",
+     "config.example.toml"),
     ("DKIM selector adds a tag", lambda d, t: d["delivery"].update(dkim={
         "domain": "example.org", "selector": "s; x=1",
         "key_file": str(private(t / "k.pem", "x"))}),
