@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
-import unicodedata
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -27,199 +21,33 @@ from pydantic import (
 
 from digest_mailer.config_errors import describe_error, problems_hint
 from digest_mailer.config_errors import settings_table as _settings_table
+from digest_mailer.config_values import (
+    DAY,
+    Duration,
+    OneLine,
+    Terms,
+    ascii_address,
+    bare_address,
+    composed,
+    cron_expression,
+    dns_name,
+    email_address,
+    http_url,
+    list_ident_value,
+    list_name,
+    mailbox,
+    mailto_address,
+    reply_to_value,
+    single_line,
+    time_zone,
+    unsubscribe_url,
+)
 from digest_mailer.constants import SOURCE_KIND_HELP, SOURCE_KINDS, WEEKDAYS, SourceKindName
 from digest_mailer.errors import ConfigError
 from digest_mailer.models import Subscriber
-from digest_mailer.text import CONTROL as _CONTROL
 
-__all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "load_config", "parse_config",
-           "settings_table"]
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _one_line(value: str) -> str:
-    if _CONTROL.search(value):
-        raise ValueError(f"{value!r} contains a line break or control character")
-    return value
-
-
-def _address(value: str) -> str:
-    """A bare address, checked for syntax only: deliverability needs DNS, which a check must not.
-    A non-ASCII local part needs SMTPUTF8, which the email package cannot write in a header:
-    a run would stop on it with a traceback."""
-    _one_line(value)
-    try:
-        checked = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as e:
-        raise ValueError(f"{value!r} is not an email address ({e})") from e
-    if checked.smtputf8:
-        raise ValueError(f"{value!r}: the part before the @ is not ASCII, which email headers "
-                         "cannot carry (it needs SMTPUTF8)")
-    return checked.normalized
-
-
-def _ascii_address(value: str) -> str:
-    """An address of ours (From, Reply-To, envelope, mailto): it goes into headers and the
-    SMTP envelope as is, so an international domain is written in its ASCII (xn--) form."""
-    address = _address(value)
-    if not address.isascii():
-        ascii_form = validate_email(address, check_deliverability=False).ascii_email
-        raise ValueError(f"{value!r}: write the domain in its ASCII form ({ascii_form!r}): "
-                         "headers and the SMTP envelope carry it as is")
-    return address
-
-
-def email_address(value: str) -> str:
-    """A bare address, normalised; ValueError saying what is wrong with it otherwise."""
-    return _address(value)
-
-
-def _mailboxes(value: str) -> list[str]:
-    """The addresses of `Name <addr@host>, ...`, each checked; ValueError for anything the
-    header parser reads differently (a group, a stray comma, a missing address)."""
-    _one_line(value)
-    from email.errors import NonASCIILocalPartDefect
-    from email.headerregistry import HeaderRegistry
-
-    try:
-        header = HeaderRegistry()("reply-to", value)
-    except (ValueError, IndexError) as e:
-        raise ValueError(f"{value!r} is not an address like "
-                         "'Daily Papers <papers@example.org>'") from e
-    groups = header.groups  # type: ignore[attr-defined]
-    addresses = [a.addr_spec for a in header.addresses]  # type: ignore[attr-defined]
-    # A non-ASCII local part is a defect to the parser; _ascii_address says it better.
-    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
-    if defects or any(g.display_name for g in groups) or not addresses or any(
-            "@" not in a for a in addresses):
-        raise ValueError(f"{value!r} is not an address like "
-                         "'Daily Papers <papers@example.org>' (quote a name with a comma: "
-                         "'\"Papers, Inc\" <papers@example.org>')")
-    for address in addresses:
-        _ascii_address(address)
-    return addresses
-
-
-def _mailbox(value: str) -> str:
-    """`Name <addr@host>` or a bare address: exactly one (a From with two needs a Sender)."""
-    if len(_mailboxes(value)) != 1:
-        raise ValueError(f"{value!r} holds several addresses; From takes one")
-    return value
-
-
-def _reply_to(value: str) -> str:
-    _mailboxes(value)
-    return value
-
-
-# RFC 2919: the id is a dot-atom with at least one dot; anything else breaks the List-Id header
-# (a space, an angle bracket) or the token bound to it.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LIST_ID = re.compile(rf"{_ATOM}(?:\.{_ATOM})+")
-# RFC 3986 characters: a URL goes into List-Unsubscribe inside <...> as is.
-_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
-_LABELS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?"
-                     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*")
-_MAILTO_LOCAL = re.compile(r"[A-Za-z0-9._+'!$*=~-]+")
-
-
-def _list_id(value: str) -> str:
-    if len(value) > 255 or not _LIST_ID.fullmatch(value):
-        raise ValueError(f"{value!r} is not a list id like 'papers.example.org' (ASCII letters, "
-                         "digits and dots, no spaces or angle brackets)")
-    return value
-
-
-def _list_name(value: str) -> str:
-    """The name goes unquoted before the id in List-Id (`Name <id>`): an angle bracket in it
-    makes receivers read the wrong id."""
-    if "<" in value or ">" in value:
-        raise ValueError(f"{value!r} has an angle bracket, which breaks the List-Id header "
-                         "(receivers would read the list's id from inside the name)")
-    return value
-
-
-def _dns_name(value: str) -> str:
-    """A DKIM domain or selector: DNS labels; a ';' or '=' would add tags to the signature."""
-    if len(value) > 253 or not _LABELS.fullmatch(value):
-        raise ValueError(f"{value!r} is not a DNS name like 'example.org' (ASCII letters, "
-                         "digits, '-', '_' and dots)")
-    return value
-
-
-def _mailto(value: str) -> str:
-    address = _ascii_address(value)
-    if not _MAILTO_LOCAL.fullmatch(address.rpartition("@")[0]):
-        raise ValueError(f"{value!r}: '?', '&', '%', '#' or '/' before the @ would change the "
-                         "mailto: link; use a plain address")
-    return address
-
-
-def _composed(value: str) -> str:
-    """NFC: an accent typed as a separate combining mark (as macOS often sends it) becomes
-    the one character it means. mjml-python writes a combining mark inside an attribute as
-    a backslash-u escape, so a name typed with one showed mangled in a title or a link."""
-    return unicodedata.normalize("NFC", value)
-
-
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ValueError(f"{value!r} is not an IANA time zone like 'UTC' or 'Europe/Berlin'") from e
-    return value
-
-
-def _terms(values: list[str]) -> tuple[str, ...]:
-    out: list[str] = []
-    for v in values:
-        v = " ".join(v.split())
-        if not v:
-            raise ValueError("an empty string matches nothing; remove it")
-        if v.casefold() not in {o.casefold() for o in out}:
-            out.append(v)
-    return tuple(out)
-
-
-def _http_url(value: str) -> str:
-    _one_line(value)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    return value
-
-
-def _duration(value: object) -> float:
-    """'90s', '15m', '1h', '2d' or a number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        try:
-            return float(value)
-        except OverflowError:  # an integer past what a float holds
-            raise ValueError("a number of seconds far too large for a duration") from None
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise ValueError(f"{value!r} is not a duration like '90s', '15m', '1h' or '2d'")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def _cron(value: str) -> str:
-    from datetime import UTC, datetime
-
-    from digest_mailer.cron import next_fire, parse_cron
-
-    # A date the calendar never has (30 February) parses, and then `serve` idles forever.
-    if next_fire(parse_cron(value, "UTC"), datetime(2000, 1, 1, tzinfo=UTC)) is None:
-        raise ValueError(f"{value!r} never fires (no such date in any year)")
-    return value
-
-
-DAY = 86400.0
-
-
-OneLine = Annotated[str, AfterValidator(_one_line)]
-Duration = Annotated[float, BeforeValidator(_duration)]
-Terms = Annotated[list[str], AfterValidator(_terms)]
+__all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "email_address", "load_config",
+           "parse_config", "settings_table"]
 
 
 class _Section(BaseModel):
@@ -229,20 +57,20 @@ class _Section(BaseModel):
 
 
 class NewsletterSettings(_Section):
-    name: Annotated[str, AfterValidator(_one_line), AfterValidator(_list_name)] = Field(
+    name: Annotated[str, AfterValidator(single_line), AfterValidator(list_name)] = Field(
         "Daily Papers", min_length=1,
         description="shown in the email header, the subject and List-Id")
-    from_: Annotated[str, AfterValidator(_mailbox)] = Field(
+    from_: Annotated[str, AfterValidator(mailbox)] = Field(
         alias="from", description="the From header: 'Name <address>'")
-    reply_to: Annotated[str, AfterValidator(_reply_to)] | None = Field(
+    reply_to: Annotated[str, AfterValidator(reply_to_value)] | None = Field(
         None, description="an optional Reply-To address")
     max_papers: int = Field(20, ge=1, le=100, description="default cap of papers per email")
-    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+    timezone: Annotated[str, AfterValidator(time_zone)] = Field(
         "UTC", description="IANA zone: decides the run date and the Date header")
     subject: OneLine | None = Field(
         None, description="a Jinja template for the subject; variables: newsletter, count, "
                           "topics, more_topics, authors, date, name")
-    list_id: Annotated[str, AfterValidator(_list_id)] | None = Field(
+    list_id: Annotated[str, AfterValidator(list_ident_value)] | None = Field(
         None, description="the List-Id header's id; default: the name's slug at the From domain")
     templates_dir: str | None = Field(
         None, description="a folder whose templates override the shipped ones, file by file")
@@ -264,19 +92,19 @@ class SourceSettings(_Section):
     @field_validator("location")
     @classmethod
     def _location(cls, v: str) -> str:
-        _one_line(v)
+        single_line(v)
         if not v:
             raise ValueError("'' is neither a URL nor a file path")
         if "://" in v:
-            _http_url(v.replace("{date}", "2000-01-01"))
+            http_url(v.replace("{date}", "2000-01-01"))
         return v
 
 
 class ScheduleSettings(_Section):
-    cron: Annotated[str, AfterValidator(_cron)] = Field(
+    cron: Annotated[str, AfterValidator(cron_expression)] = Field(
         "0 7 * * *", description="when `serve` runs: 5 fields (minute hour day month weekday), "
                                  "or 6 with seconds first")
-    timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(
+    timezone: Annotated[str, AfterValidator(time_zone)] | None = Field(
         None, description="the cron's IANA zone; default: newsletter.timezone")
     misfire_grace: Duration = Field(
         3600.0, ge=0, le=7 * DAY,
@@ -313,7 +141,7 @@ class SmtpSettings(_Section):
                                   description="the environment variable holding the password")
     timeout: float = Field(30.0, gt=0, le=600, description="seconds per SMTP command")
     ca_file: str | None = Field(None, description="extra CA certificates (PEM) to trust")
-    envelope_from: Annotated[str, AfterValidator(_ascii_address)] | None = Field(
+    envelope_from: Annotated[str, AfterValidator(ascii_address)] | None = Field(
         None, description="the envelope sender (bounces); default: the From address")
     password_file: str | None = Field(
         None, description="a file holding the password, readable by its owner only; "
@@ -329,9 +157,9 @@ class SmtpSettings(_Section):
 
 
 class DkimSettings(_Section):
-    domain: Annotated[str, AfterValidator(_dns_name)] = Field(
+    domain: Annotated[str, AfterValidator(dns_name)] = Field(
         min_length=1, description="the signing domain (d=)")
-    selector: Annotated[str, AfterValidator(_dns_name)] = Field(
+    selector: Annotated[str, AfterValidator(dns_name)] = Field(
         min_length=1,
         description="the selector (s=): its public key is at <selector>._domainkey.<domain>")
     key_file: str = Field(description="the private key (PEM), readable by its owner only")
@@ -363,7 +191,7 @@ class DeliverySettings(_Section):
 
 class UnsubscribeSettings(_Section):
     url: str = Field(description="the one-click unsubscribe URL; must contain {token}")
-    mailto: Annotated[str, AfterValidator(_mailto)] | None = Field(
+    mailto: Annotated[str, AfterValidator(mailto_address)] | None = Field(
         None, description="an address that takes unsubscribe requests by email")
     secret_env: OneLine = Field("DIGEST_UNSUBSCRIBE_SECRET",
                                 description="the environment variable holding the HMAC secret")
@@ -371,26 +199,12 @@ class UnsubscribeSettings(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if "{token}" not in v:
-            raise ValueError(f"{v!r} has no {{token}} placeholder")
-        filled = v.replace("{token}", "t")
-        _http_url(filled)
-        parts = urlsplit(v)
-        if parts.scheme != "https":
-            raise ValueError(f"{v!r} is not https: one-click unsubscribe (RFC 8058) needs an "
-                             "https URL, and mail providers ignore it otherwise")
-        if "{token}" in parts.netloc or "{token}" in parts.fragment:
-            raise ValueError(f"{v!r}: {{token}} belongs in the path or the query (a browser "
-                             "sends neither the host's nor the fragment's part as the token)")
-        if not _URL_CHARS.fullmatch(filled):
-            raise ValueError(f"{v!r} has characters a URL cannot carry as is (spaces, <, >, "
-                             "quotes, non-ASCII): percent-encode them")
-        return v
+        return unsubscribe_url(v)
 
 
 class SubscriberSettings(_Section):
-    email: Annotated[str, AfterValidator(_address)] = Field(description="the address")
-    name: Annotated[str, AfterValidator(_one_line), AfterValidator(_composed)] = Field(
+    email: Annotated[str, AfterValidator(bare_address)] = Field(description="the address")
+    name: Annotated[str, AfterValidator(single_line), AfterValidator(composed)] = Field(
         "", description="used in the greeting and the To header")
     topics: Terms = Field(default_factory=list,
                           description="words or phrases; a paper matching any of them is sent")
