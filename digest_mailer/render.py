@@ -4,15 +4,11 @@ plain-text part from its own template with the same content."""
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
 import re
-import stat
 import textwrap
 import traceback
-import unicodedata
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,9 +19,9 @@ import jinja2.meta
 from jinja2 import nodes
 
 from digest_mailer.errors import RenderError
-from digest_mailer.marks import DigestTemplate, Marks, one_line
+from digest_mailer.marks import DigestTemplate, Marks, one_line, rewritten
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
-from digest_mailer.sandbox import Sandbox, alters_personal
+from digest_mailer.sandbox import Sandbox, TemplateLoader, alters_personal
 
 logger = logging.getLogger(__name__)
 
@@ -117,42 +113,6 @@ def _wrap(text: str, width: int = 72, indent: str = "   ") -> str:
     return ("\n" + indent).join(lines)
 
 
-MAX_TEMPLATE_BYTES = 1_000_000
-
-
-class _Loader(jinja2.FileSystemLoader):
-    """Jinja's file loader, but a template file must be a regular UTF-8 file under 1 MB: a
-    FIFO or a folder of that name was skipped in silence (the shipped one used instead), a
-    300 MB file took 1.5 GB to load, and a Latin-1 file stopped check and run on a
-    UnicodeDecodeError traceback."""
-
-    def get_source(self, environment: jinja2.Environment, template: str
-                   ) -> tuple[str, str, Callable[[], bool]]:
-        pieces = jinja2.loaders.split_template_path(template)
-        for folder in self.searchpath:
-            filename = posixpath.join(folder, *pieces)
-            if not os.path.lexists(filename):
-                continue
-            hint = f"fix {filename} or remove it"
-            try:
-                info = os.stat(filename)
-            except OSError as e:
-                raise RenderError(f"{filename}: cannot read: {e.strerror}", hint=hint) from e
-            if not stat.S_ISREG(info.st_mode):
-                raise RenderError(f"{filename}: not a regular file", hint=hint)
-            if info.st_size > MAX_TEMPLATE_BYTES:
-                raise RenderError(f"{filename}: {info.st_size:,} bytes, over the "
-                                  f"{MAX_TEMPLATE_BYTES:,} a template may have", hint=hint)
-            try:
-                return super().get_source(environment, template)
-            except UnicodeDecodeError as e:
-                raise RenderError(f"{filename}: not UTF-8 text (byte {e.start})",
-                                  hint=hint) from e
-            except OSError as e:
-                raise RenderError(f"{filename}: cannot read: {e.strerror}", hint=hint) from e
-        return super().get_source(environment, template)  # TemplateNotFound, as Jinja says
-
-
 @dataclass(frozen=True, slots=True)
 class _Part:
     template: jinja2.Template
@@ -171,7 +131,7 @@ class Renderer:
                                    "shipped templates")
         self._dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
         self._custom = str(templates_dir) if templates_dir is not None else None
-        loader = _Loader(self._dirs)
+        loader = TemplateLoader(self._dirs)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
                                   "keep_trailing_newline": True}
         html_env = Sandbox(autoescape=True, **common)
@@ -389,22 +349,6 @@ class Renderer:
         return RenderedDigest(subject=one_line(self._render(self._subject, ctx)),
                               html=self._compile(self._render(self._html, ctx)),
                               text=self._filled(self._text, ctx))
-
-
-def _rewritten_char(c: str) -> bool:
-    # What mjml-python writes as `\u{...}` inside an attribute (Rust's escape_debug): controls,
-    # format characters (bidi marks, zero-width joiners, soft hyphen), spaces other than
-    # U+0020, unassigned and private-use code points, and combining marks.
-    return not c.isprintable() or unicodedata.category(c) in ("Mn", "Me", "Mc")
-
-
-def rewritten(digest: Digest) -> bool:
-    """Whether the subscriber's name, address or link holds a character MJML rewrites in an
-    attribute: the escaping the fast path computes cannot follow it, so that email renders
-    with the values themselves."""
-    sub = digest.subscriber
-    return any(not v.isascii() and any(map(_rewritten_char, v))
-               for v in (sub.name, sub.email, digest.unsubscribe_url))
 
 
 def template_key(digest: Digest) -> tuple[object, ...]:
