@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # The session's deadline, in per-command timeouts: connect, banner, EHLO, STARTTLS, EHLO,
 # AUTH (two steps for LOGIN), QUIT.
 SESSION_COMMANDS = 8
+MAX_SESSION = 120.0  # seconds, unless one command may take longer (delivery.smtp.timeout)
 
 
 def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
@@ -87,7 +88,7 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
     lines: list[str] = []
     # smtplib's timeout bounds each read, not the session: a server that sends a byte now and
     # then holds it for ever. A watchdog closes the socket at the session's deadline.
-    budget = smtp.timeout * SESSION_COMMANDS
+    budget = min(smtp.timeout * SESSION_COMMANDS, max(smtp.timeout, MAX_SESSION))
     conn: smtplib.SMTP = (smtplib.SMTP_SSL(timeout=smtp.timeout, context=ctx)
                           if smtp.security == "ssl" else smtplib.SMTP(timeout=smtp.timeout))
     # Made without a host so the watchdog can reach the socket while the banner is awaited;
