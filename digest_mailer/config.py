@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -282,10 +284,29 @@ def _member(s: SubscriberSettings, cap: int) -> Subscriber:
                       frequency=s.frequency, weekday=WEEKDAYS.index(s.weekday), paused=s.pause)
 
 
+MAX_CONFIG_BYTES = 200_000_000  # about a million subscribers
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """The file's bytes; ConfigError unless it is a regular file of a sane size: a FIFO (or
+    /dev/zero) given as --config blocked check, run and the editor for ever."""
+    # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file ({stat.filemode(info.st_mode)})",
+                              hint="pass --config the path of the TOML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {info.st_size:,} bytes, over the {MAX_CONFIG_BYTES:,} "
+                              "a config may have", hint="is it the right file?")
+        return f.read(MAX_CONFIG_BYTES + 1)
+
+
 def load_config(path: Path) -> Config:
     name = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_config_bytes(path)
     except FileNotFoundError as e:
         raise ConfigError(f"{name}: no such file",
                           hint="pass --config PATH, set $DIGEST_MAILER_CONFIG, or copy "

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 import tomllib
@@ -27,7 +28,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 
-from digest_mailer.config import email_address, parse_config
+from digest_mailer.config import email_address, parse_config, read_config_bytes
 from digest_mailer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,16 @@ def locked(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fd = os.open(target, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO in the config's place must not block the edit for ever.
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError as e:
             raise ConfigError(f"{target}: no such file") from e
         except OSError as e:
             raise ConfigError(f"{target}: cannot open: {e.strerror}") from e
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{target}: not a regular file",
+                                  hint="pass --config the path of the TOML file")
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -124,7 +129,7 @@ def _stat(path: Path) -> os.stat_result:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_bytes().decode("utf-8")  # line ends as they are: CRLF stays CRLF
+        return read_config_bytes(path).decode("utf-8")  # line ends kept: CRLF stays CRLF
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
     except (OSError, UnicodeDecodeError) as e:

@@ -390,3 +390,11 @@ def test_comments_inside_an_entry_survive_a_set(config: Path) -> None:
     assert load_config(config).subscribers_view()[
         [s.email for s in load_config(config).subscribers_view()].index(
             "grace@example.org")].name == "Grace H"
+
+
+def test_a_fifo_in_the_config_s_place_is_one_error_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "digest-mailer.toml"
+    os.mkfifo(fifo, 0o600)
+    code, out = _cli("add", "new@example.org", "--config", str(fifo))  # timeout: 120 s
+    assert code == 1
+    _one_error(out, r"digest-mailer\.toml: not a regular file")

@@ -577,3 +577,18 @@ def test_a_ledger_that_cannot_be_written_is_refused_by_check_and_run(
         assert len(errors) == 1, result.stderr
         assert re.search(r"state\.path: .*ro.* is not writable \(a read-only file system or "
                          r"permissions\)", errors[0]), errors[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_config_that_is_not_a_file_is_one_error_line(tmp_path: Path, kind: str) -> None:
+    """A FIFO (or /dev/zero) given as --config blocked check and run for ever."""
+    path = {"fifo": lambda: _fifo(tmp_path), "device": lambda: Path("/dev/zero"),
+            "folder": lambda: tmp_path}[kind]()
+    for command in (["check"], ["run", "--dry-run"]):
+        started = time.monotonic()
+        result = invoke(*command, "--config", str(path), env=ENV)
+        assert time.monotonic() - started < 20
+        assert result.exit_code == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and re.search(
+            r": (not a regular file|cannot read: Is a directory)", errors[0]), result.stderr
