@@ -16,6 +16,11 @@ from digest_mailer.preflight import Findings
 if TYPE_CHECKING:
     import ssl
 
+# The session's deadline, in per-command timeouts: connect, banner, EHLO, STARTTLS, EHLO,
+# AUTH (two steps for LOGIN), QUIT.
+SESSION_COMMANDS = 8
+MAX_SESSION = 120.0  # seconds, unless one command may take longer (delivery.smtp.timeout)
+
 
 def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
     """The config is valid; what it sets up; the warnings."""
@@ -65,8 +70,11 @@ def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
 def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
     """Connect, STARTTLS or TLS, log in, QUIT, as a run would; say what happened at each
     step. Raises DigestMailerError at the step that fails."""
+    import contextlib
     import smtplib  # only --smtp needs these
+    import socket
     import ssl
+    import threading
 
     smtp = config.delivery.smtp
     where = f"{smtp.host}:{smtp.effective_port}"
@@ -80,19 +88,33 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
     secret_source = ("delivery.smtp.password_file" if file else f"${smtp.password_env}")
     ctx = _tls(config.resolve(smtp.ca_file) if smtp.ca_file else None)
     lines: list[str] = []
+    # smtplib's timeout bounds each read, not the session: a server that sends a byte now and
+    # then holds it for ever. A watchdog closes the socket at the session's deadline.
+    budget = min(smtp.timeout * SESSION_COMMANDS, max(smtp.timeout, MAX_SESSION))
+    conn: smtplib.SMTP = (smtplib.SMTP_SSL(timeout=smtp.timeout, context=ctx)
+                          if smtp.security == "ssl" else smtplib.SMTP(timeout=smtp.timeout))
+    # Made without a host so the watchdog can reach the socket while the banner is awaited;
+    # the certificate is checked against _host, which only the constructor sets.
+    conn._host = smtp.host  # type: ignore[attr-defined]
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(budget, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    step = "connect"
     try:
-        if smtp.security == "ssl":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.effective_port,
-                                                  timeout=smtp.timeout, context=ctx)
-        else:
-            conn = smtplib.SMTP(smtp.host, smtp.effective_port, timeout=smtp.timeout)
-    except ssl.SSLCertVerificationError as e:
-        raise _unverified(where, e) from e
-    except (OSError, smtplib.SMTPException) as e:
-        raise DigestMailerError(f"SMTP {where}: cannot connect ({e})",
-                                hint="check delivery.smtp host, port and security") from e
-    try:
-        code, _banner = conn.ehlo()
+        code, banner = conn.connect(smtp.host, smtp.effective_port)
+        if code != 220:  # a partial line when the watchdog cut it, or a refusal
+            raise smtplib.SMTPConnectError(code, banner)
+        step = "EHLO"
+        code, _ = conn.ehlo()
         lines.append(f"smtp: connected to {where}" + (" over TLS" if smtp.security == "ssl"
                                                        else "") + f", EHLO {code}")
         if smtp.security == "starttls":
@@ -100,12 +122,19 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
                 raise DigestMailerError(f"SMTP {where}: the server does not offer STARTTLS",
                                         hint="use security = 'ssl' (port 465) if it speaks "
                                              "TLS from the start")
+            step = "STARTTLS"
             conn.starttls(context=ctx)
             conn.ehlo()
         sock = conn.sock
         if isinstance(sock, ssl.SSLSocket):
             lines.append(f"smtp: TLS {sock.version()}, certificate verified for {smtp.host}")
         if smtp.username:
+            step = "login"
+            if not conn.has_extn("auth"):
+                raise DigestMailerError(
+                    f"SMTP {where}: the server offers no login (no AUTH in its EHLO reply)",
+                    hint="remove delivery.smtp.username if it needs no login; some servers "
+                         "offer AUTH only over TLS (security = 'starttls' or 'ssl')")
             try:
                 conn.login(smtp.username, password)
             except smtplib.SMTPAuthenticationError as e:
@@ -113,20 +142,38 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
                     e.smtp_error, bytes) else str(e.smtp_error)
                 raise DigestMailerError(
                     f"SMTP {where}: login as {smtp.username!r} refused ({e.smtp_code} "
-                    f"{' '.join(reply.split())})",
+                    f"{' '.join(reply.split())[:200]})",
                     hint=f"check delivery.smtp.username and the password in {secret_source}"
                 ) from e
             lines.append(f"smtp: logged in as {smtp.username!r}")
         else:
             lines.append("smtp: no login (delivery.smtp.username is empty)")
+        step = "QUIT"
         conn.quit()
         lines.append("smtp: QUIT; no mail was sent")
     except ssl.SSLCertVerificationError as e:
         raise _unverified(where, e) from e
     except (OSError, smtplib.SMTPException) as e:
-        raise DigestMailerError(f"SMTP {where}: session failed ({e})",
-                                hint="check delivery.smtp host, port and security") from e
+        if expired.is_set():
+            raise DigestMailerError(
+                f"SMTP {where}: no complete answer within {budget:g} s (at {step})",
+                hint="the server is too slow or is not an SMTP server; check delivery.smtp "
+                     "host, port and security, or raise delivery.smtp.timeout") from e
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        if "timed out" in detail:
+            raise DigestMailerError(
+                f"SMTP {where}: no answer within {smtp.timeout:g} s (at {step})",
+                hint="check delivery.smtp host, port and security, or raise "
+                     "delivery.smtp.timeout") from e
+        if step == "connect" and not isinstance(e, smtplib.SMTPException):
+            raise DigestMailerError(f"SMTP {where}: cannot connect ({detail})",
+                                    hint="check delivery.smtp host, port and security") from e
+        raise DigestMailerError(f"SMTP {where}: {step} failed ({detail})",
+                                hint="check delivery.smtp host, port and security"
+                                     + (" (is it TLS from the start? security = 'ssl')"
+                                        if step == "STARTTLS" else "")) from e
     finally:
+        watchdog.cancel()
         conn.close()
     return lines
 

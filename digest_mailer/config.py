@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import re
+import os
+import stat
 import tomllib
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -26,65 +23,35 @@ from pydantic import (
 
 from digest_mailer.config_errors import describe_error, problems_hint
 from digest_mailer.config_errors import settings_table as _settings_table
+from digest_mailer.config_values import (
+    DAY,
+    Duration,
+    OneLine,
+    Terms,
+    ascii_address,
+    bare_address,
+    composed,
+    cron_expression,
+    dns_name,
+    email_address,
+    http_url,
+    list_ident_value,
+    list_name,
+    mailbox,
+    mailto_address,
+    reply_to_value,
+    single_line,
+    terms,
+    time_zone,
+    unsubscribe_url,
+)
 from digest_mailer.constants import SOURCE_KIND_HELP, SOURCE_KINDS, WEEKDAYS, SourceKindName
 from digest_mailer.errors import ConfigError
 from digest_mailer.models import Subscriber
-from digest_mailer.text import CONTROL as _CONTROL
 
-__all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "load_config", "parse_config",
-           "settings_table"]
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _one_line(value: str) -> str:
-    if _CONTROL.search(value):
-        raise ValueError(f"{value!r} contains a line break or control character")
-    return value
-
-
-def _address(value: str) -> str:
-    """A bare address, checked for syntax only: deliverability needs DNS, which a check must not."""
-    _one_line(value)
-    try:
-        return validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as e:
-        raise ValueError(f"{value!r} is not an email address ({e})") from e
-
-
-def email_address(value: str) -> str:
-    """A bare address, normalised; ValueError saying what is wrong with it otherwise."""
-    return _address(value)
-
-
-def _mailbox(value: str) -> str:
-    """`Name <addr@host>` or a bare address."""
-    _one_line(value)
-    addr = parseaddr(value)[1]
-    if not addr or "@" not in addr:
-        raise ValueError(f"{value!r} is not an address like "
-                         "'Daily Papers <papers@example.org>'")
-    _address(addr)
-    return value
-
-
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ValueError(f"{value!r} is not an IANA time zone like 'UTC' or 'Europe/Berlin'") from e
-    return value
-
-
-def _terms(values: list[str]) -> tuple[str, ...]:
-    out: list[str] = []
-    for v in values:
-        v = " ".join(v.split())
-        if not v:
-            raise ValueError("an empty string matches nothing; remove it")
-        if v.casefold() not in {o.casefold() for o in out}:
-            out.append(v)
-    return tuple(out)
+__all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "email_address", "load_config",
+           "parse_config", "settings_table"]
+MAX_ALIAS_CHARS = 100
 
 
 def _alias_name(value: str) -> str:
@@ -99,50 +66,11 @@ def _alias_name(value: str) -> str:
 def _alias_names(values: list[str]) -> tuple[str, ...]:
     if not values:
         raise ValueError("an empty list adds nothing; give the other names, or remove the key")
-    return _terms([_alias_name(v) for v in values])
+    return terms([_alias_name(v) for v in values])
 
 
-def _http_url(value: str) -> str:
-    _one_line(value)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    return value
-
-
-def _duration(value: object) -> float:
-    """'90s', '15m', '1h', '2d' or a number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        try:
-            return float(value)
-        except OverflowError:  # an integer past what a float holds
-            raise ValueError("a number of seconds far too large for a duration") from None
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise ValueError(f"{value!r} is not a duration like '90s', '15m', '1h' or '2d'")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def _cron(value: str) -> str:
-    from datetime import UTC, datetime
-
-    from digest_mailer.cron import next_fire, parse_cron
-
-    # A date the calendar never has (30 February) parses, and then `serve` idles forever.
-    if next_fire(parse_cron(value, "UTC"), datetime(2000, 1, 1, tzinfo=UTC)) is None:
-        raise ValueError(f"{value!r} never fires (no such date in any year)")
-    return value
-
-
-DAY = 86400.0
-
-
-OneLine = Annotated[str, AfterValidator(_one_line)]
-Duration = Annotated[float, BeforeValidator(_duration)]
-Terms = Annotated[list[str], AfterValidator(_terms)]
 AliasName = Annotated[str, AfterValidator(_alias_name)]
 AliasNames = Annotated[list[str], Field(max_length=50), AfterValidator(_alias_names)]
-MAX_ALIAS_CHARS = 100
 
 
 class _Section(BaseModel):
@@ -152,19 +80,20 @@ class _Section(BaseModel):
 
 
 class NewsletterSettings(_Section):
-    name: OneLine = Field("Daily Papers", min_length=1,
-                          description="shown in the email header, the subject and List-Id")
-    from_: Annotated[str, AfterValidator(_mailbox)] = Field(
+    name: Annotated[str, AfterValidator(single_line), AfterValidator(list_name)] = Field(
+        "Daily Papers", min_length=1,
+        description="shown in the email header, the subject and List-Id")
+    from_: Annotated[str, AfterValidator(mailbox)] = Field(
         alias="from", description="the From header: 'Name <address>'")
-    reply_to: Annotated[str, AfterValidator(_mailbox)] | None = Field(
+    reply_to: Annotated[str, AfterValidator(reply_to_value)] | None = Field(
         None, description="an optional Reply-To address")
     max_papers: int = Field(20, ge=1, le=100, description="default cap of papers per email")
-    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+    timezone: Annotated[str, AfterValidator(time_zone)] = Field(
         "UTC", description="IANA zone: decides the run date and the Date header")
     subject: OneLine | None = Field(
         None, description="a Jinja template for the subject; variables: newsletter, count, "
                           "topics, more_topics, authors, date, name")
-    list_id: OneLine | None = Field(
+    list_id: Annotated[str, AfterValidator(list_ident_value)] | None = Field(
         None, description="the List-Id header's id; default: the name's slug at the From domain")
     templates_dir: str | None = Field(
         None, description="a folder whose templates override the shipped ones, file by file")
@@ -186,19 +115,19 @@ class SourceSettings(_Section):
     @field_validator("location")
     @classmethod
     def _location(cls, v: str) -> str:
-        _one_line(v)
+        single_line(v)
         if not v:
             raise ValueError("'' is neither a URL nor a file path")
         if "://" in v:
-            _http_url(v.replace("{date}", "2000-01-01"))
+            http_url(v.replace("{date}", "2000-01-01"))
         return v
 
 
 class ScheduleSettings(_Section):
-    cron: Annotated[str, AfterValidator(_cron)] = Field(
+    cron: Annotated[str, AfterValidator(cron_expression)] = Field(
         "0 7 * * *", description="when `serve` runs: 5 fields (minute hour day month weekday), "
                                  "or 6 with seconds first")
-    timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(
+    timezone: Annotated[str, AfterValidator(time_zone)] | None = Field(
         None, description="the cron's IANA zone; default: newsletter.timezone")
     misfire_grace: Duration = Field(
         3600.0, ge=0, le=7 * DAY,
@@ -235,7 +164,7 @@ class SmtpSettings(_Section):
                                   description="the environment variable holding the password")
     timeout: float = Field(30.0, gt=0, le=600, description="seconds per SMTP command")
     ca_file: str | None = Field(None, description="extra CA certificates (PEM) to trust")
-    envelope_from: Annotated[str, AfterValidator(_address)] | None = Field(
+    envelope_from: Annotated[str, AfterValidator(ascii_address)] | None = Field(
         None, description="the envelope sender (bounces); default: the From address")
     password_file: str | None = Field(
         None, description="a file holding the password, readable by its owner only; "
@@ -251,9 +180,11 @@ class SmtpSettings(_Section):
 
 
 class DkimSettings(_Section):
-    domain: OneLine = Field(min_length=1, description="the signing domain (d=)")
-    selector: OneLine = Field(min_length=1, description="the selector (s=): its public key is "
-                                                        "at <selector>._domainkey.<domain>")
+    domain: Annotated[str, AfterValidator(dns_name)] = Field(
+        min_length=1, description="the signing domain (d=)")
+    selector: Annotated[str, AfterValidator(dns_name)] = Field(
+        min_length=1,
+        description="the selector (s=): its public key is at <selector>._domainkey.<domain>")
     key_file: str = Field(description="the private key (PEM), readable by its owner only")
 
 
@@ -283,7 +214,7 @@ class DeliverySettings(_Section):
 
 class UnsubscribeSettings(_Section):
     url: str = Field(description="the one-click unsubscribe URL; must contain {token}")
-    mailto: Annotated[str, AfterValidator(_address)] | None = Field(
+    mailto: Annotated[str, AfterValidator(mailto_address)] | None = Field(
         None, description="an address that takes unsubscribe requests by email")
     secret_env: OneLine = Field("DIGEST_UNSUBSCRIBE_SECRET",
                                 description="the environment variable holding the HMAC secret")
@@ -291,15 +222,13 @@ class UnsubscribeSettings(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if "{token}" not in v:
-            raise ValueError(f"{v!r} has no {{token}} placeholder")
-        _http_url(v.replace("{token}", "t"))
-        return v
+        return unsubscribe_url(v)
 
 
 class SubscriberSettings(_Section):
-    email: Annotated[str, AfterValidator(_address)] = Field(description="the address")
-    name: OneLine = Field("", description="used in the greeting and the To header")
+    email: Annotated[str, AfterValidator(bare_address)] = Field(description="the address")
+    name: Annotated[str, AfterValidator(single_line), AfterValidator(composed)] = Field(
+        "", description="used in the greeting and the To header")
     topics: Terms = Field(default_factory=list,
                           description="words or phrases; a paper matching any of them is sent")
     exclude: Terms = Field(default_factory=list, description="a paper matching any is never sent")
@@ -383,10 +312,29 @@ def _member(s: SubscriberSettings, cap: int,
                       aliases=aliases)
 
 
+MAX_CONFIG_BYTES = 200_000_000  # about a million subscribers
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """The file's bytes; ConfigError unless it is a regular file of a sane size: a FIFO (or
+    /dev/zero) given as --config blocked check, run and the editor for ever."""
+    # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file ({stat.filemode(info.st_mode)})",
+                              hint="pass --config the path of the TOML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {info.st_size:,} bytes, over the {MAX_CONFIG_BYTES:,} "
+                              "a config may have", hint="is it the right file?")
+        return f.read(MAX_CONFIG_BYTES + 1)
+
+
 def load_config(path: Path) -> Config:
     name = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_config_bytes(path)
     except FileNotFoundError as e:
         raise ConfigError(f"{name}: no such file",
                           hint="pass --config PATH, set $DIGEST_MAILER_CONFIG, or copy "

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 import tomllib
@@ -27,7 +28,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 
-from digest_mailer.config import email_address, parse_config
+from digest_mailer.config import email_address, parse_config, read_config_bytes
 from digest_mailer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,16 @@ def locked(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fd = os.open(target, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO in the config's place must not block the edit for ever.
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError as e:
             raise ConfigError(f"{target}: no such file") from e
         except OSError as e:
             raise ConfigError(f"{target}: cannot open: {e.strerror}") from e
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{target}: not a regular file",
+                                  hint="pass --config the path of the TOML file")
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,9 +120,16 @@ def locked(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
             os.close(fd)
 
 
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot edit: {e.strerror}") from e
+
+
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_config_bytes(path).decode("utf-8")  # line ends kept: CRLF stays CRLF
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
     except (OSError, UnicodeDecodeError) as e:
@@ -131,6 +143,21 @@ def _spans(text: str) -> list[tuple[int, int]]:
         nxt = _ANY_HEADER.search(text, m.end())
         out.append((m.start(), nxt.start() if nxt else len(text)))
     return out
+
+
+_COMMENTS_ABOVE = re.compile(r"(?:^[ \t]*#[^\n]*\n)+\Z", re.M)
+
+
+def _cut(text: str, spans: list[tuple[int, int]], index: int) -> tuple[int, int]:
+    """What removing entry `index` removes: its span without the comment lines at its end,
+    right above the next header: they are about the next entry (or the next section). Comments
+    above its own header stay too: they may be about the whole list."""
+    start, end = spans[index]
+    if index + 1 < len(spans) or end < len(text):
+        below = _COMMENTS_ABOVE.search(text, start, end)
+        if below is not None and below.start() > spans[index][0]:
+            end = below.start()
+    return start, end
 
 
 def _find(text: str, spans: list[tuple[int, int]], email: str) -> int | None:
@@ -168,7 +195,12 @@ Edit = Callable[[str], tuple[str, Callable[[list[Any]], bool], str]]
 def _edit(path: Path, email: str, edit: Edit, slow: Callable[[AoT], str]) -> str:
     target = Path(os.path.realpath(path))  # a symlink: edit what it points at
     with locked(target):
+        read = _stat(target)
         text = _read(target)
+        # A file written with CRLF is edited with LF and written back with CRLF: one ending.
+        crlf = "\r\n" in text and text.count("\r\n") == text.count("\n")
+        if crlf:
+            text = text.replace("\r\n", "\n")
         try:
             new_text, meant, message = edit(text)
             data = _parse(new_text)
@@ -182,7 +214,7 @@ def _edit(path: Path, email: str, edit: Edit, slow: Callable[[AoT], str]) -> str
             new_text, message = _slow_edit(path, text, slow)
             data = _parse_or_fail(path, new_text)
         _validate(path, email, data, target.parent)
-        _write(target, new_text)
+        _write(target, new_text.replace("\n", "\r\n") if crlf else new_text, read)
     logger.info("%s: %s", path, message)
     return message
 
@@ -227,14 +259,36 @@ def _slow_edit(path: Path, text: str, change: Callable[[AoT], str]) -> tuple[str
         subs = tomlkit.aot()
         doc.append("subscribers", subs)
     if not isinstance(subs, AoT):
-        raise ConfigError(f"{path}: subscribers: expected [[subscribers]] tables")
+        raise ConfigError(f"{path}: subscribers: expected [[subscribers]] tables",
+                          hint="this command edits [[subscribers]] tables only: write the "
+                               "`subscribers = [...]` array as tables (see config.example.toml)"
+                               ", or edit it by hand; nothing was written")
     message = change(subs)
     return tomlkit.dumps(doc), message
 
 
-def _write(target: Path, text: str) -> None:
-    """Replace the file atomically, keeping its mode, owner and group."""
+def _write(target: Path, text: str, read: os.stat_result) -> None:
+    """Replace the file atomically, keeping its mode, owner and group; refuse when it changed
+    since it was read (an edit by hand, which the lock does not stop). A disk that is full or
+    read-only leaves the file as it was and says so."""
+    try:
+        _replace(target, text, read)
+    except OSError as e:
+        raise ConfigError(f"{target}: cannot write the edited copy beside it: "
+                          f"{e.strerror or e}; nothing was changed",
+                          hint="free some space or make the folder writable, then try "
+                               "again") from e
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+def _replace(target: Path, text: str, read: os.stat_result) -> None:
     info = target.stat()
+    if _stamp(info) != _stamp(read):
+        raise ConfigError(f"{target}: changed while it was being edited; nothing was written",
+                          hint="run the command again")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -249,6 +303,9 @@ def _write(target: Path, text: str) -> None:
                                       f"({info.st_uid}:{info.st_gid}) on the edited copy",
                                       hint="edit it as its owner (or as root)") from e
             os.fsync(f.fileno())
+        if _stamp(target.stat()) != _stamp(read):
+            raise ConfigError(f"{target}: changed while it was being edited; nothing was "
+                              "written", hint="run the command again")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -323,7 +380,7 @@ def remove_subscriber(path: Path, email: str) -> str:
         index = _find(text, spans, email)
         if index is None:
             _not_found(path, text, email)
-        start, end = spans[index]
+        start, end = _cut(text, spans, index)
         count = len(spans)
         return (text[:start] + text[end:],
                 lambda subs: len(subs) == count - 1 and all(

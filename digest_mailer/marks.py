@@ -8,9 +8,11 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 from digest_mailer.errors import RenderError
+from digest_mailer.models import Digest
 from digest_mailer.text import CONTROL
 
 SUBJECT_CHARS = 180
@@ -126,3 +128,19 @@ class DigestTemplate:
 
     def fill_subject(self, name: str, email: str, url: str) -> str:
         return one_line(self.fill_text(self.subject, name, email, url))
+
+
+def _rewritten_char(c: str) -> bool:
+    # What mjml-python writes as `\u{...}` inside an attribute (Rust's escape_debug): controls,
+    # format characters (bidi marks, zero-width joiners, soft hyphen), spaces other than
+    # U+0020, unassigned and private-use code points, and combining marks.
+    return not c.isprintable() or unicodedata.category(c) in ("Mn", "Me", "Mc")
+
+
+def rewritten(digest: Digest) -> bool:
+    """Whether the subscriber's name, address or link holds a character MJML rewrites in an
+    attribute: the escaping the fast path computes cannot follow it, so that email renders
+    with the values themselves."""
+    sub = digest.subscriber
+    return any(not v.isascii() and any(map(_rewritten_char, v))
+               for v in (sub.name, sub.email, digest.unsubscribe_url))

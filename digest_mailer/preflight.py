@@ -133,6 +133,14 @@ def _paths(config: Config, *, source_given: bool, dry_run: bool) -> list[Finding
         out.append(Finding(f"state.path: {state} is a folder, not the ledger file",
                            hint=f"point [state] path at a file, such as "
                                 f"{state / 'digest-state.sqlite3'}"))
+    elif state.exists() and not dry_run and not (
+            os.access(state, os.W_OK) and os.access(state.parent, os.W_OK | os.X_OK)):
+        # SQLite writes a journal and the run its lock beside the ledger: both need the folder.
+        what = state if not os.access(state, os.W_OK) else state.parent
+        out.append(Finding(f"state.path: {what} is not writable (a read-only file system or "
+                           f"permissions), so runs cannot record what they send in {state}",
+                           hint="make the ledger and its folder writable by the user that runs "
+                                "digest-mailer"))
     elif not state.exists():
         parent = _nearest(state.parent)
         if not parent.is_dir():
@@ -150,16 +158,21 @@ def _paths(config: Config, *, source_given: bool, dry_run: bool) -> list[Finding
     if smtp.ca_file:
         ca_file = config.resolve(smtp.ca_file)
         if not ca_file.is_file():
-            out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: no such file",
-                               hint="fix delivery.smtp.ca_file (PEM certificates)"))
+            out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: " + (
+                "not a regular file" if ca_file.exists() else "no such file"),
+                hint="fix delivery.smtp.ca_file (PEM certificates)"))
         else:
             import ssl
 
             try:
                 ssl.create_default_context().load_verify_locations(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as e:
+            except ssl.SSLError as e:
                 out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: not PEM certificates "
                                    f"({e})", hint="fix delivery.smtp.ca_file"))
+            except OSError as e:  # after SSLError, which is one
+                out.append(Finding(f"delivery.smtp.ca_file: {ca_file}: cannot read: "
+                                   f"{e.strerror or e}", hint="fix delivery.smtp.ca_file or "
+                                                              "its permissions"))
     return out
 
 
@@ -178,6 +191,27 @@ def _login(config: Config) -> None:
             "'none': a run refuses to send a password without TLS",
             hint="use security = 'starttls' (port 587) or 'ssl' (port 465), or remove "
                  "username")
+
+
+MIN_DKIM_BITS = 1024  # RFC 8301: receivers reject signatures from shorter RSA keys
+
+
+def _dkim_key(key: bytes, path: Path) -> None:
+    """An RSA private key in PEM of at least 1024 bits, the kind the signer takes."""
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    where = f"{path} (delivery.dkim.key_file)"
+    try:
+        bits = int(parse_pem_private_key(key)["modulus"]).bit_length()
+    except (UnparsableKeyError, ValueError, KeyError, IndexError, TypeError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise DigestMailerError(f"{where}: not an RSA private key in PEM (PKCS#1 or PKCS#8): "
+                                f"{detail}", hint="generate one with `openssl genrsa -out "
+                                                  "dkim.pem 2048`") from e
+    if bits < MIN_DKIM_BITS:
+        raise DigestMailerError(f"{where}: the RSA key has {bits} bits; receivers reject "
+                                f"DKIM keys under {MIN_DKIM_BITS}",
+                                hint="generate one with `openssl genrsa -out dkim.pem 2048`")
 
 
 SAMPLE_PAPERS = (
@@ -220,8 +254,9 @@ def _render_sample(config: Config, now: datetime) -> tuple[RenderedDigest, tuple
     signer = None
     if config.delivery.dkim is not None:
         dk = config.delivery.dkim
-        key = credentials.read_private_file(config.resolve(dk.key_file), "DKIM key",
-                                            "delivery.dkim.key_file")
+        key_path = config.resolve(dk.key_file)
+        key = credentials.read_private_file(key_path, "DKIM key", "delivery.dkim.key_file")
+        _dkim_key(key, key_path)
         signer = DkimSigner(dk.domain, dk.selector, key)
     shared = Shared(sender=nl.from_, envelope_from=config.delivery.smtp.envelope_from
                     or config.from_address, reply_to=nl.reply_to,
@@ -234,6 +269,15 @@ def _render_sample(config: Config, now: datetime) -> tuple[RenderedDigest, tuple
     message = template.personalize(email=sub.email, name=sub.name,
                                    unsubscribe_url=digest.unsubscribe_url, token="sample-token",
                                    message_id=f"<sample@{config.from_domain}>", want_html=True)
+    if not message.subject:
+        # Empty for a subscriber without a name is their template's choice; empty for the
+        # sample, which has every value, is a subject that never says anything.
+        origin = ("newsletter.subject" if config.newsletter.subject else
+                  str(config.templates_dir / "subject.txt.j2") if config.templates_dir
+                  else "subject.txt.j2")
+        raise DigestMailerError(f"{origin}: the subject renders empty",
+                                hint="fix it: a subject with no text is shown as "
+                                     "'(no subject)' and looks like spam")
     if signer is not None and not message.data.startswith(b"DKIM-Signature:"):
         raise DigestMailerError("delivery.dkim: the sample email was not signed",
                                 hint="check delivery.dkim.key_file")

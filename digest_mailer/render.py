@@ -9,6 +9,7 @@ import textwrap
 import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -20,9 +21,9 @@ from jinja2 import nodes
 
 from digest_mailer import card
 from digest_mailer.errors import RenderError
-from digest_mailer.marks import DigestTemplate, Marks, one_line
+from digest_mailer.marks import DigestTemplate, Marks, one_line, rewritten
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
-from digest_mailer.sandbox import Sandbox, alters_personal
+from digest_mailer.sandbox import Sandbox, TemplateLoader, alters_personal
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Renderer:
                                    "shipped templates")
         self._dirs = [str(d) for d in (templates_dir, shipped_templates()) if d is not None]
         self._custom = str(templates_dir) if templates_dir is not None else None
-        loader = jinja2.FileSystemLoader(self._dirs)
+        loader = TemplateLoader(self._dirs)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
                                   "keep_trailing_newline": True}
         html_env = Sandbox(autoescape=True, **common)
@@ -194,6 +195,9 @@ class Renderer:
         except jinja2.TemplateNotFound as e:
             raise RenderError(f"{filename}: it uses the template {e.name!r}, which is not in "
                               f"{', '.join(self._dirs)}", hint=self._hint(filename)) from e
+        except RecursionError as e:  # the parser and the compiler recurse
+            raise RenderError(f"{filename}: nested too deeply to compile",
+                              hint=self._hint(filename)) from e
         return _Part(template, filename, personal)
 
     def _compile_subject(self, env: jinja2.Environment, source: str) -> _Part:
@@ -202,7 +206,11 @@ class Renderer:
             personal = self._personal(env, env.parse(source), set())
         except jinja2.TemplateSyntaxError as e:
             raise RenderError(f"newsletter.subject: template syntax error: {e.message} "
-                              f"(in {source!r})", hint=self._hint("newsletter.subject")) from e
+                              f"(in {source[:200]!r})",
+                              hint=self._hint("newsletter.subject")) from e
+        except RecursionError as e:
+            raise RenderError("newsletter.subject: nested too deeply to compile",
+                              hint=self._hint("newsletter.subject")) from e
         return _Part(template, "newsletter.subject", personal)
 
     def _personal(self, env: jinja2.Environment, ast: nodes.Template, seen: set[str]) -> bool:
@@ -242,8 +250,10 @@ class Renderer:
         }
 
     def _render(self, part: _Part, ctx: dict[str, Any]) -> str:
+        env = part.template.environment
         try:
-            return part.template.render(ctx)
+            with env.bounded() if isinstance(env, Sandbox) else nullcontext():
+                return part.template.render(ctx)
         except Exception as e:  # an operator's template can raise anything (1/0, a sandbox
             # refusal, an undefined name): it is that template's fault, said as such
             line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
@@ -251,6 +261,15 @@ class Renderer:
             where = part.origin + (f":{line}" if line and part.origin.endswith(".j2") else "")
             raise RenderError(f"{where}: rendering failed: {type(e).__name__}: {e}",
                               hint=self._hint(part.origin)) from e
+
+    def _filled(self, part: _Part, ctx: dict[str, Any]) -> str:
+        """A text part that renders nothing (or only spaces) cannot be spliced into an email:
+        said as that template's fault, not as a failure of the email package."""
+        out = self._render(part, ctx)
+        if not one_line(out, len(out) + 1):
+            raise RenderError(f"{part.origin}: renders nothing for this digest",
+                              hint=self._hint(part.origin))
+        return out
 
     def _real(self, digest: Digest) -> dict[str, Any]:
         sub = digest.subscriber
@@ -286,10 +305,11 @@ class Renderer:
 
     def template_key(self, digest: Digest) -> tuple[object, ...]:
         """Digests with equal keys render to the same template. When a template uses a
-        subscriber's value other than by printing it, each subscriber has their own."""
+        subscriber's value other than by printing it, or the value holds characters MJML
+        rewrites, each subscriber has their own."""
         self.verify(digest)
         key = template_key(digest)
-        if self.personal:
+        if self.personal or rewritten(digest):
             sub = digest.subscriber
             return (*key, sub.name, sub.email, digest.unsubscribe_url)
         return key
@@ -300,12 +320,17 @@ class Renderer:
         templates that need them)."""
         self.verify(digest)
         marks = marks or Marks.new()
+        if rewritten(digest):
+            # Rendered with the values themselves: the template holds no marks to fill.
+            done = self.render(digest)
+            return DigestTemplate(subject=done.subject, html=done.html, text=done.text,
+                                  marks=marks)
         real = self._real(digest) if self.personal else {}
         if self._html.personal or self._text.personal:
             ctx = self.context(digest, *marks.all())
             html = (self._compile(self._render(self._html, real)) if self._html.personal
                     else marks.placed(self._compile(self._render(self._html, ctx))))
-            text = self._render(self._text, real if self._text.personal else ctx)
+            text = self._filled(self._text, real if self._text.personal else ctx)
         else:
             marks, html, text = self._bodies_for(digest, marks)
         subject = self._render(self._subject, real if self._subject.personal else
@@ -318,7 +343,7 @@ class Renderer:
         if found is None:
             ctx = self.context(digest, *marks.all())
             found = (marks, marks.placed(self._compile(self._render(self._html, ctx))),
-                     self._render(self._text, ctx))
+                     self._filled(self._text, ctx))
             self._bodies[key] = found
             if len(self._bodies) > 8:
                 self._bodies.popitem(last=False)
@@ -337,7 +362,7 @@ class Renderer:
         ctx = self._real(digest)
         return RenderedDigest(subject=one_line(self._render(self._subject, ctx)),
                               html=self._compile(self._render(self._html, ctx)),
-                              text=self._render(self._text, ctx))
+                              text=self._filled(self._text, ctx))
 
 
 def template_key(digest: Digest) -> tuple[object, ...]:

@@ -11,11 +11,13 @@ the last snapshot, one dict lookup, however many subscribers there are."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
 import logging
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -27,10 +29,14 @@ from email.parser import BytesParser
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import h11
+import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from digest_mailer.config import Config, load_config
 from digest_mailer.errors import DigestMailerError
@@ -41,6 +47,10 @@ from digest_mailer.store import Ledger
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 4096
+# A client has this long to send a request's headers, then as long again for its body (4 KB at
+# most): a client dripping a byte a second held a connection, and its memory, for ever.
+REQUEST_SECONDS = 10.0
+MAX_CONNECTIONS = 200  # beyond these, 503 at once
 # Links sent before tokens were bound to the list carry the address-only form. They keep
 # working until this date (about six months after the change): mail older than that is rarely
 # acted on, and after it such a link shows the "not recognised" page, which says to reply.
@@ -179,18 +189,28 @@ def _unavailable() -> Response:
                              "later.", status_code=503, headers=HEADERS)
 
 
-async def read_capped(request: Request, cap: int) -> bytes | None:
-    """The body, or None as soon as it is known to be over `cap` bytes: never read whole."""
+class TooSlow(Exception):
+    """The client did not send the body in time."""
+
+
+async def read_capped(request: Request, cap: int, seconds: float | None = None
+                      ) -> bytes | None:
+    """The body, or None as soon as it is known to be over `cap` bytes: never read whole.
+    TooSlow when it has not all come within `seconds`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(REQUEST_SECONDS if seconds is None else seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError as e:
+        raise TooSlow from e
     return b"".join(chunks)
 
 
@@ -212,6 +232,11 @@ def form_fields(content_type: str, body: bytes) -> dict[str, list[str]]:
     return fields
 
 
+def _suppress(state: Path, email: str, when: datetime) -> bool:
+    with Ledger.open(state) as ledger:
+        return ledger.suppress(email, "unsubscribed", when, "one-click")
+
+
 def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
                ) -> Starlette:
     def unknown() -> HTMLResponse:
@@ -231,11 +256,16 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
                      "value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>")
 
     async def unsubscribe(request: Request) -> Response:
-        body = await read_capped(request, MAX_BODY)
+        try:
+            body = await read_capped(request, MAX_BODY)
+        except TooSlow:
+            return PlainTextResponse("request body too slow", status_code=408,
+                                     headers={**HEADERS, "Connection": "close"})
         if body is None:
             return PlainTextResponse("request too large", status_code=413, headers=HEADERS)
         form = form_fields(request.headers.get("content-type", ""), body)
-        if form.get("List-Unsubscribe") != ["One-Click"]:
+        # Sent twice by a client that adds it to a form already holding it: still one click.
+        if set(form.get("List-Unsubscribe", ())) != {"One-Click"}:
             return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400,
                                      headers=HEADERS)
         snap, email = tokens.lookup(request.path_params["token"], now().date())
@@ -243,8 +273,14 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
             return _unavailable()
         if email is None:
             return unknown()
-        with Ledger.open(snap.config.state_path) as ledger:
-            new = ledger.suppress(email, "unsubscribed", now(), "one-click")
+        state = snap.config.state_path
+        try:
+            # In a worker thread: the ledger may be busy with a run for a while (SQLite waits
+            # for its lock), and the event loop must keep answering everyone else.
+            new = await run_in_threadpool(_suppress, state, email, now())
+        except (sqlite3.Error, OSError) as e:
+            logger.error("%s: cannot record an unsubscribe: %s", state, e)
+            return _unavailable()
         if new:
             logger.info("unsubscribed %s", _masked(email))
         return _page("You are unsubscribed",
@@ -274,6 +310,44 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
                              Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
                              Route("/healthz", health)],
                      exception_handlers={DigestMailerError: on_error}, lifespan=lifespan)
+
+
+class DeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: uvicorn has none
+    (its keep-alive timeout stops at the first byte), so a client sending a header byte now
+    and then kept its connection open for ever."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()  # the next request on this connection has its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(REQUEST_SECONDS, self._expired)
+
+    def _expired(self) -> None:
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and self.conn.their_state in (h11.IDLE, h11.DONE) and \
+                not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: Starlette, **options: object) -> uvicorn.Config:
+    """How the service runs: our HTTP protocol, bounded connections, no Server header."""
+    return uvicorn.Config(app, http=DeadlineProtocol, limit_concurrency=MAX_CONNECTIONS,
+                          server_header=False, **options)  # type: ignore[arg-type]
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -168,3 +168,15 @@ def test_config_path_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIGEST_MAILER_CONFIG", "/etc/dm.toml")
     assert find_config(None) == Path("/etc/dm.toml")
     assert find_config("x.toml") == Path("x.toml")
+
+
+def test_a_name_with_combining_accents_is_composed(tmp_path: Path) -> None:
+    """mjml-python writes a combining mark inside an attribute as `\\u{301}`."""
+    from digest_mailer.config import parse_config
+
+    config = parse_config({"newsletter": {"from": "P <p@example.org>"},
+                           "unsubscribe": {"url": "https://x.example.org/u/{token}"},
+                           "subscribers": [{"email": "j@example.org",
+                                            "name": "Jose\u0301 Zoe\u0308"}]},
+                          name="c.toml", base_dir=tmp_path)
+    assert config.subscribers_view()[0].name == "Jos\u00e9 Zo\u00eb"

@@ -35,7 +35,12 @@ SHARED = Shared(sender="Daily Papers <papers@example.org>", envelope_from="paper
 NAMES = ["Ada", "", "Zoë 李 🎉", "O'Brien & <Co> \"Q\"", "محمد", "N" * 90,
          "Jean-Luc Picard, PhD", "zq0000000000000000nm", "Ada  Lovelace", "A.B. Smith",
          "Zoë Nowak", "Søren Kierkegaard-Müller von und zu Lichtenstein-Hohenzollern Ω",
-         "Ada Lovelace Byron King Noel Countess of Lovelace Augusta Ada", "X"]
+         "Ada Lovelace Byron King Noel Countess of Lovelace Augusta Ada", "X",
+         # template syntax, marks and their variants, letters that change length under
+         # upper/title (ß, ŉ, the Turkish dotted and dotless i), bidi marks, a very long name
+         "{{ name }} {% if 1 %}x{% endif %} {# c #}", "zqx0123456789abcdefnm zqz0123456789abcdefur",
+         "Straße ŉ", "İsmail ıi", "Jose\u0301 Zoe\u0308\u00a0N\u00adM",
+         "\u202eevil\u202c \u200fRTL\u200e", "ǆ ﬁ ﬀ", "L" * 1000]
 PROFILES: list[dict[str, Any]] = [
     dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")), dict(),
     dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]
@@ -77,7 +82,8 @@ SUBJECTS = [None, "{{ count }} papers for {{ name or email }}",
             # each of these changes the value: only rendering with it gives the right subject
             "Hi {{ name|title }}", "{% if name == 'Ada' %}Dear Ada{% else %}Hello{% endif %}",
             "{{ email|upper }} {{ name|length }}", "{{ name[:1] }}: {{ count }}",
-            "{% set n = name %}{{ n|lower }}"]
+            "{% set n = name %}{{ n|lower }}", "{{ name|upper }}: {{ name|length }}",
+            "{{ name|title|truncate(20) }} {{ email|replace('.', ' dot ') }}"]
 
 
 def custom_templates(tmp_path: Path, where: str) -> Path:

@@ -324,3 +324,181 @@ def test_web_on_a_port_in_use_is_one_error_line(config_path: Path) -> None:
     assert lines[0] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert lines[1].startswith("Hint: another process may hold that port")
     assert len(lines) == 2
+
+
+# -- hostile clients: slow ones, odd methods, odd forms, odd tokens ---------------------------
+
+@pytest.fixture
+def deadline_web(config_path: Path, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[tuple[str, int]]:
+    """The service as `digest-mailer web` runs it (our protocol, its deadlines), with a 1 s
+    request deadline."""
+    import digest_mailer.web as web_module
+
+    monkeypatch.setattr(web_module, "REQUEST_SECONDS", 1.0)
+    port = free_port()
+    server = uvicorn.Server(web_module.server_config(create_app(Tokens(config_path, ENV)),
+                                                     host="127.0.0.1", port=port,
+                                                     log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield "127.0.0.1", port
+    server.should_exit = True
+    thread.join(10)
+
+
+def _drip(address: tuple[str, int], head: bytes, drip: bytes, seconds: float = 20
+          ) -> tuple[float, bytes]:
+    """Send `head`, then `drip` a byte every 0.2 s until the server answers or closes; how
+    long that took and what it said."""
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.2)
+        for byte in drip:
+            if time.monotonic() - started > seconds:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+                answer = sock.recv(4096)
+                break  # an answer, or b"" when closed
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    return time.monotonic() - started, answer
+
+
+def test_a_client_dripping_its_headers_is_cut_off(deadline_web: tuple[str, int]) -> None:
+    took, answer = _drip(deadline_web, b"GET /healthz HTTP/1.1\r\n", b"X" * 1000)
+    assert took < 10, took  # the 1 s deadline, on a loaded machine
+    assert answer == b""
+    # And on a kept-alive connection, for the second request's headers too.
+    with socket.create_connection(deadline_web, timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        closed = False
+        while time.monotonic() - started < 20 and not closed:
+            try:
+                sock.sendall(b"X")
+                closed = sock.recv(4096) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+        assert closed and time.monotonic() - started < 10
+
+
+def test_a_client_dripping_its_body_gets_408(deadline_web: tuple[str, int],
+                                             config_path: Path) -> None:
+    head = (f"POST /unsubscribe/{bound('ada@example.org')} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 26\r\n\r\n"
+            ).encode()
+    took, answer = _drip(deadline_web, head, b"List-Unsubscribe=One-Click")
+    assert took < 10, took
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:60]
+    assert suppressed(config_path) == {}
+
+
+def test_every_route_and_method_answers_without_an_error(web: httpx.Client,
+                                                         config_path: Path) -> None:
+    tok = bound("ada@example.org")
+    for path in (f"/unsubscribe/{tok}", "/healthz", "/", "/unsubscribe/", "/unsubscribe/a/b"):
+        for method in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH", "TRACE"):
+            reply = web.request(method, path)
+            assert reply.status_code in (200, 404, 405), (method, path, reply.status_code)
+            assert reply.status_code != 200 or method in ("GET", "HEAD")
+    assert suppressed(config_path) == {}
+
+
+@pytest.mark.parametrize("token", [
+    "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "a" * 10000, "ünïcödé", "%00", "<script>alert(1)</script>",
+    "%3Cscript%3Ealert(1)%3C%2Fscript%3E", "token%0d%0aSet-Cookie:%20x=1", "' OR 1=1 --"])
+def test_odd_tokens_are_not_recognised_and_never_reflected(web: httpx.Client,
+                                                           config_path: Path,
+                                                           token: str) -> None:
+    for reply in (web.get(f"/unsubscribe/{token}"),
+                  web.post(f"/unsubscribe/{token}", **ONE_CLICK)):
+        assert reply.status_code in (400, 404), reply.status_code
+        assert "script" not in reply.text and "Set-Cookie" not in reply.headers
+        assert "OR 1=1" not in reply.text
+    assert suppressed(config_path) == {}
+
+
+def test_odd_one_click_forms(web: httpx.Client, config_path: Path) -> None:
+    url = f"/unsubscribe/{bound('ada@example.org')}"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body in (b"List-Unsubscribe=one-click", b"list-unsubscribe=One-Click",
+                 b"List-Unsubscribe=One-Click&List-Unsubscribe=No", b"",
+                 b"List-Unsubscribe=One-Click%00"):
+        assert web.post(url, content=body, headers=form).status_code == 400, body
+    multipart = "multipart/form-data; boundary="
+    nested = (b"--b\r\nContent-Type: multipart/mixed; boundary=c\r\n\r\n--c\r\n"
+              b"Content-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n"
+              b"--c--\r\n--b--\r\n")
+    nameless = b"--b\r\nContent-Disposition: form-data\r\n\r\nOne-Click\r\n--b--\r\n"
+    many = b"".join(b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\ny\r\n"
+                    for _ in range(60)) + b"--b--\r\n"
+    for body, boundary in ((nested, "b"), (nameless, "b"), (many, "b"),
+                           (b"--" + b"q" * 3000 + b"--\r\n", "q" * 3000)):
+        reply = web.post(url, content=body, headers={"Content-Type": multipart + boundary})
+        assert reply.status_code in (400, 413), reply.status_code
+    assert suppressed(config_path) == {}
+    # Sent twice, as some clients do when the form already holds it: one click.
+    reply = web.post(url, content=b"List-Unsubscribe=One-Click&List-Unsubscribe=One-Click",
+                     headers=form)
+    assert reply.status_code == 200
+    assert list(suppressed(config_path)) == ["ada@example.org"]
+
+
+def test_concurrent_clicks_for_one_address(web: httpx.Client, config_path: Path) -> None:
+    url = f"{web.base_url}/unsubscribe/{bound('grace@example.org')}"
+    codes: list[int] = []
+
+    def click() -> None:
+        with httpx.Client(timeout=30) as client:
+            codes.append(client.post(url, **ONE_CLICK).status_code)
+
+    threads = [threading.Thread(target=click) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert codes == [200] * 20
+    assert list(suppressed(config_path)) == ["grace@example.org"]
+
+
+def test_a_busy_ledger_never_blocks_other_requests(web: httpx.Client, config_path: Path) -> None:
+    """A run holding the ledger's write lock: the click waits for it in a worker thread, and
+    every other request is answered meanwhile (the wait blocked the event loop)."""
+    import sqlite3
+
+    url = f"{web.base_url}/unsubscribe/{bound('ada@example.org')}"
+    state = load_config(config_path).state_path
+    Ledger.open(state).close()  # the ledger exists, as after a first run
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    codes: list[int] = []
+    clicker = threading.Thread(target=lambda: codes.append(
+        httpx.post(url, timeout=60, **ONE_CLICK).status_code))
+    clicker.start()
+    try:
+        time.sleep(0.5)  # the click is waiting on the lock
+        started = time.monotonic()
+        assert web.get("/healthz", timeout=30).text == "ok"
+        assert web.get(f"/unsubscribe/{bound('grace@example.org')}").status_code == 200
+        assert time.monotonic() - started < 2.5
+    finally:
+        time.sleep(0.5)
+        holder.execute("ROLLBACK")
+        holder.close()
+    clicker.join(60)
+    assert codes == [200]
+    assert list(suppressed(config_path)) == ["ada@example.org"]

@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 def fail(e: DigestMailerError) -> NoReturn:
     """Every problem as an `Error:` line, then what to do about them."""
     problems = e.problems if isinstance(e, ConfigError) else (e.message,)
+    # One line each, whatever a library put in its message (dkimpy, ssl and the TOML parser
+    # write several).
     for line in problems:
-        click.echo(f"Error: {line}", err=True)
+        click.echo(f"Error: {' '.join(line.split())}", err=True)
     for hint in e.hints:
-        click.echo(f"Hint: {hint}", err=True)
+        click.echo(f"Hint: {' '.join(hint.split())}", err=True)
     sys.exit(1)
 
 

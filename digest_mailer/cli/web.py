@@ -19,13 +19,13 @@ def web(config_path: str | None, host: str, port: int) -> None:
     """Serve one-click unsubscribe links (RFC 8058) until stopped."""
     import uvicorn
 
-    from digest_mailer.web import Tokens, create_app, listen
+    from digest_mailer.web import Tokens, create_app, listen, server_config
 
     tokens = Tokens(config_file(config_path), os.environ)
     tokens.refresh()  # a bad config or a missing secret fails now, not at the first click
     sock = listen(host, port)  # a port in use is one Error line, not uvicorn's own
-    config = uvicorn.Config(create_app(tokens), proxy_headers=True, server_header=False,
-                            log_level=logging.getLevelName(logging.getLogger().level).lower())
+    config = server_config(create_app(tokens), proxy_headers=True,
+                           log_level=logging.getLevelName(logging.getLogger().level).lower())
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
