@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from digest_mailer.message import (
-    DkimSigner,
     MessageTemplate,
     Shared,
     make_message_id,
@@ -22,7 +21,7 @@ from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selectio
 from digest_mailer.render import Renderer, template_key
 from digest_mailer.select import profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
-from digest_mailer.store.outbox import Entry
+from digest_mailer.store.outbox import Queued
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,6 @@ class Composer:
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
-    _by_set: dict[int, MessageTemplate | None] = field(default_factory=dict)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         key = profile_key(sub)
@@ -81,17 +79,21 @@ class Composer:
             email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
             message_id=make_message_id(self.domain, now), want_html=want_html)
 
-    def rebuild(self, entry: Entry, signer: DkimSigner | None) -> OutgoingMessage | None:
-        """An outbox message again, from its stored template, under its own Message-ID."""
-        if entry.set_id is None or self.ledger is None:
-            return None
-        if entry.set_id not in self._by_set:
-            data = self.ledger.outbox.load_set(entry.set_id)
-            self._by_set[entry.set_id] = None if data is None else MessageTemplate.from_bytes(
-                data, set_id=entry.set_id, signer=signer)
-        template = self._by_set[entry.set_id]
-        if template is None:
-            return None
-        return template.personalize(email=entry.recipient, name=entry.name,
-                                    unsubscribe_url=entry.unsubscribe_url, token=entry.token,
-                                    message_id=entry.message_id)
+    def queue(self, selection: Selection, run_date: date, now: datetime,
+              envelope_from: str) -> Queued:
+        """The outbox row for this subscriber's message: its digest stored once per set, the
+        few values that make it theirs, its Message-ID fixed now. A sender builds the bytes."""
+        sub = selection.subscriber
+        token = unsubscribe_token(self.secret, sub.email)
+        url = self.unsubscribe_url.replace("{token}", token)
+        digest = Digest(newsletter=self.newsletter, run_date=run_date, subscriber=sub,
+                        matches=selection.matches, over_cap=selection.over_cap,
+                        unsubscribe_url=url)
+        template = self._template(digest, now)
+        assert template.set_id is not None, "queue() needs a ledger to store the digest in"
+        return Queued(set_id=template.set_id, recipient=sub.email, name=sub.name,
+                      unsubscribe_url=url, token=token,
+                      message_id=make_message_id(self.domain, now), subject="",
+                      envelope_from=envelope_from,
+                      included=tuple(m.paper.id for m in selection.matches),
+                      offered=tuple(selection.offered))
