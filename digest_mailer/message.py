@@ -15,6 +15,7 @@ from email import policy, quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from email.utils import quote as quote_string
 from urllib.parse import quote
 
 from digest_mailer.errors import DigestMailerError, RenderError
@@ -75,13 +76,35 @@ class DkimSigner:
         return header + data
 
 
+# Headers of a message whose address has a UTF-8 local part (RFC 6532): it only goes out over
+# SMTPUTF8, where header values are UTF-8 as they are.
+_UTF8 = POLICY.clone(utf8=True)
+
+
+def ascii_domain(email: str) -> str:
+    """The address with an internationalised domain as IDNA (punycode), which every server
+    and client takes; the local part as it is."""
+    local, at, domain = email.rpartition("@")
+    if not at or domain.isascii():
+        return email
+    import idna
+
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return email  # the config refuses such a domain; the sender says why it cannot go
+
+
 def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: str,
                   envelope_from: str, reply_to: str | None, list_id_header: str,
                   unsubscribe: str, message_id: str, when: datetime, run_date: date,
                   signer: DkimSigner | None = None) -> OutgoingMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = sender
-    msg["To"] = Address(display_name=subscriber.name, addr_spec=subscriber.email)
+    email = ascii_domain(subscriber.email)
+    utf8_probe = None if email.isascii() else Address(display_name=subscriber.name,
+                                                      addr_spec="probe@example.invalid")
+    msg["To"] = utf8_probe or Address(display_name=subscriber.name, addr_spec=email)
     if reply_to:
         msg["Reply-To"] = reply_to
     msg["Subject"] = rendered.subject
@@ -94,12 +117,15 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
     msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
     for part in msg.iter_parts():
         del part["MIME-Version"]  # the email package repeats it on converted parts
+    data = msg.as_bytes(policy=POLICY)
+    if utf8_probe is not None:
+        data = data.replace(fold("To", utf8_probe), to_header(subscriber.name, email), 1)
     return OutgoingMessage(
         recipient=subscriber.email,
         envelope_from=envelope_from or parseaddr(sender)[1],
         message_id=message_id,
         subject=rendered.subject,
-        data=signer.sign(msg.as_bytes(policy=POLICY)) if signer else msg.as_bytes(policy=POLICY),
+        data=signer.sign(data) if signer else data,
         html=rendered.html,
         run_date=run_date,
     )
@@ -119,7 +145,12 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.+_-]+@[A-Za-z0-9.-]+")
 def to_header(name: str, email: str) -> bytes:
     """The To header, as fold() writes it, without its cost for the common cases: a plain
     name (or none) as is; any other name folded once and reused for addresses of the same
-    shape, since folding sees an address only as a whole word of its length."""
+    shape, since folding sees an address only as a whole word of its length. A domain goes
+    as IDNA; a UTF-8 local part as UTF-8 (RFC 6532: the message then needs SMTPUTF8)."""
+    email = ascii_domain(email)
+    if not email.isascii():
+        value = f'"{quote_string(name)}" <{email}>' if name else email
+        return _UTF8.fold("To", _UTF8.header_factory("To", value)).encode("utf-8")
     if _PLAIN_ADDRESS.fullmatch(email):
         line = f"To: {name} <{email}>" if name else f"To: {email}"
         if (not name or _PLAIN_NAME.fullmatch(name)) and len(line) <= POLICY.max_line_length:

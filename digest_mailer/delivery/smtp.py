@@ -82,10 +82,9 @@ class SmtpBackend:
         ctx = tls_context(self._ca_file) if self.security != "none" else None
         conn: Client | SslClient
         if self.security == "ssl":
-            conn = SslClient(timeout=self._timeout_for(deadline), context=ctx,
-                             local_hostname=local_hostname())
+            conn = SslClient(timeout=self.timeout, context=ctx, local_hostname=local_hostname())
         else:
-            conn = Client(timeout=self._timeout_for(deadline), local_hostname=local_hostname())
+            conn = Client(timeout=self.timeout, local_hostname=local_hostname())
         conn.deadline = deadline
         try:
             conn.connect(self.host, self.port)
@@ -143,9 +142,6 @@ class SmtpBackend:
         self.connections += 1
         logger.info("connected to %s (%s)", self.where, self.security)
         return conn
-
-    def _timeout_for(self, deadline: float) -> float:
-        return max(min(self.timeout, deadline - time.monotonic()), 0.001)
 
     def _pace(self) -> None:
         if self._interval:
