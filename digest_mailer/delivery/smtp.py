@@ -87,7 +87,9 @@ class SmtpBackend:
             conn = Client(timeout=self.timeout, local_hostname=local_hostname())
         conn.deadline = deadline
         try:
-            conn.connect(self.host, self.port)
+            code, greeting = conn.connect(self.host, self.port)
+            if code != 220:  # smtplib checks this only when it connects in __init__
+                raise smtplib.SMTPConnectError(code, greeting)
         except ssl.SSLCertVerificationError as e:
             _drop(conn)
             raise self._unverified(e) from e
