@@ -149,7 +149,7 @@ class Sender:
                     pause = IDLE if due is None or due <= now else min(due - now, 0.2)
                     time.sleep(max(pause, IDLE))
                     continue
-                truth.refresh()
+            truth.refresh()  # a stat; the file is read again only when it changed
             entry = self._hand.pop(0)
             self._one(entry, ledger, backend, templates, truth)
 

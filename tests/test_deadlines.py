@@ -15,6 +15,7 @@ from badsmtp import (
     endless_greeting,
     reconnect_refused,
 )
+
 from conftest import ENV, NOW, base_config, toml_text
 from digest_mailer.config import load_config
 from digest_mailer.models import RunReport, Status

@@ -100,8 +100,8 @@ def run(config_path: str | None, dry_run: bool, out_dir: Path | None, source: st
     if report.failed:
         raise DigestMailerError(
             f"{report.failed} of {len(report.outcomes)} subscriber(s) did not get their email",
-            hint="fix the cause above; the next run sends what was not sent" if report.stopped
-            else "their papers stay unsent and go out with the next run")
+            hint="fix the cause above; the next run sends what waits in the outbox"
+            if report.stopped else "their papers stay unsent and go out with the next run")
 
 
 @cli.command()
