@@ -15,6 +15,7 @@ from digest_mailer.message import (
     MessageTemplate,
     Shared,
     make_message_id,
+    template_bytes,
     unsubscribe_token,
 )
 from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selection, Subscriber
@@ -42,6 +43,7 @@ class Composer:
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
+    _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         key = profile_key(sub)
@@ -67,6 +69,25 @@ class Composer:
             self._templates.popitem(last=False)
         return template
 
+    def _set(self, digest: Digest, now: datetime) -> int:
+        """The outbox's copy of this digest's template: rendered and stored once. The senders
+        splice the messages from it, so the template is not built here."""
+        assert self.ledger is not None, "queue() needs a ledger to store the digest in"
+        key = template_key(digest)
+        found = self._sets.get(key)
+        if found is not None:
+            self._sets.move_to_end(key)
+            return found
+        started = time.perf_counter()
+        rendered = self.renderer.render_template(digest)
+        self.render_seconds += time.perf_counter() - started
+        set_id = self._sets[key] = self.ledger.outbox.add_set(
+            template_bytes(rendered, self.shared), now)
+        self.rendered_sets += 1
+        if len(self._sets) > self.max_templates:
+            self._sets.popitem(last=False)
+        return set_id
+
     def compose(self, selection: Selection, run_date: date, now: datetime, *,
                 want_html: bool = False) -> OutgoingMessage:
         sub = selection.subscriber
@@ -89,9 +110,7 @@ class Composer:
         digest = Digest(newsletter=self.newsletter, run_date=run_date, subscriber=sub,
                         matches=selection.matches, over_cap=selection.over_cap,
                         unsubscribe_url=url)
-        template = self._template(digest, now)
-        assert template.set_id is not None, "queue() needs a ledger to store the digest in"
-        return Queued(set_id=template.set_id, recipient=sub.email, name=sub.name,
+        return Queued(set_id=self._set(digest, now), recipient=sub.email, name=sub.name,
                       unsubscribe_url=url, token=token,
                       message_id=make_message_id(self.domain, now), subject="",
                       envelope_from=envelope_from,

@@ -295,12 +295,7 @@ class MessageTemplate:
 
     def to_bytes(self) -> bytes:
         """What the outbox stores to rebuild this template after a crash (the key aside)."""
-        t, s = self.template, self.shared
-        return json.dumps({
-            "subject": t.subject, "html": t.html, "text": t.text, "marks": list(t.marks.all()),
-            "sender": s.sender, "envelope_from": s.envelope_from, "reply_to": s.reply_to,
-            "list_id": s.list_id, "mailto": s.mailto, "when": s.when.isoformat(),
-            "run_date": s.run_date.isoformat()}).encode("utf-8")
+        return template_bytes(self.template, self.shared)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, set_id: int, signer: DkimSigner | None
@@ -313,3 +308,13 @@ class MessageTemplate:
                         when=datetime.fromisoformat(d["when"]),
                         run_date=date.fromisoformat(d["run_date"]), signer=signer)
         return cls(template, shared, set_id=set_id)
+
+
+def template_bytes(template: DigestTemplate, shared: Shared) -> bytes:
+    """What the outbox stores of a digest template; a sender builds the MessageTemplate."""
+    t, s = template, shared
+    return json.dumps({
+        "subject": t.subject, "html": t.html, "text": t.text, "marks": list(t.marks.all()),
+        "sender": s.sender, "envelope_from": s.envelope_from, "reply_to": s.reply_to,
+        "list_id": s.list_id, "mailto": s.mailto, "when": s.when.isoformat(),
+        "run_date": s.run_date.isoformat()}).encode("utf-8")
