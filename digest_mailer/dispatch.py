@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 CLAIM = 16  # rows a sender takes at a time: one claim commit for many messages
 IDLE = 0.01  # seconds between looks at an empty queue while the run still composes
+CONTROL_EVERY = 0.05  # seconds between looks at the run's state while all goes well
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +131,16 @@ class Sender:
     def _loop(self, ledger: Ledger, backend: Backend, templates: _Templates,
               truth: Truth) -> None:
         spec, outbox = self.spec, ledger.outbox
+        looked = 0.0
+        control = ledger.run_control(spec.run_id)
         while not self._stop.is_set() and self._parent_alive():
-            control = ledger.run_control(spec.run_id)
+            now = time.time()
+            if self._trouble or now - looked > CONTROL_EVERY:
+                control = ledger.run_control(spec.run_id)  # what other senders ran into
+                looked = now
             if control.blocked:
                 return
             self._trouble = control.trouble
-            now = time.time()
             if control.hold_until > now:
                 time.sleep(min(control.hold_until - now, 0.2))
                 continue
@@ -181,7 +186,7 @@ class Sender:
             outbox.failed(entry.id, now_utc(), f"unexpected error while sending: "
                                                f"{type(e).__name__}: {e}")
             return
-        outbox.sent(entry.id, now_utc(), spec.run_id, subject=message.subject)
+        outbox.sent(entry.id, now_utc(), spec.run_id, subject=message.subject, entry=entry)
         if self._trouble:
             ledger.server_fine(spec.run_id)
             self._trouble = 0

@@ -45,16 +45,16 @@ class _Deadlines:
     deadline: float = math.inf
     _buf: bytes = b""
 
-    def _left(self) -> float:
+    def _left(self, late: str = "no whole reply") -> float:
         now = time.monotonic()
         left = min(self.deadline, now + self.timeout) - now
         if left <= 0:
             self.close()  # type: ignore[attr-defined]
-            raise SmtpTimeout(f"no answer within the deadline ({self.timeout:g}s per reply)")
+            raise SmtpTimeout(f"{late} within {self.timeout:g}s")
         return left
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        return super()._get_socket(host, port, self._left())  # type: ignore[misc]
+        return super()._get_socket(host, port, self._left("no connection"))  # type: ignore
 
     def connect(self, host: str = "localhost", port: int = 0,
                 source_address: Any = None) -> tuple[int, bytes]:
@@ -75,7 +75,7 @@ class _Deadlines:
         if not getattr(self, "sock", None):
             raise smtplib.SMTPServerDisconnected("please run connect() first")
         data = s.encode(self.command_encoding) if isinstance(s, str) else s
-        self.sock.settimeout(self._left())
+        self.sock.settimeout(self._left("the server did not take our data"))
         try:
             self.sock.sendall(data)  # a total deadline for the whole buffer since Python 3.5
         except TimeoutError as e:

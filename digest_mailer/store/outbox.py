@@ -219,13 +219,18 @@ class Outbox:
                 for mid, rcpt, st, err, inc, a in rows}
 
     def sent(self, entry_id: int, now: datetime, run_id: int | None,
-             subject: str | None = None) -> None:
+             subject: str | None = None, entry: Entry | None = None) -> None:
         """The server accepted it: the delivery, the papers it offered and the outbox state
-        land in one transaction. `subject`: as it went out (the row may not know it yet)."""
+        land in one transaction. `subject`: as it went out (the row may not know it yet);
+        `entry`: the row as the sender claimed it, which spares reading it again."""
         stamp = now.isoformat()
         with self._ledger.transaction() as db:
-            row = db.execute("SELECT subscriber, message_id, subject, included, offered "
-                             "FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            if entry is None:
+                row = db.execute("SELECT subscriber, message_id, subject, included, offered "
+                                 "FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            else:
+                row = (entry.recipient.lower(), entry.message_id, entry.subject,
+                       " ".join(entry.included), " ".join(entry.offered))
             subscriber, message_id, stored, included, offered = row
             subject = subject or stored
             chosen = set(included.split())
