@@ -159,8 +159,9 @@ def peak_rss_mb(pid: int | str = "self") -> float:
 
 def build_all(config_path: Path) -> dict[str, Any]:
     """Every subscriber's message built and dropped: what a run does before the network."""
+    from digest_mailer.compose import batch_key
     from digest_mailer.config import load_config
-    from digest_mailer.pipeline import Envelope, batch_key
+    from digest_mailer.pipeline import Envelope
     from digest_mailer.render import Renderer
     from digest_mailer.sources import FileSource
 

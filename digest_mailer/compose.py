@@ -11,6 +11,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from digest_mailer.constants import WEEKDAYS
 from digest_mailer.message import (
     MessageTemplate,
     Shared,
@@ -18,7 +19,17 @@ from digest_mailer.message import (
     template_bytes,
     unsubscribe_token,
 )
-from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selection, Subscriber
+from digest_mailer.models import (
+    Digest,
+    FetchResult,
+    Match,
+    OutgoingMessage,
+    Paper,
+    Selection,
+    Status,
+    Subscriber,
+    SubscriberOutcome,
+)
 from digest_mailer.render import Renderer, template_key
 from digest_mailer.select import profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
@@ -116,3 +127,33 @@ class Composer:
                       envelope_from=envelope_from,
                       included=tuple(m.paper.id for m in selection.matches),
                       offered=tuple(selection.offered))
+
+
+def batch_key(sub: Subscriber) -> tuple[object, ...]:
+    return (*profile_key(sub), sub.max_papers, bool(sub.name))
+
+
+def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: Composer,
+           run_date: date, ignore_ledger: bool, waiting: frozenset[str]
+           ) -> SubscriberOutcome | Selection:
+    """Why nothing goes to this subscriber, or what does."""
+    if sub.paused:
+        return SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
+    if not sub.due_on(run_date):
+        return SubscriberOutcome(sub.email, Status.NOT_DUE,
+                                 detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
+    suppressed = ledger.suppressed(sub.email)
+    if suppressed:
+        return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
+    offered = frozenset() if ignore_ledger else ledger.offered_ids(
+        sub.email, check_outbox=sub.key in waiting)
+    selection = composer.select(sub, offered)
+    if not selection.matches:
+        if selection.matched_total == 0:
+            why = "no paper matches" if fetched.papers else "the feed is empty"
+            return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why)
+        where = " or wait in the outbox" if sub.key in waiting else ""
+        return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
+                                 detail=f"all {selection.matched_total} matching papers were "
+                                        f"offered before{where}")
+    return selection

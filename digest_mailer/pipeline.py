@@ -14,11 +14,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from digest_mailer import credentials
-from digest_mailer.compose import Composer
-from digest_mailer.config import WEEKDAYS, Config
-from digest_mailer.delivery import Backend, BackendOptions, open_backend
+from digest_mailer.compose import Composer, batch_key, decide
+from digest_mailer.config import Config
+from digest_mailer.delivery import BackendOptions, open_backend
 from digest_mailer.dispatch import Policy, Senders, SenderSpec
-from digest_mailer.errors import DeliveryError, DigestMailerError
+from digest_mailer.errors import DigestMailerError
 from digest_mailer.lock import run_lock, wait_for_senders
 from digest_mailer.message import (
     DkimSigner,
@@ -31,13 +31,11 @@ from digest_mailer.models import (
     Paper,
     RunReport,
     RunState,
-    Selection,
     Status,
     Subscriber,
     SubscriberOutcome,
 )
 from digest_mailer.render import Renderer
-from digest_mailer.select import profile_key
 from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
@@ -211,6 +209,8 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
         if dry:
             with Ledger.open_readonly(config.state_path) as ledger, \
                     closing(open_backend(backend_name, bopts)) as backend:
+                from digest_mailer.preview import preview_once
+
                 return preview_once(subscribers=subscribers, source=source, ledger=ledger,
                                     backend=backend, renderer=renderer, envelope=envelope,
                                     now=now, run_date=run_date,
@@ -387,69 +387,3 @@ def _outcome(slot: _Slot, fates: dict[str, Fate]) -> SubscriberOutcome:
     return SubscriberOutcome(slot.email, Status.PENDING, fate.papers,
                              f"{fate.papers} paper(s) wait in the outbox for the next "
                              f"run{note}", mid)
-
-
-def preview_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Ledger,
-                 backend: Backend, renderer: Renderer, envelope: Envelope, now: datetime,
-                 run_date: date, ignore_ledger: bool = False,
-                 on_progress: Callable[[SubscriberOutcome], None] | None = None) -> RunReport:
-    """A dry run: every message built here and handed to the file backend; nothing recorded."""
-    fetched = source.fetch(run_date)
-    composer = envelope.composer(renderer, fetched.papers, run_date, None, now)
-    order = sorted(range(len(subscribers)), key=lambda i: batch_key(subscribers[i]))
-    own: dict[int, SubscriberOutcome] = {}
-    for i in order:
-        sub = subscribers[i]
-        result = decide(sub, fetched, ledger=ledger, composer=composer, run_date=run_date,
-                        ignore_ledger=ignore_ledger, waiting=frozenset())
-        if isinstance(result, Selection):
-            message = composer.compose(result, run_date, now, want_html=True)
-            papers = len(result.matches)
-            try:
-                receipt = backend.send(message)
-            except DeliveryError as e:
-                if e.fatal:
-                    raise
-                result = SubscriberOutcome(sub.email, Status.FAILED, papers, e.message)
-            else:
-                over = f", {result.over_cap} more over the cap" if result.over_cap else ""
-                result = SubscriberOutcome(sub.email, Status.WRITTEN, papers,
-                                           f"{papers} paper(s){over}", message.message_id,
-                                           receipt.location)
-        own[i] = result
-        if on_progress:
-            on_progress(result)
-    return RunReport(run_date=run_date, started_at=now, finished_at=datetime.now(now.tzinfo),
-                     origin=fetched.origin, fetched=len(fetched.papers),
-                     skipped=fetched.skipped, skipped_reasons=fetched.skipped_reasons,
-                     outcomes=tuple(own[i] for i in range(len(subscribers))), dry_run=True)
-
-
-def batch_key(sub: Subscriber) -> tuple[object, ...]:
-    return (*profile_key(sub), sub.max_papers, bool(sub.name))
-
-
-def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: Composer,
-           run_date: date, ignore_ledger: bool, waiting: frozenset[str]
-           ) -> SubscriberOutcome | Selection:
-    """Why nothing goes to this subscriber, or what does."""
-    if sub.paused:
-        return SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
-    if not sub.due_on(run_date):
-        return SubscriberOutcome(sub.email, Status.NOT_DUE,
-                                 detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
-    suppressed = ledger.suppressed(sub.email)
-    if suppressed:
-        return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
-    offered = frozenset() if ignore_ledger else ledger.offered_ids(
-        sub.email, check_outbox=sub.key in waiting)
-    selection = composer.select(sub, offered)
-    if not selection.matches:
-        if selection.matched_total == 0:
-            why = "no paper matches" if fetched.papers else "the feed is empty"
-            return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why)
-        where = " or wait in the outbox" if sub.key in waiting else ""
-        return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
-                                 detail=f"all {selection.matched_total} matching papers were "
-                                        f"offered before{where}")
-    return selection
