@@ -36,7 +36,7 @@ from digest_mailer.truth import Roster, Truth
 
 logger = logging.getLogger(__name__)
 
-CLAIM = 16  # rows a sender takes at a time: one claim commit for many messages
+CLAIM = 32  # rows a sender takes at a time (of one digest): one claim commit for many
 IDLE = 0.01  # seconds between looks at an empty queue while the run still composes
 CONTROL_EVERY = 0.05  # seconds between looks at the run's state while all goes well
 

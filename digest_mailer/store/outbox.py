@@ -142,12 +142,16 @@ class Outbox:
 
     def claim(self, run_id: int, sender: str, limit: int, now: float, lease: float
               ) -> list[Entry]:
-        """Up to `limit` of this run's rows that are due, now in this sender's hands."""
+        """Up to `limit` of this run's rows that are due, now in this sender's hands: the first
+        due and those after it of the same digest, so a sender builds each digest's template
+        once and senders seldom build the same one."""
+        due = "owner_run = ? AND state IN (?, ?) AND next_try <= ?"
+        args = (run_id, State.PENDING, State.DEFERRED, now)
         with self._ledger.transaction() as db:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE owner_run = ? AND state IN (?, ?) AND "
-                "next_try <= ? ORDER BY id LIMIT ?",
-                (run_id, State.PENDING, State.DEFERRED, now, limit)).fetchall()
+                f"SELECT {_COLUMNS} FROM outbox WHERE {due} AND set_id IS (SELECT set_id FROM "
+                f"outbox WHERE {due} ORDER BY id LIMIT 1) ORDER BY id LIMIT ?",
+                (*args, *args, limit)).fetchall()
             if rows:
                 ids = [r[0] for r in rows]
                 db.execute(f"UPDATE outbox SET state = ?, claimed_by = ?, lease_until = ? "
