@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from digest_mailer.lock import senders_lock_path
 from digest_mailer.message import DkimSigner, MessageTemplate
 from digest_mailer.models import OutgoingMessage
 from digest_mailer.store import Ledger
+from digest_mailer.store.ledger import RunControl
 from digest_mailer.store.outbox import Entry
 from digest_mailer.truth import Roster, Truth
 
@@ -104,8 +106,20 @@ class _Templates:
                                     message_id=entry.message_id, want_html=want_html)
 
 
+_STOP, _IDLE = "stop", "idle"
+
+
+@dataclass
+class _Flight:
+    entry: Entry
+    message: OutgoingMessage
+    future: Future[Any]
+
+
 class Sender:
-    """One sender's loop over the queue."""
+    """One sender's loop over the queue. The connection works in a thread of its own, so the
+    next message is checked and built, and the last one's fate committed, while this one is on
+    the wire: a sender costs about what its connection costs."""
 
     def __init__(self, spec: SenderSpec, name: str, stop: Flag, composed: Flag,
                  parent_alive: Callable[[], bool] = lambda: True) -> None:
@@ -113,14 +127,19 @@ class Sender:
         self._stop, self._composed, self._parent_alive = stop, composed, parent_alive
         self._hand: list[Entry] = []
         self._trouble = 0
+        self._control: RunControl | None = None
+        self._looked = 0.0
 
     def run(self) -> None:
         spec = self.spec
         ledger = Ledger.open(Path(spec.ledger))
         backend = open_backend(spec.backend, spec.options)
+        wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp")
         try:
-            self._loop(ledger, backend, _Templates(ledger, spec.signer), Truth(spec.roster))
+            self._loop(ledger, backend, _Templates(ledger, spec.signer), Truth(spec.roster),
+                       wire)
         finally:
+            wire.shutdown(wait=True)  # a message on the wire ends within its deadline
             try:
                 ledger.outbox.release([e.id for e in self._hand])
             finally:
@@ -128,73 +147,99 @@ class Sender:
                     backend.close()
                 ledger.close()
 
-    def _loop(self, ledger: Ledger, backend: Backend, templates: _Templates,
-              truth: Truth) -> None:
+    def _loop(self, ledger: Ledger, backend: Backend, templates: _Templates, truth: Truth,
+              wire: ThreadPoolExecutor) -> None:
+        flight: _Flight | None = None
+        while True:
+            step = self._take(ledger, backend, templates, truth, may_wait=flight is None)
+            ready = step if isinstance(step, tuple) else None
+            if flight is not None:
+                error = flight.future.exception()  # waits for the server's last reply
+                trouble = isinstance(error, DeliveryError) and (error.fatal or
+                                                                error.unavailable)
+                landed, flight = flight, None
+                if ready is not None and not trouble:
+                    flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
+                elif ready is not None:
+                    self._hand.insert(0, ready[0])  # untried: back in hand
+                self._record(landed, error, ledger, backend)
+                continue
+            if ready is not None:
+                flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
+            elif step == _STOP:
+                return
+
+    def _take(self, ledger: Ledger, backend: Backend, templates: _Templates, truth: Truth, *,
+              may_wait: bool) -> tuple[Entry, OutgoingMessage] | str:
+        """The next message to send, checked and built; or _STOP; or _IDLE when nothing is
+        ready and `may_wait` is false (a message is on the wire to see to first)."""
         spec, outbox = self.spec, ledger.outbox
-        looked = 0.0
-        control = ledger.run_control(spec.run_id)
         while not self._stop.is_set() and self._parent_alive():
             now = time.time()
-            if self._trouble or now - looked > CONTROL_EVERY:
-                control = ledger.run_control(spec.run_id)  # what other senders ran into
-                looked = now
+            if self._control is None or self._trouble or now - self._looked > CONTROL_EVERY:
+                self._control = ledger.run_control(spec.run_id)  # what other senders met
+                self._looked = now
+            control = self._control
             if control.blocked:
-                return
+                return _STOP
             self._trouble = control.trouble
             if control.hold_until > now:
+                if not may_wait:
+                    return _IDLE
                 time.sleep(min(control.hold_until - now, 0.2))
                 continue
             if not self._hand:
                 self._hand = outbox.claim(spec.run_id, self.name, CLAIM, now,
                                           lease=spec.timeout * (CLAIM + 1) + 60)
                 if not self._hand:
+                    if not may_wait:
+                        return _IDLE
                     left, due = outbox.due(spec.run_id)
                     if self._composed.is_set() and left == 0:
-                        return
+                        return _STOP
                     pause = IDLE if due is None or due <= now else min(due - now, 0.2)
                     time.sleep(max(pause, IDLE))
                     continue
             truth.refresh()  # a stat; the file is read again only when it changed
             entry = self._hand.pop(0)
-            self._one(entry, ledger, backend, templates, truth)
+            why = truth.forbidden(entry.recipient, ledger)
+            if why:
+                outbox.cancelled(entry.id, now_utc(), why)
+                logger.info("%s: cancelled, %s", entry.recipient, why)
+                continue
+            try:
+                return entry, templates.message(entry, want_html=backend.dry_run)
+            except Exception as e:  # anything wrong with one message fails it alone
+                logger.exception("%s: cannot build the message", entry.recipient)
+                outbox.failed(entry.id, now_utc(), f"cannot build the message: "
+                                                   f"{type(e).__name__}: {e}", attempt=False)
+        return _STOP
 
-    def _one(self, entry: Entry, ledger: Ledger, backend: Backend, templates: _Templates,
-             truth: Truth) -> None:
-        spec, outbox = self.spec, ledger.outbox
-        why = truth.forbidden(entry.recipient, ledger)
-        if why:
-            outbox.cancelled(entry.id, now_utc(), why)
-            logger.info("%s: cancelled, %s", entry.recipient, why)
-            return
-        try:
-            message = templates.message(entry, want_html=backend.dry_run)
-        except Exception as e:  # anything wrong with one message fails it alone
-            logger.exception("%s: cannot build the message", entry.recipient)
-            outbox.failed(entry.id, now_utc(), f"cannot build the message: "
-                                               f"{type(e).__name__}: {e}", attempt=False)
-            return
-        try:
-            backend.send(message)
-        except DeliveryError as e:
-            self._refused(entry, e, ledger)
-            return
-        except Exception as e:  # not the server's doing: this message alone fails
-            logger.exception("%s: unexpected error while sending", entry.recipient)
+    def _record(self, flight: _Flight, error: BaseException | None, ledger: Ledger,
+                backend: Backend) -> None:
+        entry, outbox = flight.entry, ledger.outbox
+        if isinstance(error, DeliveryError):
+            self._refused(entry, error, ledger)
+        elif error is not None:  # not the server's doing: this message alone fails
+            logger.error("%s: unexpected error while sending: %r", entry.recipient, error)
             drop = getattr(backend, "drop", None)
             if drop is not None:
                 drop()
             outbox.failed(entry.id, now_utc(), f"unexpected error while sending: "
-                                               f"{type(e).__name__}: {e}")
-            return
-        outbox.sent(entry.id, now_utc(), spec.run_id, subject=message.subject, entry=entry)
-        if self._trouble:
-            ledger.server_fine(spec.run_id)
-            self._trouble = 0
+                                               f"{type(error).__name__}: {error}")
+        else:
+            outbox.sent(entry.id, now_utc(), self.spec.run_id, subject=flight.message.subject,
+                        entry=entry)
+            if self._trouble:
+                ledger.server_fine(self.spec.run_id)
+                self._trouble = 0
+                self._control = None
 
     def _refused(self, entry: Entry, e: DeliveryError, ledger: Ledger) -> None:
         spec, outbox, policy = self.spec, ledger.outbox, self.spec.policy
         now = now_utc()
         if e.fatal or e.unavailable:
+            self._control = None  # look again before the next message
             control = ledger.server_trouble(spec.run_id, e.message, time.time(),
                                             policy.delays(), fatal=e.fatal)
             logger.warning("%s%s", e.message, "; the run stops sending" if control.blocked
