@@ -16,7 +16,6 @@ from digest_mailer.message import (
     MessageTemplate,
     Shared,
     make_message_id,
-    template_bytes,
     unsubscribe_token,
 )
 from digest_mailer.models import (
@@ -81,8 +80,8 @@ class Composer:
         return template
 
     def _set(self, digest: Digest, now: datetime) -> int:
-        """The outbox's copy of this digest's template: rendered and stored once. The senders
-        splice the messages from it, so the template is not built here."""
+        """The outbox's copy of this digest's template: rendered, built and stored once; the
+        senders splice each subscriber's message from it."""
         assert self.ledger is not None, "queue() needs a ledger to store the digest in"
         key = template_key(digest)
         found = self._sets.get(key)
@@ -90,10 +89,11 @@ class Composer:
             self._sets.move_to_end(key)
             return found
         started = time.perf_counter()
-        rendered = self.renderer.render_template(digest)
+        # Built here, where there is time to spare while the senders send, and stored with
+        # its splice points worked out, so that no sender builds it again.
+        template = MessageTemplate(self.renderer.render_template(digest), self.shared)
         self.render_seconds += time.perf_counter() - started
-        set_id = self._sets[key] = self.ledger.outbox.add_set(
-            template_bytes(rendered, self.shared), now)
+        set_id = self._sets[key] = self.ledger.outbox.add_set(template.to_compiled(), now)
         self.rendered_sets += 1
         if len(self._sets) > self.max_templates:
             self._sets.popitem(last=False)

@@ -95,7 +95,8 @@ class _Templates:
             data = self._ledger.outbox.load_set(entry.set_id)
             if data is None:
                 raise ValueError("its stored digest is gone")
-            template = MessageTemplate.from_bytes(data, set_id=entry.set_id, signer=self._signer)
+            template = MessageTemplate.from_compiled(data, set_id=entry.set_id,
+                                                     signer=self._signer)
             self._cache[entry.set_id] = template
             if len(self._cache) > self._keep:
                 self._cache.popitem(last=False)

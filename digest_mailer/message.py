@@ -16,6 +16,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from email.utils import quote as quote_string
+from typing import Any
 from urllib.parse import quote
 
 from digest_mailer.errors import DigestMailerError, RenderError
@@ -297,16 +298,44 @@ class MessageTemplate:
         """What the outbox stores to rebuild this template after a crash (the key aside)."""
         return template_bytes(self.template, self.shared)
 
+    def to_compiled(self) -> bytes:
+        """The template with its splice points worked out: what the outbox stores, so a sender
+        loads it instead of building it again (bytes kept as latin-1 text in JSON)."""
+        return json.dumps({
+            "template": json.loads(self.to_bytes()), "subject_static": self._subject_static,
+            "head": [[name, line.decode("latin-1")] for name, line in self._head],
+            "pieces": [["", p.decode("latin-1")] if isinstance(p, bytes) else list(p)
+                       for p in self._pieces]}).encode("utf-8")
+
     @classmethod
-    def from_bytes(cls, data: bytes, *, set_id: int, signer: DkimSigner | None
-                   ) -> MessageTemplate:
+    def from_compiled(cls, data: bytes, *, set_id: int, signer: DkimSigner | None
+                      ) -> MessageTemplate:
         d = json.loads(data)
+        if "head" not in d:  # stored by to_bytes (an older ledger): build it
+            return cls.from_bytes(data, set_id=set_id, signer=signer)
+        base = cls.from_bytes(b"{}", set_id=set_id, signer=signer, parsed=d["template"],
+                              build=False)
+        base._subject_static = bool(d["subject_static"])
+        base._head = [(name, line.encode("latin-1")) for name, line in d["head"]]
+        base._pieces = [p[1].encode("latin-1") if p[0] == "" else (p[0], p[1])
+                        for p in d["pieces"]]
+        return base
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, set_id: int, signer: DkimSigner | None,
+                   parsed: dict[str, Any] | None = None, build: bool = True
+                   ) -> MessageTemplate:
+        d = parsed if parsed is not None else json.loads(data)
         template = DigestTemplate(subject=d["subject"], html=d["html"], text=d["text"],
                                   marks=Marks(*d["marks"]))
         shared = Shared(sender=d["sender"], envelope_from=d["envelope_from"],
                         reply_to=d["reply_to"], list_id=d["list_id"], mailto=d["mailto"],
                         when=datetime.fromisoformat(d["when"]),
                         run_date=date.fromisoformat(d["run_date"]), signer=signer)
+        if not build:
+            made = cls.__new__(cls)
+            made.template, made.shared, made.set_id = template, shared, set_id
+            return made
         return cls(template, shared, set_id=set_id)
 
 
