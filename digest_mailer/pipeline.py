@@ -304,6 +304,7 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
                 composer.render_seconds)
     ledger.outbox.prune_sets()
+    ledger.checkpoint()
     ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
                       sent=report.delivered, failed=report.failed, outcome=report.state,
                       cause=cause)

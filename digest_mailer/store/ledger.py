@@ -101,6 +101,11 @@ class Ledger:
             # an OS crash or power loss can take back the last commits. FULL would fsync three
             # times per message.
             conn.execute("PRAGMA synchronous=NORMAL")
+            # A checkpoint (copying the log into the file, two fsyncs) every 1,000 pages, the
+            # default, came every 150 messages and cost 70% of a send's commits; the run
+            # checkpoints once at its end instead (checkpoint()). Safety is the same: a commit
+            # is in the log, whose size this bounds (32 MB).
+            conn.execute("PRAGMA wal_autocheckpoint=8000")
             conn.execute("PRAGMA foreign_keys=ON")
         except (sqlite3.Error, OSError) as e:
             raise store_error(str(path), e, "open") from e
@@ -347,6 +352,10 @@ class Ledger:
                        "outcome = ?, cause = coalesce(?, cause) WHERE id = ?",
                        (finished_at.isoformat(), fetched, sent, failed, outcome, cause,
                         run_id))
+
+    def checkpoint(self) -> None:
+        """The log folded into the file and emptied, once the run's senders are done."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def run_control(self, run_id: int) -> RunControl:
         row = self._conn.execute("SELECT hold_until, trouble, blocked, cause FROM runs "
