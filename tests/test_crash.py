@@ -60,12 +60,13 @@ def senders_of(pid: int) -> list[int]:
             Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int) -> tuple[Path, list[str]]:
+def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: int = 56
+          ) -> tuple[Path, list[str]]:
     # A slow server (80 ms a message) and enough readers that one run takes several seconds,
     # so kills land before, between and in the middle of messages.
     smtp_server.handler.data_delay = 0.08
     subscribers = [{"email": f"reader{n:02d}@example.org", "topics": TOPICS[n % len(TOPICS)]}
-                   for n in range(56)]
+                   for n in range(readers)]
     doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
                                       "security": "none", "connections": connections,
                                       "timeout": 5}, subscribers=subscribers)
@@ -101,16 +102,16 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
 
 def test_a_sender_killed_alone_loses_nothing_and_the_run_ends(
         tmp_path: Path, smtp_server: SmtpServer) -> None:
-    path, command = setup(tmp_path, smtp_server, 2)
     env = {**os.environ, **ENV}
     kills = 0
-    for _ in range(4):
+    for batch in range(3):  # each run has new readers, so each has senders at work to kill
+        path, command = setup(tmp_path, smtp_server, 2, readers=56 * (batch + 1))
+        before = len(smtp_server.handler.received)
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
-        while not senders_of(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.8)
+        while len(smtp_server.handler.received) < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
         victims = senders_of(proc.pid)
         if victims:
             os.kill(victims[0], signal.SIGKILL)
