@@ -92,6 +92,10 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
         proc.wait()
         if len(smtp_server.handler.received) > before and proc.returncode == -9:
             killed_while_sending += 1
+    with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
+        ended = [r.outcome for r in ledger.runs()]
+    # A run whose process died shows as interrupted, never as still running.
+    assert "running" not in ended and "interrupted" in ended, ended
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
     assert survivors(path, tmp_path / "state.sqlite3") == [], \
