@@ -36,3 +36,23 @@ def test_a_stored_template_splices_the_same_bytes(tmp_path: Path) -> None:
     old = MessageTemplate.from_compiled(template_bytes(built.template, shared), set_id=7,
                                         signer=None)
     assert old.personalize(**values).subject == built.personalize(**values).subject
+
+
+def test_folds_written_directly_equal_the_email_packages() -> None:
+    from digest_mailer.message import POLICY, fold, list_unsubscribe
+
+    def slow(name: str, value: str, raw: bool) -> bytes:
+        stored = value if raw else POLICY.header_factory(name, value)
+        return POLICY.fold(name, stored).encode("ascii", "surrogateescape")
+
+    token = "t" * 43
+    cases = [("Message-ID", "<20250602070000.0123456789abcdef@example.org>", False),
+             ("Message-ID", "<20250602070000.0123456789abcdef@" + "x" * 60 + ".org>", False),
+             ("Message-ID", "<a b@example.org>", False),
+             ("List-Unsubscribe", list_unsubscribe(
+                 f"https://papers.example.org/unsubscribe/{token}", "u@example.org", token), True),
+             ("List-Unsubscribe", list_unsubscribe("https://p.org/u/t", None, "t"), True),
+             ("List-Unsubscribe", "<https://x.org/" + "a" * 200 + ">", True),
+             ("List-Unsubscribe", "<https://x.org/\x0bz>", True)]
+    for name, value, raw in cases:
+        assert fold(name, value, raw=raw) == slow(name, value, raw), (name, value)
