@@ -8,10 +8,13 @@ measures, in the same run:
 
 1. building every personalised message (select + render + personalise + serialise);
 2. the naive pipeline (everything rendered and serialised per subscriber) on a sample;
-3. an end-to-end `run` through a local SMTP server on 127.0.0.1 (smtp-sink when installed,
-   else aiosmtpd, in a process of its own) against that server's raw throughput for
-   pre-built messages of the same size over the same connection count;
-4. peak RSS, and how time and memory grow from 1k to 10k to the full count;
+3. an end-to-end `run` (feed read to last message accepted, a fresh ledger, in a process of
+   its own) through a local SMTP server on 127.0.0.1 (smtp-sink when installed, else
+   aiosmtpd), at `connections` 1, 2 and 4, against a fixed reference: a plain
+   `smtplib.SMTP.sendmail` loop sending the same pre-built messages to the same server over
+   the same number of connections (one process per connection);
+4. peak RSS (each process's own high-water mark, VmHWM: a forked child's ru_maxrss would
+   include its parent's), and how time and memory grow from 1k to 10k to the full count;
 plus selection alone, `digest-mailer --help`, and the size of a 20-paper digest.
 Each figure is the median of --repeats runs. --json prints machine-readable results.
 """
@@ -143,14 +146,22 @@ def write_config(folder: Path, subscribers: int, profiles: list[dict[str, Any]],
 
 # -- measurements -----------------------------------------------------------------------------
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """This process's own peak RSS. ru_maxrss is not: after fork+exec it keeps the parent's."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else 0.0
 
 
 def build_all(config_path: Path) -> dict[str, Any]:
     """Every subscriber's message built and dropped: what a run does before the network."""
+    from digest_mailer.compose import batch_key
     from digest_mailer.config import load_config
-    from digest_mailer.pipeline import Envelope, batch_key
+    from digest_mailer.pipeline import Envelope
     from digest_mailer.render import Renderer
     from digest_mailer.sources import FileSource
 
@@ -268,24 +279,81 @@ def start_sink(kind: str) -> tuple[subprocess.Popen[bytes], int, str]:
     raise SystemExit(f"the SMTP sink ({name}) did not start")
 
 
-def raw_throughput(port: int, messages: list[bytes], recipients: list[str]) -> float:
-    """The server's pace for pre-built messages, sent by the same client code a run uses."""
-    from digest_mailer.delivery.smtp import transmit
+def _raw_child(port: str, messages: str, share: str, start_at: str) -> dict[str, Any]:
+    """One connection of the reference: Python's own smtplib, sendmail in a loop."""
+    import pickle
 
+    batch = pickle.loads(Path(messages).read_bytes())
+    n, of = (int(x) for x in share.split("/"))
+    mine = batch[n::of]
+    conn = smtplib.SMTP("127.0.0.1", int(port), timeout=30)
+    conn.ehlo()
+    while time.time() < float(start_at):
+        time.sleep(0.001)
+    started = time.time()
+    for rcpt, data in mine:
+        conn.sendmail("papers@example.org", [rcpt], data)
+    ended = time.time()
+    conn.quit()
+    return {"sent": len(mine), "started": started, "ended": ended}
+
+
+def raw_throughput(folder: Path, port: int, messages: list[tuple[str, bytes]],
+                   connections: int) -> float:
+    """The fixed reference: the same pre-built messages through plain smtplib.SMTP.sendmail
+    over `connections` connections, one process each, all starting together."""
+    import pickle
+
+    path = folder / "raw-messages.pickle"
+    path.write_bytes(pickle.dumps(messages))
+    start_at = time.time() + 3  # every child connected and waiting
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import bench; print(json.dumps(bench._raw_child(*sys.argv[1:])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(port), str(path),
+                               f"{n}/{connections}", str(start_at)], stdout=subprocess.PIPE,
+                              text=True) for n in range(connections)]
+    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    seconds = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    return sum(r["sent"] for r in results) / seconds
+
+
+def _e2e_child(path: str) -> dict[str, Any]:
+    """One real run in a process of its own; its senders' peaks are sampled as they run."""
+    import threading
+
+    from digest_mailer.config import load_config
+    from digest_mailer.pipeline import RunOptions, run
+
+    peaks: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        me = os.getpid()
+        while not done.wait(0.1):
+            try:
+                kids = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+            except OSError:
+                continue
+            for kid in kids:
+                peaks[int(kid)] = max(peaks.get(int(kid), 0.0), peak_rss_mb(kid))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    config = load_config(Path(path))
     started = time.perf_counter()
-    conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
-    try:
-        for data, rcpt in zip(messages, recipients, strict=True):
-            transmit(conn, "papers@example.org", rcpt, data)
-    finally:
-        conn.quit()
-    return len(messages) / (time.perf_counter() - started)
+    report = run(config, RunOptions(run_date=RUN), now=NOW,
+                 env={"DIGEST_UNSUBSCRIBE_SECRET": SECRET})
+    seconds = time.perf_counter() - started
+    done.set()
+    return {"emails": report.delivered, "failed": report.failed, "seconds": seconds,
+            "peak_rss_mb": peak_rss_mb(), "sender_peak_rss_mb": max(peaks.values(),
+                                                                     default=0.0)}
 
 
 def end_to_end(folder: Path, subscribers: int, profiles: list[dict[str, Any]], feed: Path,
-               sink: str, seed: int) -> dict[str, Any]:
+               sink: str, seed: int, connections: int) -> dict[str, Any]:
     from digest_mailer.config import load_config
-    from digest_mailer.pipeline import Envelope, RunOptions, run
+    from digest_mailer.pipeline import Envelope
     from digest_mailer.render import Renderer
     from digest_mailer.sources import FileSource
 
@@ -293,31 +361,29 @@ def end_to_end(folder: Path, subscribers: int, profiles: list[dict[str, Any]], f
     try:
         fresh = Path(tempfile.mkdtemp(dir=folder))  # its own ledger: every repeat sends all
         path = write_config(fresh, subscribers, profiles, feed, random.Random(seed), port)
+        path.write_text(path.read_text().replace(
+            'security = "none"', f'security = "none"\nconnections = {connections}'))
         config = load_config(path)
         papers = FileSource("huggingface", Path(config.source_location)).fetch(RUN).papers
         composer = Envelope.of(config, SECRET.encode()).composer(Renderer(), papers, RUN, None,
                                                                  NOW)
-        # The raw side sends the same messages, built beforehand: a sample of 500 sent in
+        # The reference sends the same messages, built beforehand: a sample of 500 sent in
         # turn as many times as the run sends messages, so the bench itself stays small.
         built = []
         for s in config.subscribers_view():
             if (sel := composer.select(s, ())).matches:
-                built.append((composer.compose(sel, RUN, NOW).data, s.email))
+                built.append((s.email, composer.compose(sel, RUN, NOW).data))
                 if len(built) == 500:
                     break
         count = sum(1 for s in config.subscribers_view() if composer.select(s, ()).matches)
-        raw = raw_throughput(port, [built[n % len(built)][0] for n in range(count)],
-                             [built[n % len(built)][1] for n in range(count)])
-        started = time.perf_counter()
-        report = run(config, RunOptions(run_date=RUN), now=NOW,
-                     env={"DIGEST_UNSUBSCRIBE_SECRET": SECRET})
-        seconds = time.perf_counter() - started
+        raw = raw_throughput(fresh, port, [built[n % len(built)] for n in range(count)],
+                             connections)
+        result = in_child("_e2e_child", str(path))
     finally:
         proc.kill()
         proc.wait()
-    rate = report.delivered / seconds
-    return {"server": name, "connections": 1, "emails": report.delivered,
-            "failed": report.failed, "seconds": seconds, "emails_per_s": rate,
+    rate = result["emails"] / result["seconds"]
+    return {"server": name, "connections": connections, **result, "emails_per_s": rate,
             "raw_emails_per_s": raw, "ratio": rate / raw}
 
 
@@ -390,6 +456,8 @@ def main() -> None:
     ap.add_argument("--sink", choices=["both", "smtp-sink", "aiosmtpd"], default="both",
                     help="smtp-sink is Postfix's C sink (Debian: postfix), when installed")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--connections", default="1,2,4",
+                    help="connection counts for the end-to-end runs (comma-separated)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--parts", default="build,select,naive,scaling,e2e,help,size",
                     help="which measurements to take (comma-separated)")
@@ -425,9 +493,9 @@ def main() -> None:
     if "e2e" in parts:
         sinks = ["aiosmtpd", "smtp-sink"] if args.sink == "both" else [args.sink]
         sinks = [s for s in sinks if s == "aiosmtpd" or os.path.exists(SMTP_SINK)]
-        result["end_to_end"] = [median_of(args.repeats, lambda s=sink: end_to_end(
-            folder, args.e2e_subscribers, profiles, folder / "feed.json", s, args.seed))
-            for sink in sinks]
+        result["end_to_end"] = [median_of(args.repeats, lambda s=sink, c=int(c): end_to_end(
+            folder, args.e2e_subscribers, profiles, folder / "feed.json", s, args.seed, c))
+            for sink in sinks for c in args.connections.split(",")]
     if "help" in parts:
         result["help_seconds"] = help_seconds(5)
     if "size" in parts:
@@ -451,9 +519,10 @@ def main() -> None:
                                 f"{result['speedup_with_sets']:.0f}x with the sets"),
         ("selection only", f"{result['select']['seconds']:.2f} s for "
                            f"{result['select']['subscribers']:,}"),
-        *((f"end to end via {e['server']}",
-           f"{e['emails']:,} emails, {e['connections']} connection: {e['emails_per_s']:.0f}/s "
-           f"vs the server's raw {e['raw_emails_per_s']:.0f}/s = {e['ratio']:.0%}")
+        *((f"end to end via {e['server']}, {e['connections']} conn.",
+           f"{e['emails']:,} emails: {e['emails_per_s']:.0f}/s vs smtplib's "
+           f"{e['raw_emails_per_s']:.0f}/s = {e['ratio']:.2f}x; peak RSS run "
+           f"{e['peak_rss_mb']:.0f} MB, sender {e['sender_peak_rss_mb']:.0f} MB")
           for e in result["end_to_end"]),
         ("peak RSS at full size", f"{b['peak_rss_mb']:.0f} MB"),
         ("digest-mailer --help", f"{result['help_seconds']:.2f} s"),

@@ -11,18 +11,28 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from digest_mailer.constants import WEEKDAYS
 from digest_mailer.message import (
-    DkimSigner,
     MessageTemplate,
     Shared,
     make_message_id,
     unsubscribe_token,
 )
-from digest_mailer.models import Digest, Match, OutgoingMessage, Paper, Selection, Subscriber
+from digest_mailer.models import (
+    Digest,
+    FetchResult,
+    Match,
+    OutgoingMessage,
+    Paper,
+    Selection,
+    Status,
+    Subscriber,
+    SubscriberOutcome,
+)
 from digest_mailer.render import Renderer
 from digest_mailer.select import profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
-from digest_mailer.store.outbox import Entry
+from digest_mailer.store.outbox import Queued
 from digest_mailer.topics import Feed
 
 logger = logging.getLogger(__name__)
@@ -45,7 +55,7 @@ class Composer:
     _feed: Feed | None = None  # the papers tokenised once for every profile
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
-    _by_set: dict[int, MessageTemplate | None] = field(default_factory=dict)
+    _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         key = profile_key(sub)
@@ -73,6 +83,26 @@ class Composer:
             self._templates.popitem(last=False)
         return template
 
+    def _set(self, digest: Digest, now: datetime) -> int:
+        """The outbox's copy of this digest's template: rendered, built and stored once; the
+        senders splice each subscriber's message from it."""
+        assert self.ledger is not None, "queue() needs a ledger to store the digest in"
+        key = self.renderer.template_key(digest)
+        found = self._sets.get(key)
+        if found is not None:
+            self._sets.move_to_end(key)
+            return found
+        started = time.perf_counter()
+        # Built here, where there is time to spare while the senders send, and stored with
+        # its splice points worked out, so that no sender builds it again.
+        template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+        self.render_seconds += time.perf_counter() - started
+        set_id = self._sets[key] = self.ledger.outbox.add_set(template.to_compiled(), now)
+        self.rendered_sets += 1
+        if len(self._sets) > self.max_templates:
+            self._sets.popitem(last=False)
+        return set_id
+
     def compose(self, selection: Selection, run_date: date, now: datetime, *,
                 want_html: bool = False) -> OutgoingMessage:
         sub = selection.subscriber
@@ -85,17 +115,49 @@ class Composer:
             email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
             message_id=make_message_id(self.domain, now), want_html=want_html)
 
-    def rebuild(self, entry: Entry, signer: DkimSigner | None) -> OutgoingMessage | None:
-        """An outbox message again, from its stored template, under its own Message-ID."""
-        if entry.set_id is None or self.ledger is None:
-            return None
-        if entry.set_id not in self._by_set:
-            data = self.ledger.outbox.load_set(entry.set_id)
-            self._by_set[entry.set_id] = None if data is None else MessageTemplate.from_bytes(
-                data, set_id=entry.set_id, signer=signer)
-        template = self._by_set[entry.set_id]
-        if template is None:
-            return None
-        return template.personalize(email=entry.recipient, name=entry.name,
-                                    unsubscribe_url=entry.unsubscribe_url, token=entry.token,
-                                    message_id=entry.message_id)
+    def queue(self, selection: Selection, run_date: date, now: datetime,
+              envelope_from: str) -> Queued:
+        """The outbox row for this subscriber's message: its digest stored once per set, the
+        few values that make it theirs, its Message-ID fixed now. A sender builds the bytes."""
+        sub = selection.subscriber
+        token = unsubscribe_token(self.secret, sub.email, self.shared.list_id)
+        url = self.unsubscribe_url.replace("{token}", token)
+        digest = Digest(newsletter=self.newsletter, run_date=run_date, subscriber=sub,
+                        matches=selection.matches, over_cap=selection.over_cap,
+                        unsubscribe_url=url)
+        return Queued(set_id=self._set(digest, now), recipient=sub.email, name=sub.name,
+                      unsubscribe_url=url, token=token,
+                      message_id=make_message_id(self.domain, now), subject="",
+                      envelope_from=envelope_from,
+                      included=tuple(m.paper.id for m in selection.matches),
+                      offered=tuple(selection.offered))
+
+
+def batch_key(sub: Subscriber) -> tuple[object, ...]:
+    return (*profile_key(sub), sub.max_papers, bool(sub.name))
+
+
+def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: Composer,
+           run_date: date, ignore_ledger: bool, waiting: frozenset[str]
+           ) -> SubscriberOutcome | Selection:
+    """Why nothing goes to this subscriber, or what does."""
+    if sub.paused:
+        return SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
+    if not sub.due_on(run_date):
+        return SubscriberOutcome(sub.email, Status.NOT_DUE,
+                                 detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
+    suppressed = ledger.suppressed(sub.email)
+    if suppressed:
+        return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
+    offered = frozenset() if ignore_ledger else ledger.offered_ids(
+        sub.email, check_outbox=sub.key in waiting)
+    selection = composer.select(sub, offered)
+    if not selection.matches:
+        if selection.matched_total == 0:
+            why = "no paper matches" if fetched.papers else "the feed is empty"
+            return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why)
+        where = " or wait in the outbox" if sub.key in waiting else ""
+        return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
+                                 detail=f"all {selection.matched_total} matching papers were "
+                                        f"offered before{where}")
+    return selection

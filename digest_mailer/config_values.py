@@ -25,24 +25,26 @@ def single_line(value: str) -> str:
 
 
 def bare_address(value: str) -> str:
-    """A bare address, checked for syntax only: deliverability needs DNS, which a check must not.
-    A non-ASCII local part needs SMTPUTF8, which the email package cannot write in a header:
-    a run would stop on it with a traceback."""
+    """A subscriber's address, checked for syntax only: deliverability needs DNS, which a check
+    must not. An international domain goes out as IDNA; a non-ASCII local part goes out over
+    SMTPUTF8 where the server offers it, and fails alone, with that reason, where it does not."""
     single_line(value)
     try:
         checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError as e:
         raise ValueError(f"{value!r} is not an email address ({e})") from e
-    if checked.smtputf8:
-        raise ValueError(f"{value!r}: the part before the @ is not ASCII, which email headers "
-                         "cannot carry (it needs SMTPUTF8)")
     return checked.normalized
 
 
 def ascii_address(value: str) -> str:
     """An address of ours (From, Reply-To, envelope, mailto): it goes into headers and the
-    SMTP envelope as is, so an international domain is written in its ASCII (xn--) form."""
+    SMTP envelope of every message as is, so it must be ASCII: an international domain is
+    written in its ASCII (xn--) form, and a non-ASCII local part would need SMTPUTF8 on every
+    message."""
     address = bare_address(value)
+    if not address.partition("@")[0].isascii():
+        raise ValueError(f"{value!r}: the part before the @ is not ASCII, which every message "
+                         "would then need SMTPUTF8 for; use an ASCII address")
     if not address.isascii():
         ascii_form = validate_email(address, check_deliverability=False).ascii_email
         raise ValueError(f"{value!r}: write the domain in its ASCII form ({ascii_form!r}): "

@@ -1,31 +1,46 @@
-"""Moves each message through the outbox and a backend: pending -> sending -> sent, or deferred
-(retried with backoff, then left for the next run) or failed (counted toward suppression).
+"""Senders: they take the outbox's rows a few at a time, check that each address may still be
+mailed, build the message from its stored digest, send it, and record its fate in one small
+commit. Nothing travels between the run and its senders but what the ledger holds.
 
-With `senders` > 0 the sending happens in that many forked processes, one SMTP connection each,
-while the run's own process goes on building the next messages: on two cores, building and
-sending overlap instead of taking turns. A sender records each message's fate in the ledger
-itself, the moment it is known, exactly as the run's own process does when `senders` is 0."""
+A sender is a thread of the run (`connections = 0`) or a process started with `spawn` (never
+forked: the run has threads). A sender process holds a shared lock beside the ledger while it
+lives, which a new run must take exclusively before it starts, and it stops by itself when the
+run's process is gone: no sender outlives its run, and no two runs send at once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
-import queue
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from enum import Enum
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from digest_mailer.delivery import Backend
-from digest_mailer.errors import DeliveryError
-from digest_mailer.models import OutgoingMessage, Status, SubscriberOutcome
+from digest_mailer.delivery import Backend, BackendOptions, open_backend
+from digest_mailer.errors import DeliveryError, DigestMailerError, StoreError
+from digest_mailer.lock import senders_lock_path
+from digest_mailer.message import DkimSigner, MessageTemplate
+from digest_mailer.models import OutgoingMessage
 from digest_mailer.store import Ledger
+from digest_mailer.store.ledger import RunControl
 from digest_mailer.store.outbox import Entry
+from digest_mailer.truth import Roster, Truth
 
 logger = logging.getLogger(__name__)
+
+CLAIM = 32  # rows a sender takes at a time (of one digest): one claim commit for many
+IDLE = 0.01  # seconds between looks at an empty queue while the run still composes
+CONTROL_EVERY = 0.05  # seconds between looks at the run's state while all goes well
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,258 +50,325 @@ class Policy:
     max_delay: float = 600.0
     max_hard_failures: int = 3  # permanent refusals in a row before the address is suppressed
 
-
-class Fate(Enum):
-    DONE = "done"
-    DEFERRED = "deferred"
-    FATAL = "fatal"  # the backend itself failed: the run stops
+    def delays(self) -> list[float]:
+        return [min(self.retry_delay * 2 ** n, self.max_delay)
+                for n in range(self.retry_attempts)]
 
 
-def attempt(ledger: Ledger, backend: Backend, policy: Policy, run_id: int | None,
-            entry: int | None, message: OutgoingMessage, papers: int,
-            clock: Callable[[], datetime]) -> tuple[SubscriberOutcome, Fate]:
-    """One try of one message, its fate committed to the outbox before and after."""
-    outbox = ledger.outbox
-    if entry is not None:
-        outbox.sending(entry, clock())
-    try:
-        receipt = backend.send(message)
-    except DeliveryError as e:
-        failed = SubscriberOutcome(message.recipient, Status.FAILED, papers, e.message,
-                                   message_id=message.message_id)
-        if e.fatal:
-            if entry is not None:
-                outbox.deferred(entry, clock(), e.message)
-            return failed, Fate.FATAL
-        if not e.permanent:
-            if entry is not None:
-                outbox.deferred(entry, clock(), e.message)
-            return replace(failed, status=Status.DEFERRED), Fate.DEFERRED
-        if entry is not None:
-            outbox.failed(entry, clock(), e.message)
-            failures = outbox.hard_failures(message.recipient)
-            if failures >= policy.max_hard_failures and ledger.suppress(
-                    message.recipient, "bounced", clock(), e.message):
-                logger.warning("%s: suppressed after %d hard failures", message.recipient,
-                               failures)
-        return failed, Fate.DONE
-    if entry is not None:
-        outbox.sent(entry, clock(), run_id)
-    return SubscriberOutcome(
-        message.recipient, Status.WRITTEN if backend.dry_run else Status.SENT, papers,
-        detail=f"{papers} paper(s)", message_id=message.message_id,
-        location=receipt.location), Fate.DONE
+@dataclass(frozen=True, slots=True)
+class SenderSpec:
+    """Everything a sender needs, picklable: paths and values, nothing live."""
+
+    ledger: str
+    run_id: int
+    backend: str
+    options: BackendOptions
+    policy: Policy
+    signer: DkimSigner | None
+    roster: Roster
+    timeout: float  # the backend's deadline for one message
+    log_level: int = logging.WARNING
+
+
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Templates:
+    """Digest templates by set, rebuilt from the outbox; a few kept, since rows come grouped."""
+
+    def __init__(self, ledger: Ledger, signer: DkimSigner | None, keep: int = 32) -> None:
+        self._ledger, self._signer, self._keep = ledger, signer, keep
+        self._cache: OrderedDict[int, MessageTemplate] = OrderedDict()
+
+    def message(self, entry: Entry, want_html: bool) -> OutgoingMessage:
+        if entry.set_id is None:
+            raise ValueError("it has no stored digest")
+        template = self._cache.get(entry.set_id)
+        if template is None:
+            data = self._ledger.outbox.load_set(entry.set_id)
+            if data is None:
+                raise ValueError("its stored digest is gone")
+            template = MessageTemplate.from_compiled(data, set_id=entry.set_id,
+                                                     signer=self._signer)
+            self._cache[entry.set_id] = template
+            if len(self._cache) > self._keep:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(entry.set_id)
+        return template.personalize(email=entry.recipient, name=entry.name,
+                                    unsubscribe_url=entry.unsubscribe_url, token=entry.token,
+                                    message_id=entry.message_id, want_html=want_html)
+
+
+_STOP, _IDLE = "stop", "idle"
 
 
 @dataclass
-class Dispatcher:
-    """Sends what the run builds. `send` and `leftovers` hand messages over; an outcome comes
-    back from them at once when sending happens here, or later from `poll` and `finish` when
-    sender processes do it. A message's last outcome is its final one."""
+class _Flight:
+    entry: Entry
+    message: OutgoingMessage
+    future: Future[Any]
 
-    ledger: Ledger
-    backend: Backend
-    run_id: int | None
-    clock: Callable[[], datetime]
-    wait: Callable[[float], bool]  # sleeps; True when the run was asked to stop meanwhile
-    policy: Policy = field(default_factory=Policy)
-    senders: int = 0
-    open_backend: Callable[[], Backend] | None = None  # a sender process's own backend
-    stopped: str | None = None  # set when the backend itself failed: stop the run
-    _deferred: list[tuple[int, OutgoingMessage, int]] = field(default_factory=list)
-    _pool: _Pool | None = None
+
+class Sender:
+    """One sender's loop over the queue. The connection works in a thread of its own, so the
+    next message is checked and built, and the last one's fate committed, while this one is on
+    the wire: a sender costs about what its connection costs."""
+
+    def __init__(self, spec: SenderSpec, name: str, stop: Flag, composed: Flag,
+                 parent_alive: Callable[[], bool] = lambda: True) -> None:
+        self.spec, self.name = spec, name
+        self._stop, self._composed, self._parent_alive = stop, composed, parent_alive
+        self._hand: list[Entry] = []
+        self._trouble = 0
+        self._control: RunControl | None = None
+        self._looked = 0.0
+
+    def run(self) -> None:
+        spec = self.spec
+        ledger = Ledger.open(Path(spec.ledger))
+        backend = open_backend(spec.backend, spec.options)
+        wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp")
+        try:
+            self._loop(ledger, backend, _Templates(ledger, spec.signer), Truth(spec.roster),
+                       wire)
+        finally:
+            wire.shutdown(wait=True)  # a message on the wire ends within its deadline
+            try:
+                ledger.outbox.release([e.id for e in self._hand])
+            finally:
+                with contextlib.suppress(Exception):
+                    backend.close()
+                ledger.close()
+
+    def _loop(self, ledger: Ledger, backend: Backend, templates: _Templates, truth: Truth,
+              wire: ThreadPoolExecutor) -> None:
+        flight: _Flight | None = None
+        while True:
+            step = self._take(ledger, backend, templates, truth, may_wait=flight is None)
+            ready = step if isinstance(step, tuple) else None
+            if flight is not None:
+                error = flight.future.exception()  # waits for the server's last reply
+                trouble = isinstance(error, DeliveryError) and (error.fatal or
+                                                                error.unavailable)
+                landed, flight = flight, None
+                if ready is not None and not trouble:
+                    flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
+                elif ready is not None:
+                    self._hand.insert(0, ready[0])  # untried: back in hand
+                self._record(landed, error, ledger, backend)
+                continue
+            if ready is not None:
+                flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
+            elif step == _STOP:
+                return
+
+    def _take(self, ledger: Ledger, backend: Backend, templates: _Templates, truth: Truth, *,
+              may_wait: bool) -> tuple[Entry, OutgoingMessage] | str:
+        """The next message to send, checked and built; or _STOP; or _IDLE when nothing is
+        ready and `may_wait` is false (a message is on the wire to see to first)."""
+        spec, outbox = self.spec, ledger.outbox
+        while not self._stop.is_set() and self._parent_alive():
+            now = time.time()
+            if self._control is None or self._trouble or now - self._looked > CONTROL_EVERY:
+                self._control = ledger.run_control(spec.run_id)  # what other senders met
+                self._looked = now
+            control = self._control
+            if control.blocked:
+                return _STOP
+            self._trouble = control.trouble
+            if control.hold_until > now:
+                if not may_wait:
+                    return _IDLE
+                time.sleep(min(control.hold_until - now, 0.2))
+                continue
+            if not self._hand:
+                self._hand = outbox.claim(spec.run_id, self.name, CLAIM, now,
+                                          lease=spec.timeout * (CLAIM + 1) + 60)
+                if not self._hand:
+                    if not may_wait:
+                        return _IDLE
+                    left, due = outbox.due(spec.run_id)
+                    if self._composed.is_set() and left == 0:
+                        return _STOP
+                    pause = IDLE if due is None or due <= now else min(due - now, 0.2)
+                    time.sleep(max(pause, IDLE))
+                    continue
+            truth.refresh()  # a stat; the file is read again only when it changed
+            entry = self._hand.pop(0)
+            why = truth.forbidden(entry.recipient, ledger)
+            if why:
+                outbox.cancelled(entry.id, now_utc(), why)
+                logger.info("%s: cancelled, %s", entry.recipient, why)
+                continue
+            try:
+                return entry, templates.message(entry, want_html=backend.dry_run)
+            except Exception as e:  # anything wrong with one message fails it alone
+                logger.exception("%s: cannot build the message", entry.recipient)
+                outbox.failed(entry.id, now_utc(), f"cannot build the message: "
+                                                   f"{type(e).__name__}: {e}", attempt=False)
+        return _STOP
+
+    def _record(self, flight: _Flight, error: BaseException | None, ledger: Ledger,
+                backend: Backend) -> None:
+        entry, outbox = flight.entry, ledger.outbox
+        if isinstance(error, DeliveryError):
+            self._refused(entry, error, ledger)
+        elif error is not None:  # not the server's doing: this message alone fails
+            logger.error("%s: unexpected error while sending: %r", entry.recipient, error)
+            drop = getattr(backend, "drop", None)
+            if drop is not None:
+                drop()
+            outbox.failed(entry.id, now_utc(), f"unexpected error while sending: "
+                                               f"{type(error).__name__}: {error}")
+        else:
+            outbox.sent(entry.id, now_utc(), self.spec.run_id, subject=flight.message.subject,
+                        entry=entry)
+            if self._trouble:
+                ledger.server_fine(self.spec.run_id)
+                self._trouble = 0
+                self._control = None
+
+    def _refused(self, entry: Entry, e: DeliveryError, ledger: Ledger) -> None:
+        spec, outbox, policy = self.spec, ledger.outbox, self.spec.policy
+        now = now_utc()
+        if e.fatal or e.unavailable:
+            self._control = None  # look again before the next message
+            control = ledger.server_trouble(spec.run_id, e.message, time.time(),
+                                            policy.delays(), fatal=e.fatal)
+            logger.warning("%s%s", e.message, "; the run stops sending" if control.blocked
+                           else f"; trying again in {control.hold_until - time.time():.0f}s")
+            if e.tried:
+                outbox.deferred(entry.id, now, e.message,
+                                None if control.blocked else control.hold_until)
+            else:
+                outbox.release([entry.id])
+            return
+        if not e.permanent:
+            tries = entry.tries + 1
+            delays = policy.delays()
+            next_try = time.time() + delays[tries - 1] if tries <= len(delays) else None
+            outbox.deferred(entry.id, now, e.message, next_try)
+            logger.info("%s: deferred (%s)", entry.recipient, e.message)
+            return
+        outbox.failed(entry.id, now, e.message, attempt=e.tried)
+        failures = outbox.hard_failures(entry.recipient)
+        if failures >= policy.max_hard_failures and ledger.suppress(
+                entry.recipient, "bounced", now, e.message):
+            logger.warning("%s: suppressed after %d hard failures", entry.recipient, failures)
+
+
+def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any) -> None:
+    """A sender process. It holds the senders lock while it lives, stops when the run's
+    process is gone, and treats SIGTERM and SIGINT as "finish the message on the wire"."""
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=spec.log_level, format="%(levelname)s: %(message)s")
+    parent = multiprocessing.parent_process()
+    with open(senders_lock_path(spec.ledger), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if parent is None or not parent.is_alive():
+            return
+        try:
+            Sender(spec, name, stop, composed, parent.is_alive).run()
+        except DigestMailerError as e:
+            logger.error("%s: %s", name, e)
+            raise SystemExit(1) from e
+
+
+@dataclass
+class _Worker:
+    name: str
+    handle: Any  # a Process or a Thread
+    settled: bool = False
 
     @property
-    def record(self) -> bool:
-        return not self.ledger.readonly
+    def exitcode(self) -> int | None:
+        if isinstance(self.handle, threading.Thread):
+            return None if self.handle.is_alive() else 0
+        return self.handle.exitcode  # type: ignore[no-any-return]
 
-    def _parallel(self) -> _Pool | None:
-        if self.senders <= 0 or not self.record or self.open_backend is None:
-            return None
-        if self._pool is None:
-            self._pool = _Pool(self)
-        return self._pool
 
-    def send(self, message: OutgoingMessage, included: Sequence[str],
-             offered: Sequence[str]) -> SubscriberOutcome | None:
-        """One new message; in a dry run it only goes to the backend. A sender process puts
-        it in the outbox itself, so one process writes while the run builds: were the run
-        killed before that, the message was never recorded, and its papers were never
-        offered, so the next run builds it again."""
-        pool = self._parallel()
-        if pool is not None:
-            pool.put(None, message, len(included), (tuple(included), tuple(offered)))
-            return None
-        entry = None
-        if self.record:
-            entry = self.ledger.outbox.add(message, run_id=self.run_id, included=included,
-                                           offered=offered, now=self.clock())
-        return self._hand_over(entry, message, len(included))
+class Senders:
+    """The run's senders: started, watched, stopped. `count` 0 is one thread in this process."""
 
-    def _hand_over(self, entry: int | None, message: OutgoingMessage,
-                   papers: int) -> SubscriberOutcome | None:
-        pool = self._parallel()
-        if pool is not None and entry is not None:
-            pool.put(entry, message, papers, None)
-            return None
-        outcome, fate = attempt(self.ledger, self.backend, self.policy, self.run_id, entry,
-                                message, papers, self.clock)
-        self._settle(entry, message, papers, fate, outcome)
-        return outcome
+    def __init__(self, spec: SenderSpec, count: int) -> None:
+        self.spec = spec
+        self.died: list[str] = []
+        self._errors: list[BaseException] = []
+        tag = f"{socket.gethostname()}:{os.getpid()}:{spec.run_id}"
+        if count <= 0:
+            self._stop: Any = threading.Event()
+            self._composed: Any = threading.Event()
+            name = f"{tag}:t0"
+            thread = threading.Thread(target=self._thread_main, args=(name,),
+                                      name="sender", daemon=True)
+            self._workers = [_Worker(name, thread)]
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            self._stop, self._composed = ctx.Event(), ctx.Event()
+            self._workers = [
+                _Worker(f"{tag}:p{n}", ctx.Process(
+                    target=_process_main, name=f"sender-{n}", daemon=True,
+                    args=(spec, f"{tag}:p{n}", self._stop, self._composed)))
+                for n in range(count)]
+        for w in self._workers:
+            w.handle.start()
 
-    def _settle(self, entry: int | None, message: OutgoingMessage, papers: int, fate: Fate,
-                outcome: SubscriberOutcome) -> None:
-        if fate is Fate.FATAL and not self.stopped:
-            self.stopped = outcome.detail
-        elif fate is Fate.DEFERRED and entry is not None:
-            self._deferred.append((entry, message, papers))
+    def _thread_main(self, name: str) -> None:
+        try:
+            Sender(self.spec, name, self._stop, self._composed).run()
+        except BaseException as e:  # the run reports it; the thread ends
+            logger.error("sender thread: %s", e)
+            self._errors.append(e)
 
-    def poll(self) -> list[SubscriberOutcome]:
-        return self._pool.results(block=False) if self._pool else []
+    def check(self, ledger: Ledger) -> int:
+        """Notices senders that ended; puts back what a dead one held. Returns how many live."""
+        live = 0
+        for w in self._workers:
+            code = w.exitcode
+            if code is None:
+                live += 1
+                continue
+            if not w.settled:
+                w.settled = True
+                back = ledger.outbox.return_claimed(w.name, "its sender died while it waited "
+                                                            "to go out; the next run sends it")
+                if code != 0 or back:
+                    self.died.append(f"{w.name} (exit {code})")
+                    logger.error("sender %s ended with exit code %s; %d message(s) it held "
+                                 "wait for the next run", w.name, code, back)
+        return live
 
-    def leftovers(self, rebuild: Callable[[Entry], OutgoingMessage | None]
-                  ) -> list[tuple[str, SubscriberOutcome | None]]:
-        """Messages an earlier run left pending, in flight or deferred: rebuilt from their
-        stored template and sent again under the same Message-ID, before anything new. Each
-        comes back as its Message-ID and its outcome when that is already known."""
-        handed: list[tuple[str, SubscriberOutcome | None]] = []
-        for entry in self.ledger.outbox.open_entries():
-            if self.stopped:
+    def composed(self) -> None:
+        self._composed.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, ledger: Ledger, should_stop: Callable[[], bool]) -> None:
+        """Until every sender has ended: they end when the queue is empty, or at a stop after
+        the message each has on the wire (bounded by the message deadline)."""
+        stop_at: float | None = None
+        while self.check(ledger):
+            if stop_at is None and should_stop():
+                self.stop()
+            if stop_at is None and self._stop.is_set():
+                stop_at = time.monotonic() + self.spec.timeout + 5
+            if stop_at is not None and time.monotonic() > stop_at:
+                for w in self._workers:
+                    if isinstance(w.handle, multiprocessing.process.BaseProcess):
+                        w.handle.kill()
+                        w.handle.join(5)
+                self.check(ledger)
                 break
-            why = self.ledger.suppressed(entry.recipient)
-            if why:
-                self.ledger.outbox.failed(entry.id, self.clock(), f"suppressed ({why})")
-                continue
-            message = rebuild(entry)
-            if message is None:
-                self.ledger.outbox.failed(entry.id, self.clock(), "its template is gone")
-                continue
-            handed.append((message.message_id,
-                           self._hand_over(entry.id, message, len(entry.included))))
-        return handed
-
-    def finish(self) -> list[SubscriberOutcome]:
-        """Waits for every message handed over, retries the deferred ones with a growing delay
-        (what is still deferred after the last try stays in the outbox for the next run), and
-        releases the senders."""
-        outcomes: list[SubscriberOutcome] = []
-        if self._pool:
-            outcomes += self._pool.drain()
-        delay = self.policy.retry_delay
-        for _ in range(self.policy.retry_attempts):
-            if not self._deferred or self.stopped:
-                break
-            batch, self._deferred = self._deferred, []
-            logger.info("retrying %d deferred message(s) in %.0fs", len(batch), delay)
-            if self.wait(delay):
-                self._deferred = batch
-                break
-            for entry, message, papers in batch:
-                outcome = self._hand_over(entry, message, papers)
-                if outcome is not None:
-                    outcomes.append(outcome)
-            if self._pool:
-                outcomes += self._pool.drain()
-            delay = min(delay * 2, self.policy.max_delay)
-        if self._pool:
-            self._pool.close()
-        return outcomes
-
-
-class _Pool:
-    """Forked sender processes fed through a bounded queue. Forked, so each holds the run lock
-    with the run: a run killed with SIGKILL leaves no sender that a new run could race."""
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._d = dispatcher
-        ctx = multiprocessing.get_context("fork")
-        # Deep enough that rendering a new digest in the run does not starve the senders.
-        self._work: Any = ctx.Queue(maxsize=64 * dispatcher.senders)
-        self._done: Any = ctx.Queue()
-        self._in_flight: dict[str, tuple[OutgoingMessage, int]] = {}
-        parent = os.getpid()
-        self._procs = [ctx.Process(target=_sender, daemon=True, name=f"sender-{n}",
-                                   args=(dispatcher, self._work, self._done, parent))
-                       for n in range(dispatcher.senders)]
-        for proc in self._procs:
-            proc.start()
-
-    def put(self, entry: int | None, message: OutgoingMessage, papers: int,
-            new: tuple[tuple[str, ...], tuple[str, ...]] | None) -> None:
-        """`entry` is the outbox row of a message already there; a new one comes with its
-        (included, offered) papers for the sender to record."""
-        self._in_flight[message.message_id] = (message, papers)
-        while True:
-            try:
-                self._work.put((entry, message, papers, new), timeout=0.5)
-                return
-            except queue.Full:
-                if not any(p.is_alive() for p in self._procs):
-                    raise RuntimeError("every sender process died") from None
-
-    def results(self, block: bool) -> list[SubscriberOutcome]:
-        out = []
-        while self._in_flight:
-            try:
-                entry, outcome, fate = self._done.get(timeout=0.5) if block else \
-                    self._done.get_nowait()
-            except queue.Empty:
-                if not block:
-                    break
-                if not any(p.is_alive() for p in self._procs):
-                    raise RuntimeError("every sender process died") from None
-                continue
-            message, papers = self._in_flight.pop(outcome.message_id)
-            self._d._settle(entry, message, papers, fate, outcome)
-            out.append(outcome)
-        return out
-
-    def drain(self) -> list[SubscriberOutcome]:
-        return self.results(block=True)
-
-    def close(self) -> None:
-        for _ in self._procs:
-            self._work.put(None)
-        for proc in self._procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-
-
-def _sender(d: Dispatcher, work: Any, done: Any, parent: int) -> None:
-    """A sender process: its own ledger connection (a forked one must not be used) and its
-    own backend. After a fatal error it sends nothing more: what is queued stays pending in
-    the outbox for the next run."""
-    assert d.open_backend is not None
-    fatal = None
-    ledger = Ledger.open(Path(d.ledger.path))
-    backend = d.open_backend()
-    try:
-        while True:
-            try:
-                item = work.get(timeout=0.5)
-            except queue.Empty:
-                item = ...
-            # A run killed with SIGKILL cannot tell its senders: they notice and stop, so
-            # nothing outlives the run (nor holds its lock).
-            if os.getppid() != parent or item is None:
-                break
-            if item is ...:
-                continue
-            entry, message, papers, new = item
-            if entry is None and new is not None:
-                entry = ledger.outbox.add(message, run_id=d.run_id, included=new[0],
-                                          offered=new[1], now=d.clock())
-            if fatal:
-                done.put((entry, SubscriberOutcome(message.recipient, Status.NOT_ATTEMPTED,
-                                                   papers, fatal,
-                                                   message_id=message.message_id), Fate.DONE))
-                continue
-            outcome, fate = attempt(ledger, backend, d.policy, d.run_id, entry, message,
-                                    papers, d.clock)
-            if fate is Fate.FATAL:
-                fatal = outcome.detail
-            done.put((entry, outcome, fate))
-    finally:
-        backend.close()
-        ledger.close()
+            time.sleep(0.05)
+        if self._errors and isinstance(self._errors[0], StoreError):
+            raise self._errors[0]

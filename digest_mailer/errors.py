@@ -51,10 +51,16 @@ class DeliveryError(DigestMailerError):
 
     `permanent` separates a refusal of this one recipient (the run goes on) from a failure of
     the backend itself (the run stops, since every further message would fail the same way).
+    `unavailable`: the server, not this message, is the trouble for now (refused or reset at
+    connect, 421 at greeting, a deadline missed): every message waits, and the run tries the
+    server again later or leaves the rest for the next run. `tried`: the message may have
+    reached the server before the trouble.
     """
 
     def __init__(self, message: str, hint: str | None = None, *, permanent: bool = False,
-                 fatal: bool = False) -> None:
+                 fatal: bool = False, unavailable: bool = False, tried: bool = True) -> None:
         super().__init__(message, hint)
         self.permanent = permanent
         self.fatal = fatal
+        self.unavailable = unavailable
+        self.tried = tried

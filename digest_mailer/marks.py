@@ -24,7 +24,8 @@ def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9@.+_-]*")
-_ESCAPED = re.compile(r'<p title="(.*)">(.*)</p><a href="(.*)">x</a>', re.S)
+# libxml2 writes an attribute holding `"` but no `'` in single quotes.
+_ESCAPED = re.compile(r'<p title=(["\'])(.*)\1>(.*)</p><a href=(["\'])(.*)\4>x</a>', re.S)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -45,7 +46,10 @@ def escaped(value: str) -> tuple[str, str, str, str]:
     found = _ESCAPED.search(out)
     if found is None:  # cannot happen for a value the config accepts
         raise RenderError(f"{value!r}: cannot place this value in HTML")
-    title, text, href = found.groups()
+    _, title, text, _, href = found.groups()
+    # The marks sit in double-quoted attributes; such a value is rendered per subscriber
+    # (rewritten()), and this form only keeps a stray mark safe.
+    title, href = title.replace('"', "&quot;"), href.replace('"', "%22")
     return text, title, href, e
 
 
@@ -142,5 +146,6 @@ def rewritten(digest: Digest) -> bool:
     attribute: the escaping the fast path computes cannot follow it, so that email renders
     with the values themselves."""
     sub = digest.subscriber
-    return any(not v.isascii() and any(map(_rewritten_char, v))
+    return any((not v.isascii() and any(map(_rewritten_char, v)))
+               or ('"' in v and "'" not in v)  # its attributes change quotes (see _ESCAPED)
                for v in (sub.name, sub.email, digest.unsubscribe_url))

@@ -16,6 +16,7 @@ from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from email.utils import quote as quote_string
 from typing import Any
 from urllib.parse import quote
 
@@ -90,13 +91,35 @@ class DkimSigner:
         return bytes(header) + data
 
 
+# Headers of a message whose address has a UTF-8 local part (RFC 6532): it only goes out over
+# SMTPUTF8, where header values are UTF-8 as they are.
+_UTF8 = POLICY.clone(utf8=True)
+
+
+def ascii_domain(email: str) -> str:
+    """The address with an internationalised domain as IDNA (punycode), which every server
+    and client takes; the local part as it is."""
+    local, at, domain = email.rpartition("@")
+    if not at or domain.isascii():
+        return email
+    import idna
+
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return email  # the config refuses such a domain; the sender says why it cannot go
+
+
 def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: str,
                   envelope_from: str, reply_to: str | None, list_id_header: str,
                   unsubscribe: str, message_id: str, when: datetime, run_date: date,
                   signer: DkimSigner | None = None) -> OutgoingMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = sender
-    msg["To"] = Address(display_name=subscriber.name, addr_spec=subscriber.email)
+    email = ascii_domain(subscriber.email)
+    utf8_probe = None if email.isascii() else Address(display_name=subscriber.name,
+                                                      addr_spec="probe@example.invalid")
+    msg["To"] = utf8_probe or Address(display_name=subscriber.name, addr_spec=email)
     if reply_to:
         msg["Reply-To"] = reply_to
     msg.set_raw("Subject", subject_field(rendered.subject)[len(b"Subject: "):-2].decode("ascii"))
@@ -109,20 +132,35 @@ def build_message(rendered: RenderedDigest, *, subscriber: Subscriber, sender: s
     msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
     for part in msg.iter_parts():
         del part["MIME-Version"]  # the email package repeats it on converted parts
+    data = msg.as_bytes(policy=POLICY)
+    if utf8_probe is not None:
+        data = data.replace(fold("To", utf8_probe), to_header(subscriber.name, email), 1)
     return OutgoingMessage(
         recipient=subscriber.email,
         envelope_from=envelope_from or parseaddr(sender)[1],
         message_id=message_id,
         subject=rendered.subject,
-        data=signer.sign(msg.as_bytes(policy=POLICY)) if signer else msg.as_bytes(policy=POLICY),
+        data=signer.sign(data) if signer else data,
         html=rendered.html,
         run_date=run_date,
     )
 
 
+_PLAIN_MSGID = re.compile(r"<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+>")
+
+
 def fold(name: str, value: object, *, raw: bool = False) -> bytes:
     """One header exactly as the email package writes it: through the header registry, or
-    as given for a raw header (set_raw)."""
+    as given for a raw header (set_raw). Two shapes every message has are written directly,
+    as the email package would (its folding is half the cost of a splice): a raw header of
+    printable ASCII lines, which it joins with CRLF as they are, and a plain Message-ID that
+    fits on its line."""
+    if isinstance(value, str) and value.isascii() and not value.endswith("\n"):
+        if raw and value.replace("\r\n", "").isprintable():
+            return f"{name}: {value}\r\n".encode("ascii")
+        if (name == "Message-ID" and _PLAIN_MSGID.fullmatch(value)
+                and len(name) + 2 + len(value) <= _MAX_LINE):
+            return f"{name}: {value}\r\n".encode("ascii")
     stored: Any = value if raw else POLICY.header_factory(name, value)
     folded: str = POLICY.fold(name, stored)
     return folded.encode("ascii", "surrogateescape")
@@ -150,7 +188,13 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.+_-]+@[A-Za-z0-9.-]+")
 def to_header(name: str, email: str) -> bytes:
     """The To header, as fold() writes it, without its cost for the common cases: a plain
     name (or none) as is; any other name folded once and reused for addresses of the same
-    shape, since folding sees an address only as a whole word of its length."""
+    shape, since folding sees an address only as a whole word of its length. A domain goes
+    as IDNA; a UTF-8 local part as UTF-8 (RFC 6532: the message then needs SMTPUTF8)."""
+    email = ascii_domain(email)
+    if not email.isascii():
+        value = f'"{quote_string(name)}" <{email}>' if name else email
+        line: str = _UTF8.fold("To", _UTF8.header_factory("To", value))
+        return line.encode("utf-8")
     if _PLAIN_ADDRESS.fullmatch(email):
         line = f"To: {name} <{email}>" if name else f"To: {email}"
         if (not name or _PLAIN_NAME.fullmatch(name)) and len(line) <= _MAX_LINE:
@@ -296,21 +340,54 @@ class MessageTemplate:
 
     def to_bytes(self) -> bytes:
         """What the outbox stores to rebuild this template after a crash (the key aside)."""
-        t, s = self.template, self.shared
+        return template_bytes(self.template, self.shared)
+
+    def to_compiled(self) -> bytes:
+        """The template with its splice points worked out: what the outbox stores, so a sender
+        loads it instead of building it again (bytes kept as latin-1 text in JSON)."""
         return json.dumps({
-            "subject": t.subject, "html": t.html, "text": t.text, "marks": list(t.marks.all()),
-            "sender": s.sender, "envelope_from": s.envelope_from, "reply_to": s.reply_to,
-            "list_id": s.list_id, "mailto": s.mailto, "when": s.when.isoformat(),
-            "run_date": s.run_date.isoformat()}).encode("utf-8")
+            "template": json.loads(self.to_bytes()), "subject_static": self._subject_static,
+            "head": [[name, line.decode("latin-1")] for name, line in self._head],
+            "pieces": [["", p.decode("latin-1")] if isinstance(p, bytes) else list(p)
+                       for p in self._pieces]}).encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, set_id: int, signer: DkimSigner | None
-                   ) -> MessageTemplate:
+    def from_compiled(cls, data: bytes, *, set_id: int, signer: DkimSigner | None
+                      ) -> MessageTemplate:
         d = json.loads(data)
+        if "head" not in d:  # stored by to_bytes (an older ledger): build it
+            return cls.from_bytes(data, set_id=set_id, signer=signer)
+        base = cls.from_bytes(b"{}", set_id=set_id, signer=signer, parsed=d["template"],
+                              build=False)
+        base._subject_static = bool(d["subject_static"])
+        base._head = [(name, line.encode("latin-1")) for name, line in d["head"]]
+        base._pieces = [p[1].encode("latin-1") if p[0] == "" else (p[0], p[1])
+                        for p in d["pieces"]]
+        return base
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, set_id: int, signer: DkimSigner | None,
+                   parsed: dict[str, Any] | None = None, build: bool = True
+                   ) -> MessageTemplate:
+        d = parsed if parsed is not None else json.loads(data)
         template = DigestTemplate(subject=d["subject"], html=d["html"], text=d["text"],
                                   marks=Marks(*d["marks"]))
         shared = Shared(sender=d["sender"], envelope_from=d["envelope_from"],
                         reply_to=d["reply_to"], list_id=d["list_id"], mailto=d["mailto"],
                         when=datetime.fromisoformat(d["when"]),
                         run_date=date.fromisoformat(d["run_date"]), signer=signer)
+        if not build:
+            made = cls.__new__(cls)
+            made.template, made.shared, made.set_id = template, shared, set_id
+            return made
         return cls(template, shared, set_id=set_id)
+
+
+def template_bytes(template: DigestTemplate, shared: Shared) -> bytes:
+    """What the outbox stores of a digest template; a sender builds the MessageTemplate."""
+    t, s = template, shared
+    return json.dumps({
+        "subject": t.subject, "html": t.html, "text": t.text, "marks": list(t.marks.all()),
+        "sender": s.sender, "envelope_from": s.envelope_from, "reply_to": s.reply_to,
+        "list_id": s.list_id, "mailto": s.mailto, "when": s.when.isoformat(),
+        "run_date": s.run_date.isoformat()}).encode("utf-8")

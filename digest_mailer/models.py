@@ -203,6 +203,36 @@ class Status(StrEnum):
     SUPPRESSED = "suppressed"  # unsubscribed, or bounced too often
     FAILED = "failed"
     NOT_ATTEMPTED = "not attempted"
+    PENDING = "pending"  # in the outbox, not tried: the next run sends it
+    CANCELLED = "cancelled"  # removed, paused or unsubscribed by the time it was to be sent
+
+
+class MessageState(StrEnum):
+    """An outbox row's state: the one list the store, the report, `status` and `history` read."""
+
+    PENDING = "pending"  # composed, waits for a sender
+    SENDING = "sending"  # claimed by a sender (on the wire, or next in its hand)
+    SENT = "sent"
+    DEFERRED = "deferred"  # a temporary refusal: retried in the run, then by the next run
+    FAILED = "failed"  # refused for good, or could not be built
+    CANCELLED = "cancelled"  # the address may no longer be mailed (checked at send time)
+
+    @property
+    def open(self) -> bool:
+        return self in (MessageState.PENDING, MessageState.SENDING, MessageState.DEFERRED)
+
+
+class RunState(StrEnum):
+    """How a run ended (or that it has not)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILURES = "failures"  # some subscriber due an email did not get it
+    STOPPED = "stopped"  # asked to stop (SIGTERM/SIGINT): the rest waits in the outbox
+    BLOCKED = "blocked"  # the server could not be used (down, login, TLS): the rest waits
+    SOURCE_FAILED = "source failed"
+    CRASHED = "crashed"  # an unexpected error in the run itself
+    INTERRUPTED = "interrupted"  # its process died (SIGKILL, power): seen afterwards
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +258,7 @@ class RunReport:
     dry_run: bool = False
     run_id: int | None = None
     stopped: str | None = None  # why the run stopped early, when it did
+    state: RunState = RunState.OK
 
     def count(self, *statuses: Status) -> int:
         return sum(1 for o in self.outcomes if o.status in statuses)
@@ -239,4 +270,4 @@ class RunReport:
     @property
     def failed(self) -> int:
         """Subscribers due an email who did not get it in this run."""
-        return self.count(Status.FAILED, Status.NOT_ATTEMPTED, Status.DEFERRED)
+        return self.count(Status.FAILED, Status.NOT_ATTEMPTED, Status.DEFERRED, Status.PENDING)

@@ -11,6 +11,7 @@ from digest_mailer.advice import topic_advice
 from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.cron import next_fire, parse_cron
 from digest_mailer.errors import DigestMailerError
+from digest_mailer.models import MessageState
 from digest_mailer.pipeline import RunOptions, lookback, source_spec, today
 from digest_mailer.select import Explanation, explain
 from digest_mailer.sources import open_source
@@ -66,6 +67,7 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         runs = ledger.runs(limit=5)
         suppressed = ledger.suppressions()
         outbox = ledger.outbox.counts()
+        problems = ledger.outbox.problems()
     subs = config.subscribers_view()
     tz = config.schedule_timezone
     upcoming = next_fire(parse_cron(config.schedule.cron, tz), now)
@@ -79,8 +81,10 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         "suppressed": {email: {"reason": r, "since": since, "detail": d}
                        for email, (r, since, d) in suppressed.items()},
         "outbox": {"waiting": sum(n for state, n in outbox.items()
-                                  if state in ("pending", "sending", "deferred")),
+                                  if MessageState(state).open),
                    **outbox},
+        "problems": [{"at": at, "to": to, "state": state, "why": why}
+                     for at, to, state, why in problems],
         "schedule": f"{config.schedule.cron} ({tz})",
         "next_run": upcoming.isoformat() if upcoming else None,
         "last_runs": [r._asdict() for r in runs],

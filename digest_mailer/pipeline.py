@@ -3,6 +3,7 @@ sees every stage; each stage gets its inputs (time, I/O) passed in."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,12 +14,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from digest_mailer import credentials
-from digest_mailer.compose import Composer
-from digest_mailer.config import WEEKDAYS, Config
-from digest_mailer.delivery import Backend, BackendOptions, open_backend
-from digest_mailer.dispatch import Dispatcher, Policy
+from digest_mailer.compose import Composer, batch_key, decide
+from digest_mailer.config import Config
+from digest_mailer.delivery import BackendOptions, open_backend
+from digest_mailer.dispatch import Policy, Senders, SenderSpec
 from digest_mailer.errors import DigestMailerError
-from digest_mailer.lock import run_lock
+from digest_mailer.lock import run_lock, wait_for_senders
 from digest_mailer.message import (
     DkimSigner,
     Shared,
@@ -26,18 +27,21 @@ from digest_mailer.message import (
 )
 from digest_mailer.models import (
     FetchResult,
+    MessageState,
     Paper,
     RunReport,
+    RunState,
     Status,
     Subscriber,
     SubscriberOutcome,
 )
 from digest_mailer.preflight import ensure_runnable
 from digest_mailer.render import Renderer
-from digest_mailer.select import profile_key
 from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
+from digest_mailer.store.outbox import Fate, Queued
+from digest_mailer.truth import Roster
 
 logger = logging.getLogger(__name__)
 
@@ -160,21 +164,6 @@ def lookback(config: Config, subscribers: tuple[Subscriber, ...], run_date: date
     return max(config.source.lookback_days, WEEK) if weekly_due else config.source.lookback_days
 
 
-def stoppable_sleep(should_stop: Callable[[], bool]) -> Callable[[float], bool]:
-    """A sleep that ends early when the run is asked to stop; says whether it was."""
-
-    def wait(seconds: float) -> bool:
-        end = time.monotonic() + seconds
-        while not should_stop():
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(left, 0.2))
-        return True
-
-    return wait
-
-
 def today(config: Config, now: datetime) -> date:
     return now.astimezone(ZoneInfo(config.newsletter.timezone)).date()
 
@@ -182,13 +171,15 @@ def today(config: Config, now: datetime) -> date:
 def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str, str],
         on_progress: Callable[[SubscriberOutcome], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False) -> RunReport:
-    """Assemble the parts from the config and do one run; real runs hold the run lock."""
+    """Assemble the parts from the config and do one run; real runs hold the run lock, and
+    start only once no sender of an earlier run is alive."""
     ensure_runnable(config, env, now=now, source_given=bool(options.source),
                     dry_run=options.dry_run)
     if options.dry_run:
         return _run(config, options, now=now, env=env, on_progress=on_progress,
                     should_stop=should_stop)
     with run_lock(config.state_path, "digest-mailer run", wait=options.wait):
+        wait_for_senders(config.state_path, config.delivery.smtp.timeout + 10)
         return _run(config, options, now=now, env=env, on_progress=on_progress,
                     should_stop=should_stop)
 
@@ -197,6 +188,8 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
          on_progress: Callable[[SubscriberOutcome], None] | None,
          should_stop: Callable[[], bool]) -> RunReport:
     dry = options.dry_run
+    roster = None if dry else Roster.of(Path(config.path) if config.path else None,
+                                        [(s.email, s.paused) for s in config.subscribers_view()])
     secret = unsubscribe_secret(config, env, dry_run=dry)
     backend_name = "file" if dry else config.delivery.backend
     bopts = backend_options(config, env, options.out_dir)
@@ -211,157 +204,190 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, subscribers, run_date))
     c = config.source
+    d = config.delivery
+    policy = Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
+                    max_hard_failures=d.max_hard_failures)
     with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
         source = open_source(spec, lambda: http)
-        opener = Ledger.open_readonly if dry else Ledger.open
-        with opener(config.state_path) as ledger, \
-                closing(open_backend(backend_name, bopts)) as backend:
-            d = config.delivery
-            senders = d.smtp.connections if backend_name == "smtp" else 0
-            return run_once(
-                subscribers=subscribers, source=source, ledger=ledger, backend=backend,
-                renderer=renderer, envelope=envelope, now=now,
-                run_date=run_date, ignore_ledger=options.ignore_ledger,
-                policy=Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
-                              max_hard_failures=d.max_hard_failures),
-                on_progress=on_progress, should_stop=should_stop,
-                wait=stoppable_sleep(should_stop), senders=senders,
-                open_sender_backend=lambda: open_backend(backend_name, bopts))
+        if dry:
+            with Ledger.open_readonly(config.state_path) as ledger, \
+                    closing(open_backend(backend_name, bopts)) as backend:
+                from digest_mailer.preview import preview_once
+
+                return preview_once(subscribers=subscribers, source=source, ledger=ledger,
+                                    backend=backend, renderer=renderer, envelope=envelope,
+                                    now=now, run_date=run_date,
+                                    ignore_ledger=options.ignore_ledger,
+                                    on_progress=on_progress)
+        assert roster is not None
+        with Ledger.open(config.state_path) as ledger:
+            sender = SenderSpec(ledger=str(config.state_path), run_id=0, backend=backend_name,
+                                options=bopts, policy=policy, signer=envelope.signer,
+                                roster=roster, timeout=d.smtp.timeout,
+                                log_level=logging.getLogger().getEffectiveLevel())
+            connections = d.smtp.connections if backend_name == "smtp" else 0
+            return run_once(subscribers=subscribers, source=source, ledger=ledger,
+                            sender=sender, connections=connections, renderer=renderer,
+                            envelope=envelope, now=now, run_date=run_date,
+                            on_progress=on_progress, should_stop=should_stop)
+
+
+@dataclass
+class _Slot:
+    """One line of the report: an outcome known at once, or a message whose fate the outbox
+    will tell."""
+
+    email: str
+    outcome: SubscriberOutcome | None = None
+    message_id: str = ""
+    note: str = ""
 
 
 def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Ledger,
-             backend: Backend, renderer: Renderer, envelope: Envelope, now: datetime,
-             run_date: date, ignore_ledger: bool = False, policy: Policy | None = None,
+             sender: SenderSpec, connections: int, renderer: Renderer, envelope: Envelope,
+             now: datetime, run_date: date,
              on_progress: Callable[[SubscriberOutcome], None] | None = None,
-             should_stop: Callable[[], bool] = lambda: False,
-             wait: Callable[[float], bool] | None = None, senders: int = 0,
-             open_sender_backend: Callable[[], Backend] | None = None) -> RunReport:
-    record = not ledger.readonly
-    run_id = ledger.start_run(now, run_date, source.origin) if record else None
+             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
+    """A real run. The composer writes each message into the outbox; the senders send from
+    it. The report reads every message's fate back from the outbox."""
+    run_id = ledger.start_run(now, run_date, source.origin)
+    senders: Senders | None = None
     try:
-        fetched = source.fetch(run_date)
-    except DigestMailerError:
-        if run_id is not None:
-            ledger.finish_run(run_id, now, fetched=0, sent=0, failed=0, outcome="source failed")
+        try:
+            fetched = source.fetch(run_date)
+        except DigestMailerError as e:
+            ledger.finish_run(run_id, datetime.now(now.tzinfo), fetched=0, sent=0, failed=0,
+                              outcome=RunState.SOURCE_FAILED, cause=e.message)
+            run_id = 0  # recorded: nothing more to say about it
+            raise
+        logger.info("fetched %d papers from %s (%d skipped)", len(fetched.papers),
+                    fetched.origin, fetched.skipped)
+        if fetched.papers:
+            ledger.remember(fetched.papers, now)
+        slots = [_Slot(e.recipient, message_id=e.message_id, note="left by an earlier run")
+                 for e in ledger.outbox.adopt(run_id)]
+        senders = Senders(replace(sender, run_id=run_id), connections)
+        composer = envelope.composer(renderer, fetched.papers, run_date, ledger, now)
+        stopped = _compose(subscribers, fetched, ledger=ledger, composer=composer,
+                           senders=senders, slots=slots, run_id=run_id, now=now,
+                           run_date=run_date, on_progress=on_progress, should_stop=should_stop)
+        senders.composed()
+        senders.wait(ledger, should_stop)
+        stopped = stopped or should_stop()
+    except BaseException as e:
+        if senders is not None:
+            senders.stop()
+            with contextlib.suppress(BaseException):
+                senders.wait(ledger, lambda: True)
+        if run_id:  # how it ended, whatever ended it (the ledger itself may be the trouble)
+            with contextlib.suppress(BaseException):
+                ledger.outbox.park(run_id)
+                ledger.finish_run(run_id, datetime.now(now.tzinfo), fetched=0, sent=0,
+                                  failed=0, outcome=RunState.CRASHED,
+                                  cause=f"{type(e).__name__}: {e}"[:500])
         raise
-    logger.info("fetched %d papers from %s (%d skipped)", len(fetched.papers), fetched.origin,
-                fetched.skipped)
-    if record and fetched.papers:
-        ledger.remember(fetched.papers, now)
-    dispatcher = Dispatcher(ledger, backend, run_id, clock=lambda: datetime.now(now.tzinfo),
-                            wait=wait or (lambda seconds: should_stop()),
-                            policy=policy or Policy(), senders=senders,
-                            open_backend=open_sender_backend)
-    composer = envelope.composer(renderer, fetched.papers, run_date,
-                                 ledger if record else None, now)
-
-    def done(outcome: SubscriberOutcome) -> SubscriberOutcome:
-        logger.info("%s: %s %s", outcome.email, outcome.status, outcome.detail)
-        if on_progress:
-            on_progress(outcome)
-        return outcome
-
-    # A message's outcome may come later than its subscriber's turn (from a sender process, or
-    # a retry); the last one heard for a Message-ID is final.
-    latest: dict[str, SubscriberOutcome] = {}
-    notes: dict[str, str] = {}
-
-    def absorb(outcomes: list[SubscriberOutcome]) -> None:
-        for outcome in outcomes:
-            if outcome.message_id:
-                latest[outcome.message_id] = done(outcome)
-
-    slots: list[SubscriberOutcome | str] = []
-    if record:
-        for message_id, outcome in dispatcher.leftovers(
-                lambda entry: composer.rebuild(entry, envelope.signer)):
-            notes[message_id] = "left by an earlier run"
-            slots.append(message_id)
-            absorb([outcome] if outcome else [])
-    waiting = ledger.outbox.waiting_subscribers()
-    # Subscribers who share filters go one after another, so each distinct digest is rendered
-    # once while it is in the composer's bounded cache; the report keeps the config's order.
-    order = sorted(range(len(subscribers)), key=lambda i: batch_key(subscribers[i]))
-    own: dict[int, SubscriberOutcome | str] = {}
-    for i in order:
-        if not dispatcher.stopped and should_stop():
-            dispatcher.stopped = "the run was asked to stop"
-        result = _subscriber(
-            subscribers[i], fetched, ledger=ledger, dispatcher=dispatcher, composer=composer,
-            now=now, run_date=run_date, ignore_ledger=ignore_ledger, waiting=waiting)
-        if isinstance(result, tuple):
-            message_id, note, outcome = result
-            notes[message_id] = note
-            own[i] = message_id
-            if outcome is not None:
-                absorb([outcome])
-        else:
-            own[i] = done(result)
-        absorb(dispatcher.poll())
-    slots += [own[i] for i in range(len(subscribers))]
-    absorb(dispatcher.finish())
-    outcomes = [_final(slot, latest, notes) for slot in slots]
-    stopped = dispatcher.stopped
+    ledger.outbox.park(run_id)
+    control = ledger.run_control(run_id)
+    fates = ledger.outbox.fates(run_id)
+    outcomes = tuple(_outcome(slot, fates) for slot in slots)
+    state, cause = RunState.OK, None
+    if stopped:
+        state, cause = RunState.STOPPED, "the run was asked to stop"
+    elif control.blocked:
+        state, cause = RunState.BLOCKED, control.cause
+    elif senders.died:
+        state, cause = RunState.CRASHED, f"sender(s) died: {', '.join(senders.died)}"
     report = RunReport(run_date=run_date, started_at=now, finished_at=datetime.now(now.tzinfo),
                        origin=fetched.origin, fetched=len(fetched.papers),
                        skipped=fetched.skipped, skipped_reasons=fetched.skipped_reasons,
-                       outcomes=tuple(outcomes), dry_run=not record, run_id=run_id,
-                       stopped=stopped)
+                       outcomes=outcomes, run_id=run_id, stopped=cause,
+                       state=RunState.FAILURES if state is RunState.OK and any(
+                           o.status in (Status.FAILED, Status.DEFERRED, Status.PENDING)
+                           for o in outcomes) else state)
     logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
                 composer.render_seconds)
-    if run_id is not None:
-        ledger.outbox.prune_sets()
-        ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
-                          sent=report.delivered, failed=report.failed,
-                          outcome="stopped" if stopped else
-                          "failures" if report.failed else "ok")
+    ledger.outbox.prune_sets()
+    ledger.checkpoint()
+    ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
+                      sent=report.delivered, failed=report.failed, outcome=report.state,
+                      cause=cause)
     return report
 
 
-def _final(slot: SubscriberOutcome | str, latest: dict[str, SubscriberOutcome],
-           notes: dict[str, str]) -> SubscriberOutcome:
-    if not isinstance(slot, str):
-        return slot
-    outcome = latest[slot]
-    note = notes.get(slot)
-    if note and (outcome.status in (Status.SENT, Status.WRITTEN) or note.startswith("left")):
-        return replace(outcome, detail=f"{outcome.detail}, {note}")
-    return outcome
+BATCH = 32  # rows per outbox commit while composing
+BATCH_SECONDS = 0.05  # and never held longer than this, so senders are not kept waiting
 
 
-def batch_key(sub: Subscriber) -> tuple[object, ...]:
-    return (*profile_key(sub), sub.max_papers, bool(sub.name))
+def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledger: Ledger,
+             composer: Composer, senders: Senders, slots: list[_Slot], run_id: int,
+             now: datetime, run_date: date,
+             on_progress: Callable[[SubscriberOutcome], None] | None,
+             should_stop: Callable[[], bool]) -> bool:
+    """Every subscriber's share, in the config's order in the report; True when stopped."""
+    waiting = ledger.outbox.waiting_subscribers()
+    batch: list[Queued] = []
+    flushed = time.monotonic()
+
+    def flush() -> None:
+        nonlocal flushed
+        if batch:
+            ledger.outbox.add_many(batch, run_id=run_id, now=now)
+            batch.clear()
+        flushed = time.monotonic()
+        senders.check(ledger)
+
+    # Subscribers who share filters go one after another, so each distinct digest is rendered
+    # once while it is in the composer's bounded cache; the report keeps the config's order.
+    order = sorted(range(len(subscribers)), key=lambda i: batch_key(subscribers[i]))
+    own: dict[int, _Slot] = {}
+    stopped = False
+    for i in order:
+        sub = subscribers[i]
+        if stopped or should_stop():
+            stopped = True
+            own[i] = _Slot(sub.email, SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED,
+                                                        detail="the run was asked to stop"))
+            continue
+        result = decide(sub, fetched, ledger=ledger, composer=composer, run_date=run_date,
+                        ignore_ledger=False, waiting=waiting)
+        if isinstance(result, SubscriberOutcome):
+            own[i] = _Slot(sub.email, result)
+        else:
+            queued = composer.queue(result, run_date, now, envelope_from=composer.shared
+                                    .envelope_from)
+            batch.append(queued)
+            over = result.over_cap
+            own[i] = _Slot(sub.email, message_id=queued.message_id,
+                           note=f"{over} more over the cap" if over else "")
+        if on_progress:
+            on_progress(own[i].outcome or SubscriberOutcome(sub.email, Status.PENDING))
+        if len(batch) >= BATCH or time.monotonic() - flushed > BATCH_SECONDS:
+            flush()
+    flush()
+    slots += [own[i] for i in range(len(subscribers))]
+    return stopped
 
 
-def _subscriber(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger,
-                dispatcher: Dispatcher, composer: Composer, now: datetime, run_date: date,
-                ignore_ledger: bool, waiting: frozenset[str]
-                ) -> SubscriberOutcome | tuple[str, str, SubscriberOutcome | None]:
-    """One subscriber's share of the run: why nothing goes out, or their one email, as its
-    Message-ID, a note for the report, and its outcome when it is already known."""
-    if dispatcher.stopped:
-        return SubscriberOutcome(sub.email, Status.NOT_ATTEMPTED, detail=dispatcher.stopped)
-    if sub.paused:
-        return SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
-    if not sub.due_on(run_date):
-        return SubscriberOutcome(sub.email, Status.NOT_DUE,
-                                 detail=f"weekly, next on {WEEKDAYS[sub.weekday]}")
-    # Read at each subscriber: an unsubscribe in the middle of a run counts from the next one.
-    suppressed = ledger.suppressed(sub.email)
-    if suppressed:
-        return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
-    offered = frozenset() if ignore_ledger else ledger.offered_ids(
-        sub.email, check_outbox=sub.key in waiting)
-    selection = composer.select(sub, offered)
-    if not selection.matches:
-        if selection.matched_total == 0:
-            why = "no paper matches" if fetched.papers else "the feed is empty"
-            return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why)
-        return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
-                                 detail=f"all {selection.matched_total} matching papers were "
-                                        "offered before")
-    message = composer.compose(selection, run_date, now, want_html=dispatcher.backend.dry_run)
-    outcome = dispatcher.send(message, [m.paper.id for m in selection.matches],
-                              selection.offered)
-    note = f"{selection.over_cap} more over the cap" if selection.over_cap else ""
-    return message.message_id, note, outcome
+def _outcome(slot: _Slot, fates: dict[str, Fate]) -> SubscriberOutcome:
+    if slot.outcome is not None:
+        return slot.outcome
+    fate = fates.get(slot.message_id)
+    if fate is None:  # not in the outbox: the run stopped before its batch was written
+        return SubscriberOutcome(slot.email, Status.NOT_ATTEMPTED,
+                                 detail="the run stopped before it was queued")
+    note = f", {slot.note}" if slot.note else ""
+    mid = slot.message_id
+    if fate.state is MessageState.SENT:
+        return SubscriberOutcome(slot.email, Status.SENT, fate.papers,
+                                 f"{fate.papers} paper(s){note}", mid)
+    if fate.state is MessageState.FAILED:
+        return SubscriberOutcome(slot.email, Status.FAILED, fate.papers, fate.error, mid)
+    if fate.state is MessageState.CANCELLED:
+        return SubscriberOutcome(slot.email, Status.CANCELLED, fate.papers,
+                                 f"not sent: {fate.error}", mid)
+    if fate.state is MessageState.DEFERRED:
+        return SubscriberOutcome(slot.email, Status.DEFERRED, fate.papers,
+                                 f"{fate.error}; the next run tries again{note}", mid)
+    return SubscriberOutcome(slot.email, Status.PENDING, fate.papers,
+                             f"{fate.papers} paper(s) wait in the outbox for the next "
+                             f"run{note}", mid)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from digest_mailer.models import RunReport, Status, SubscriberOutcome
+from digest_mailer.models import RunReport, RunState, Status, SubscriberOutcome
 
 _MARK = {Status.SENT: "sent", Status.WRITTEN: "written", Status.NOTHING_NEW: "nothing new",
          Status.NO_MATCH: "no match", Status.PAUSED: "paused", Status.NOT_DUE: "not due",
          Status.FAILED: "FAILED", Status.NOT_ATTEMPTED: "not sent", Status.DEFERRED: "deferred",
-         Status.SUPPRESSED: "suppressed"}
+         Status.SUPPRESSED: "suppressed", Status.PENDING: "pending",
+         Status.CANCELLED: "cancelled"}
+_STOPPED = {RunState.STOPPED: "Stopped", RunState.BLOCKED: "Sending stopped",
+            RunState.CRASHED: "Sending stopped"}
 
 
 def _outcome_line(o: SubscriberOutcome, width: int) -> str:
@@ -23,13 +26,19 @@ def report_lines(report: RunReport) -> list[str]:
     lines = [f"Run for {report.run_date}{mode}",
              f"Papers fetched: {report.fetched} from {report.origin}"
              + (f" ({report.skipped} skipped: no id or title)" if report.skipped else "")]
+    if report.stopped:
+        # The cause once; each subscriber's line below says what is now pending.
+        lines.append(f"{_STOPPED.get(report.state, 'Stopped')}: {report.stopped}")
     width = max((len(o.email) for o in report.outcomes), default=0)
     lines += [_outcome_line(o, width) for o in report.outcomes]
     verb = "written" if report.dry_run else "sent"
     idle = report.count(Status.NOTHING_NEW, Status.NO_MATCH, Status.PAUSED, Status.NOT_DUE,
-                        Status.SUPPRESSED)
+                        Status.SUPPRESSED, Status.CANCELLED)
+    waiting = report.count(Status.PENDING, Status.DEFERRED)
+    failed = report.count(Status.FAILED, Status.NOT_ATTEMPTED)
     lines.append(f"{report.delivered} email(s) {verb}, {idle} with nothing to send, "
-                 f"{report.failed} failed")
+                 f"{failed} failed" + (f", {waiting} waiting for the next run" if waiting
+                                       else ""))
     written = [o.location for o in report.outcomes if o.status is Status.WRITTEN and o.location]
     if written:
         lines.append(f"Preview: {Path(written[0]).parent / 'index.html'}")
@@ -50,6 +59,7 @@ def report_dict(report: RunReport) -> dict[str, Any]:
         "delivered": report.delivered,
         "failed": report.failed,
         "stopped": report.stopped,
+        "state": report.state.value,
         "subscribers": [
             {"email": o.email, "status": o.status.value, "papers": o.papers, "detail": o.detail,
              "message_id": o.message_id, "location": o.location}

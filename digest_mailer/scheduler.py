@@ -51,6 +51,12 @@ class Daemon:
             logger.error("config: %s; this run is skipped, the daemon keeps serving", e)
             return None
 
+    def first_load(self) -> Config:
+        """At start an invalid config is the one error, said once: nothing is served yet."""
+        from digest_mailer.config import load_config
+
+        return load_config(self.config_path)
+
     def job(self) -> RunReport | None:
         """One scheduled run: a fresh config, and a few tries while the source is down or
         empty. Nothing here raises: a failed run is logged and the schedule goes on."""
@@ -91,10 +97,7 @@ class Daemon:
     def serve(self, *, once_now: bool = False) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        config = self.load()
-        if config is None:
-            raise DigestMailerError(f"{self.config_path}: cannot serve an invalid config",
-                                    hint="run `digest-mailer check`")
+        config = self.first_load()
         tz = config.schedule_timezone
         trigger = parse_cron(config.schedule.cron, tz)
         grace = config.schedule.misfire_grace
@@ -120,11 +123,12 @@ class Daemon:
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT finish the message in flight, then stop."""
+    """SIGTERM and SIGINT: no new message; each connection finishes the one on the wire
+    (within the SMTP timeout), the rest stays pending, then the process exits 0."""
 
     def handle(signum: int, _frame: Any) -> None:
-        logger.info("%s: finishing the message in flight, then stopping",
-                    signal.Signals(signum).name)
+        logger.warning("%s: finishing the message on the wire, then stopping",
+                       signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)

@@ -40,7 +40,8 @@ NAMES = ["Ada", "", "Zoë 李 🎉", "O'Brien & <Co> \"Q\"", "محمد", "N" * 9
          # upper/title (ß, ŉ, the Turkish dotted and dotless i), bidi marks, a very long name
          "{{ name }} {% if 1 %}x{% endif %} {# c #}", "zqx0123456789abcdefnm zqz0123456789abcdefur",
          "Straße ŉ", "İsmail ıi", "Jose\u0301 Zoe\u0308\u00a0N\u00adM",
-         "\u202eevil\u202c \u200fRTL\u200e", "ǆ ﬁ ﬀ", "L" * 1000]
+         "\u202eevil\u202c \u200fRTL\u200e", "ǆ ﬁ ﬀ", "L" * 1000,
+         "Q \"quoted\", name"]  # a double quote but no apostrophe: attributes in single quotes
 PROFILES: list[dict[str, Any]] = [
     dict(topics=("reinforcement learning",)), dict(topics=("diffusion", "video")), dict(),
     dict(max_papers=3), dict(authors=("Yejin Choi",), exclude=("survey",))]

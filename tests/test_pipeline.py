@@ -48,7 +48,7 @@ def test_first_run_sends_matches_and_second_run_sends_nothing(
         (record,) = ledger.deliveries("ada@example.org")
         assert record.message_id == ada["Message-ID"]
         assert ledger.sent_papers(record.message_id) == ["2506.00101", "2506.00103"]
-        assert ledger.runs()[0][-1] == "ok"
+        assert ledger.runs()[0].outcome == "ok"
 
     second = go(path)
     assert statuses(second) == {"ada@example.org": Status.NOTHING_NEW,
@@ -130,55 +130,58 @@ def test_a_refused_recipient_is_not_recorded_and_the_run_goes_on(
     assert statuses(report)["grace@example.org"] is Status.SENT
     with Ledger.open(tmp_path / "state.sqlite3") as ledger:
         assert ledger.offered_ids("ada@example.org") == frozenset()
-        assert ledger.runs()[-1][-1] == "failures"
+        assert ledger.runs()[-1].outcome == "failures"
     del smtp_server.handler.refuse["ada@example.org"]
     assert statuses(go(path))["ada@example.org"] is Status.SENT  # sent next time
 
 
-def test_a_server_that_goes_away_stops_the_run_and_keeps_what_was_sent(
-        tmp_path: Path, smtp_server: SmtpServer) -> None:
+def test_a_server_that_is_down_leaves_everything_pending_and_says_why_once(
+        tmp_path: Path) -> None:
     from aiosmtpd.controller import Controller
 
-    from conftest import SmtpHandler, start_smtp
+    from conftest import SmtpHandler, free_port
+    from digest_mailer.report import report_lines
 
-    handler = SmtpHandler()
-    controller, port = start_smtp(handler)
-    # Sent from the run's own process, so "after the first message" is a definite moment.
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": port, "security": "none",
-                                      "connections": 0},
-                      subscribers=[{"email": f"s{i}@example.org"} for i in range(3)])
-    path = tmp_path / "c.toml"
-    path.write_text(toml_text(doc))
-    stopped = []
-
-    def after_each(outcome: Any) -> None:
-        if not stopped:
-            controller.stop()
-            stopped.append(outcome)
-
-    report = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV,
-                 on_progress=after_each)
-    # s1's connection dropped mid-message (deferred); s2 found no server (the run stops).
-    assert [o.status for o in report.outcomes] == [Status.SENT, Status.DEFERRED, Status.FAILED]
-    assert report.stopped and "cannot connect" in report.stopped
-    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
-        assert [d.subscriber for d in ledger.deliveries()] == ["s0@example.org"]
-        assert ledger.runs()[-1][-1] == "stopped"
+    port = free_port()
+    subscribers = [{"email": f"s{i}@example.org"} for i in range(3)]
+    subscribers.append({"email": "none@example.org", "topics": ["no such topic at all"]})
+    lines = []
+    for attempt in ("a", "b"):  # identical runs give identical reports
+        folder = tmp_path / attempt
+        folder.mkdir()
+        doc = base_config(folder, smtp={"host": "127.0.0.1", "port": port, "security": "none",
+                                        "connections": 2}, subscribers=subscribers)
+        doc["delivery"].update({"retry_attempts": 1, "retry_delay": 0.05})
+        path = folder / "c.toml"
+        path.write_text(toml_text(doc))
+        report = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV)
+        assert [o.status for o in report.outcomes] == [Status.PENDING] * 3 + [Status.NO_MATCH]
+        assert report.stopped and "cannot connect" in report.stopped
+        assert report.failed == 3 and report.state == "blocked"
+        lines.append([line.replace(str(folder), "X") for line in report_lines(report)])
+    assert lines[0] == lines[1]
+    text = "\n".join(lines[0])
+    assert text.count("Connection refused") == 1, text
+    with Ledger.open(tmp_path / "b" / "state.sqlite3") as ledger:
+        assert ledger.deliveries() == []
+        assert ledger.runs()[-1].outcome == "blocked"
         waiting = ledger.outbox.open_entries()
-    assert [e.recipient for e in waiting] == ["s1@example.org", "s2@example.org"]
-    # The server is back: the next run sends the two left over, as the same messages.
+    assert [e.recipient for e in waiting] == [f"s{i}@example.org" for i in range(3)]
+    assert {e.state for e in waiting} == {"pending"} and {e.attempts for e in waiting} == {0}
+    # The server is back: the next run sends the ones left over, as the same messages.
+    handler = SmtpHandler()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        again = run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV)
+        again = run(load_config(tmp_path / "b" / "c.toml"), RunOptions(run_date=NOW.date()),
+                    now=NOW, env=ENV)
     finally:
         controller.stop()
-    assert [o.status for o in again.outcomes][:2] == [Status.SENT, Status.SENT]
-    assert [r.rcpt_tos[0] for r in handler.received] == ["s0@example.org", "s1@example.org",
-                                                        "s2@example.org"]
-    assert [r.message["Message-ID"] for r in handler.received[1:]] == \
-        [e.message_id for e in waiting]
-    assert [o.status for o in again.outcomes][2:] == [Status.NOTHING_NEW] * 3
+    assert [o.status for o in again.outcomes][:3] == [Status.SENT] * 3
+    assert sorted(r.message["Message-ID"] for r in handler.received) == \
+        sorted(e.message_id for e in waiting)
+    assert [o.status for o in again.outcomes][3:] == [Status.NOTHING_NEW] * 3 + [
+        Status.NO_MATCH]
 
 
 def test_a_source_that_fails_sends_nothing_and_is_recorded(
@@ -190,7 +193,7 @@ def test_a_source_that_fails_sends_nothing_and_is_recorded(
         go(path)
     assert smtp_server.handler.received == []
     with Ledger.open(tmp_path / "state.sqlite3") as ledger:
-        assert ledger.runs()[-1][-1] == "source failed"
+        assert ledger.runs()[-1].outcome == "source failed"
 
 
 def test_real_runs_need_the_unsubscribe_secret(tmp_path: Path,

@@ -35,7 +35,8 @@ def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
         ledger.remember([Paper(id="1", title="One", upvotes=3)], NOW)
         entry = ledger.outbox.add(message("Ada@Example.org", "<m1@x>"), run_id=run,
                                   included=["1"], offered=["1", "2"], now=NOW)
-        ledger.outbox.sending(entry, NOW)
+        (claimed,) = ledger.outbox.claim(run, "s1", 8, NOW.timestamp(), 60)
+        assert claimed.id == entry and claimed.state == "pending"
         ledger.outbox.sent(entry, NOW, run)
     with Ledger.open(path) as ledger:  # survives a reopen: committed at once
         assert ledger.offered_ids("ada@example.org") == {"1", "2"}
@@ -64,11 +65,17 @@ def test_outbox_states_and_what_counts_as_offered(tmp_path: Path) -> None:
         assert box.load_set(set_id) == b"template bytes"
         first = box.add(message("A@x.org", "<1@x>", set_id=set_id, name="Ada"), run_id=None,
                         included=["1"], offered=["1", "2"], now=NOW)
-        box.sending(first, NOW)
+        run = ledger.start_run(NOW, date(2025, 6, 2), "x")
+        (adopted,) = box.adopt(run)
+        assert adopted.id == first
+        (claimed,) = box.claim(run, "s1", 8, NOW.timestamp(), 60)
+        assert claimed.id == first
+        assert box.claim(run, "s2", 8, NOW.timestamp(), 60) == []  # nobody else gets it
         (entry,) = box.open_entries()
         assert (entry.recipient, entry.state, entry.attempts, entry.set_id, entry.name) == \
-            ("A@x.org", "sending", 1, set_id, "Ada")
+            ("A@x.org", "sending", 0, set_id, "Ada")
         box.deferred(first, NOW, "451 try later")
+        assert box.open_entries()[0].attempts == 1
         assert ledger.offered_ids("a@x.org") == {"1", "2"}
         box.sent(first, NOW, None)
         assert box.open_entries() == [] and ledger.sent_papers("<1@x>") == ["1"]
@@ -112,5 +119,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     path.write_text("hello, I am not SQLite" * 100)
-    with pytest.raises(StoreError, match=r"not a digest-mailer ledger|cannot open"):
+    with pytest.raises(StoreError, match=r"damaged") as info:
         Ledger.open(path)
+    assert "PRAGMA integrity_check" in (info.value.hint or "")
+    assert "new file" not in (info.value.hint or "")

@@ -20,6 +20,7 @@ from digest_mailer.cli.common import (
     source_option,
 )
 from digest_mailer.errors import DigestMailerError
+from digest_mailer.models import MessageState
 
 
 @cli.command()
@@ -30,7 +31,7 @@ from digest_mailer.errors import DigestMailerError
 @json_option
 def history(config_path: str | None, email: str | None, paper: str | None,
             since: date | None, as_json: bool) -> None:
-    """What was sent, when, under which Message-ID."""
+    """What was sent, when, under which Message-ID, with which papers; and what was not."""
     from digest_mailer.sources.common import canonical_id
     from digest_mailer.store import Ledger
 
@@ -42,13 +43,20 @@ def history(config_path: str | None, email: str | None, paper: str | None,
         rows = ledger.history(subscriber=email, paper=paper_id, since=since)
     if as_json:
         echo_json([{"sent_at": r.sent_at, "to": r.subscriber, "message_id": r.message_id,
-                    "subject": r.subject, "papers": list(r.papers)} for r in rows])
+                    "subject": r.subject, "papers": list(r.papers), "titles": list(r.titles),
+                    "state": r.state.value, "reason": r.reason} for r in rows])
         return
     for r in rows:
-        click.echo(f"{r.sent_at[:19]}  {r.subscriber}  {r.message_id}  {len(r.papers)} paper(s)"
-                   f"  {r.subject}")
-        click.echo(f"    {' '.join(r.papers)}")
-    click.echo(f"{len(rows)} email(s)")
+        state = "" if r.state is MessageState.SENT else f"{r.state.value.upper()}  "
+        click.echo(f"{r.sent_at[:19]}  {state}{r.subscriber}  {r.message_id}  "
+                   f"{len(r.papers)} paper(s)  {r.subject}")
+        if r.reason:
+            click.echo(f"    why: {r.reason}")
+        for pid, title in zip(r.papers, r.titles, strict=True):
+            click.echo(f"    {pid:<12} {title[:90]}")
+    sent = sum(1 for r in rows if r.state is MessageState.SENT)
+    click.echo(f"{sent} email(s) sent" + (f", {len(rows) - sent} not sent" if len(rows) > sent
+                                          else ""))
 
 
 @cli.command()
@@ -112,11 +120,15 @@ def status(config_path: str | None, as_json: bool) -> None:
                    + (f" ({why['detail']})" if why["detail"] else ""))
     if info["outbox"]["waiting"]:
         click.echo(f"Outbox: {info['outbox']['waiting']} message(s) wait for the next run")
+    if info["problems"]:
+        click.echo("Latest messages not sent:")
+        for p in info["problems"]:
+            click.echo(f"  {p['at'][:19]}  {p['state']:<9}  {p['to']}: {p['why']}")
     click.echo(f"Schedule: {info['schedule']} -> next run {info['next_run']}")
     click.echo("Last runs:")
     for r in info["last_runs"]:
         click.echo(f"  #{r['id']:<4} {r['started_at'][:19]}  for {r['run_date']}  "
                    f"{r['outcome']:<13} fetched {r['fetched']}, sent {r['sent']}, "
-                   f"failed {r['failed']}")
+                   f"failed {r['failed']}" + (f"  ({r['cause']})" if r["cause"] else ""))
     if not info["last_runs"]:
         click.echo("  none yet")

@@ -28,6 +28,7 @@ from digest_mailer.cli.common import (
     source_option,
 )
 from digest_mailer.errors import DigestMailerError
+from digest_mailer.models import RunState
 
 if TYPE_CHECKING:
     from digest_mailer.config import Config
@@ -55,11 +56,15 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[SubscriberOutcome
 def _run(config_path: str | None, options: RunOptions, as_json: bool = False) -> RunReport:
     from digest_mailer.pipeline import run
     from digest_mailer.report import report_dict, report_lines
+    from digest_mailer.scheduler import install_signal_handlers
 
     config = load(config_path)
     interactive = sys.stderr.isatty() and not as_json
+    stop = threading.Event()
+    install_signal_handlers(stop)  # SIGTERM/SIGINT: finish what is on the wire, then stop
     with _progress(len(config.subscribers_view()), interactive) as on_progress:
-        report = run(config, options, now=now(), env=os.environ, on_progress=on_progress)
+        report = run(config, options, now=now(), env=os.environ, on_progress=on_progress,
+                     should_stop=stop.is_set)
     if as_json:
         echo_json(report_dict(report))
     else:
@@ -87,11 +92,15 @@ def run(config_path: str | None, dry_run: bool, out_dir: Path | None, source: st
                          source_kind=source_kind, run_date=run_date,
                          wait=None if wait else 0)
     report = _run(config_path, options, as_json)
+    if report.state is RunState.STOPPED:
+        click.echo(f"Stopped as asked: {report.failed} subscriber(s) wait for the next run",
+                   err=True)
+        return  # a stop that was asked for is not an error (systemd expects 0)
     if report.failed:
         raise DigestMailerError(
             f"{report.failed} of {len(report.outcomes)} subscriber(s) did not get their email",
-            hint="fix the cause above; the next run sends what was not sent" if report.stopped
-            else "their papers stay unsent and go out with the next run")
+            hint="fix the cause above; the next run sends what waits in the outbox"
+            if report.stopped else "their papers stay unsent and go out with the next run")
 
 
 @cli.command()

@@ -1,16 +1,27 @@
-"""The SMTP backend: one verified connection reused for the whole run."""
+"""The SMTP backend: one verified connection reused for the whole run, every wait bounded."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from digest_mailer.delivery import Receipt
+from digest_mailer.delivery.client import (
+    Client,
+    SmtpMisbehaved,
+    SmtpTimeout,
+    SslClient,
+    envelope_address,
+    local_hostname,
+    transmit,
+)
 from digest_mailer.errors import DeliveryError
 from digest_mailer.models import OutgoingMessage
 
@@ -44,7 +55,7 @@ class SmtpBackend:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.host, self.port, self.security = host, port, security
         self._username, self._password = username, password
-        self._timeout = timeout
+        self.timeout = timeout  # for each reply, and for each whole message
         self._ca_file = ca_file
         self._conn: smtplib.SMTP | None = None
         self.connections = 0
@@ -62,20 +73,41 @@ class SmtpBackend:
                              hint="fix the server's certificate or set delivery.smtp.ca_file",
                              fatal=True)
 
-    def _connect(self) -> smtplib.SMTP:
+    def _unavailable(self, what: str, e: BaseException) -> DeliveryError:
+        return DeliveryError(f"SMTP {self.where}: {what} ({e or type(e).__name__})",
+                             hint="the messages wait in the outbox; the next run sends them",
+                             unavailable=True, tried=False)
+
+    def _connect(self, deadline: float) -> smtplib.SMTP:
         ctx = tls_context(self._ca_file) if self.security != "none" else None
+        conn: Client | SslClient
+        if self.security == "ssl":
+            conn = SslClient(timeout=self.timeout, context=ctx, local_hostname=local_hostname())
+        else:
+            conn = Client(timeout=self.timeout, local_hostname=local_hostname())
+        conn.deadline = deadline
         try:
-            if self.security == "ssl":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self._timeout,
-                                                      context=ctx)
-            else:
-                conn = smtplib.SMTP(self.host, self.port, timeout=self._timeout)
+            code, greeting = conn.connect(self.host, self.port)
+            if code != 220:  # smtplib checks this only when it connects in __init__
+                raise smtplib.SMTPConnectError(code, greeting)
         except ssl.SSLCertVerificationError as e:
+            _drop(conn)
             raise self._unverified(e) from e
+        except socket.gaierror as e:
+            _drop(conn)
+            raise DeliveryError(f"SMTP {self.where}: cannot resolve the host ({e})",
+                                hint="check delivery.smtp.host", fatal=True) from e
+        except smtplib.SMTPConnectError as e:
+            _drop(conn)
+            if 400 <= e.smtp_code < 500:
+                raise self._unavailable(f"greeting {_reply(e.smtp_code, e.smtp_error)}",
+                                        e) from e
+            raise DeliveryError(f"SMTP {self.where}: the server refuses us "
+                                f"({_reply(e.smtp_code, e.smtp_error)})",
+                                hint="check delivery.smtp host and port", fatal=True) from e
         except (OSError, smtplib.SMTPException) as e:
-            raise DeliveryError(f"SMTP {self.where}: cannot connect ({e})",
-                                hint="check delivery.smtp host, port and security",
-                                fatal=True) from e
+            _drop(conn)
+            raise self._unavailable("cannot connect", e) from e
         try:
             conn.ehlo()
             if self.security == "starttls":
@@ -99,10 +131,16 @@ class SmtpBackend:
                                 f"({_reply(e.smtp_code, e.smtp_error)})",
                                 hint="check delivery.smtp.username and the password variable",
                                 fatal=True) from e
+        except smtplib.SMTPResponseException as e:
+            _drop(conn)
+            if 400 <= e.smtp_code < 500:
+                raise self._unavailable(f"session setup {_reply(e.smtp_code, e.smtp_error)}",
+                                        e) from e
+            raise DeliveryError(f"SMTP {self.where}: session setup failed "
+                                f"({_reply(e.smtp_code, e.smtp_error)})", fatal=True) from e
         except (OSError, smtplib.SMTPException) as e:
             _drop(conn)
-            raise DeliveryError(f"SMTP {self.where}: session setup failed ({e})",
-                                fatal=True) from e
+            raise self._unavailable("session setup failed", e) from e
         self.connections += 1
         logger.info("connected to %s (%s)", self.where, self.security)
         return conn
@@ -115,11 +153,30 @@ class SmtpBackend:
             self._next_send = max(now, self._next_send) + self._interval
 
     def send(self, message: OutgoingMessage) -> Receipt:
+        """One message, within `timeout` seconds from here to the server's last reply."""
         self._pace()
-        if self._conn is None:
-            self._conn = self._connect()
+        deadline = time.monotonic() + self.timeout
         try:
-            transmit(self._conn, message.envelope_from, message.recipient, message.data)
+            recipient = envelope_address(message.recipient)
+            sender = envelope_address(message.envelope_from)
+        except ValueError as e:
+            raise DeliveryError(f"{message.recipient}: cannot be written in an SMTP envelope "
+                                f"({e})", permanent=True, tried=False) from e
+        if self._conn is None:
+            try:
+                self._conn = self._connect(deadline)
+            except DeliveryError as e:
+                e.tried = False  # nothing of the message went out
+                raise
+        conn = self._conn
+        conn.deadline = deadline  # type: ignore[attr-defined]
+        utf8 = not (recipient + sender).isascii()
+        if utf8 and not conn.has_extn("smtputf8"):
+            raise DeliveryError(f"{message.recipient}: {self.where} does not offer SMTPUTF8, "
+                                "which an address with non-ASCII letters before the @ needs "
+                                "(RFC 6531)", permanent=True, tried=False)
+        try:
+            transmit(conn, sender, recipient, message.data, utf8=utf8)
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()))
             self._closing(code)
@@ -137,11 +194,13 @@ class SmtpBackend:
             raise DeliveryError(f"{message.recipient}: message refused by {self.where} "
                                 f"({_reply(e.smtp_code, e.smtp_error)})",
                                 permanent=e.smtp_code >= 500) from e
+        except (SmtpTimeout, SmtpMisbehaved) as e:
+            self._lost()
+            raise DeliveryError(f"SMTP {self.where}: {e}", unavailable=True) from e
         except (smtplib.SMTPServerDisconnected, OSError) as e:
             # The server may have taken the message before it dropped the line, so it is
             # not sent again here: deferred, it is retried later under the same Message-ID.
-            _drop(self._conn)
-            self._conn = None
+            self._lost()
             raise DeliveryError(f"{message.recipient}: connection to {self.where} lost "
                                 f"({e or type(e).__name__})") from e
         except smtplib.SMTPResponseException as e:
@@ -149,71 +208,43 @@ class SmtpBackend:
             raise DeliveryError(f"{message.recipient}: {self.where} answered "
                                 f"{_reply(e.smtp_code, e.smtp_error)}",
                                 permanent=e.smtp_code >= 500) from e
+        finally:
+            if self._conn is not None:
+                self._conn.deadline = math.inf  # type: ignore[attr-defined]
         return Receipt(location=self.where)
+
+    def _lost(self) -> None:
+        _drop(self._conn)
+        self._conn = None
 
     def _closing(self, code: int) -> None:
         """421: the server is closing the connection; the next message opens a new one."""
         if code == 421:
-            _drop(self._conn)
-            self._conn = None
+            self._lost()
 
     def _reset(self) -> None:
         try:
             if self._conn is not None:
+                self._conn.deadline = time.monotonic() + self.timeout  # type: ignore[attr-defined]
                 self._conn.rset()
         except (OSError, smtplib.SMTPException):
-            _drop(self._conn)
-            self._conn = None
+            self._lost()
+
+    def drop(self) -> None:
+        """Forget the connection without a word (after an unexpected error mid-message)."""
+        self._lost()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
+            conn.deadline = time.monotonic() + min(self.timeout, 5.0)  # type: ignore[attr-defined]
             conn.quit()
         except (OSError, smtplib.SMTPException):
             pass
         finally:
             conn.close()
-
-
-def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> None:
-    """MAIL, RCPT and DATA for one message, raising what smtplib's sendmail raises. Our
-    messages are already CRLF throughout, so the body only needs its dots stuffed: a byte
-    replace instead of sendmail's two regular expressions over the whole message, which cost
-    more than everything else a send does."""
-    if not (sender + recipient).isascii() or data.count(b"\n") != data.count(b"\r\n"):
-        conn.sendmail(sender, [recipient], data)  # SMTPUTF8, or not our own bytes: the long way
-        return
-    conn.ehlo_or_helo_if_needed()
-    code, reply = conn.mail(sender)
-    if code != 250:
-        _refused(conn, code)
-        raise smtplib.SMTPSenderRefused(code, reply, sender)
-    code, reply = conn.rcpt(recipient)
-    if code not in (250, 251):
-        _refused(conn, code)
-        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
-    conn.putcmd("data")
-    code, reply = conn.getreply()
-    if code != 354:
-        _refused(conn, code)
-        raise smtplib.SMTPDataError(code, reply)
-    body = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
-    conn.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
-    code, reply = conn.getreply()
-    if code != 250:
-        _refused(conn, code)
-        raise smtplib.SMTPDataError(code, reply)
-
-
-def _refused(conn: smtplib.SMTP, code: int) -> None:
-    """After a refusal: 421 means the server is closing; anything else, reset the session."""
-    if code == 421:
-        conn.close()
-    else:
-        with contextlib.suppress(OSError, smtplib.SMTPException):
-            conn.rset()
 
 
 def _drop(conn: smtplib.SMTP | None) -> None:

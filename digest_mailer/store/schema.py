@@ -1,6 +1,7 @@
-"""The ledger's tables. Every statement is idempotent, so migrating runs the whole script."""
+"""The ledger's tables. Every statement is idempotent, so migrating runs the whole script; the
+columns later versions added to existing tables are in COLUMNS, added where missing."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -12,8 +13,19 @@ CREATE TABLE IF NOT EXISTS runs (
     fetched     INTEGER NOT NULL DEFAULT 0,
     sent        INTEGER NOT NULL DEFAULT 0,
     failed      INTEGER NOT NULL DEFAULT 0,
-    outcome     TEXT NOT NULL DEFAULT 'running'
+    outcome     TEXT NOT NULL DEFAULT 'running',
+    pid         INTEGER,
+    host        TEXT,
+    cause       TEXT,
+    hold_until  REAL NOT NULL DEFAULT 0,
+    trouble     INTEGER NOT NULL DEFAULT 0,
+    blocked     INTEGER NOT NULL DEFAULT 0
 );
+-- Schema 3: the outbox is the work queue. A run adopts the open rows (owner_run), senders claim
+-- them (claimed_by, lease_until: on a server database the same claim is SELECT ... FOR UPDATE
+-- SKIP LOCKED, and an expired lease frees a row); next_try is when a row may be tried again
+-- (NULL: parked for the next run), tries counts this run's attempts. A run records its process
+-- (to tell a dead one) and, while it is blocked, the cause and when the server is tried again.
 CREATE TABLE IF NOT EXISTS papers (
     id         TEXT PRIMARY KEY,
     title      TEXT NOT NULL,
@@ -64,11 +76,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts      INTEGER NOT NULL DEFAULT 0,
     last_error    TEXT,
     created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
+    updated_at    TEXT NOT NULL,
+    owner_run     INTEGER,
+    next_try      REAL,
+    tries         INTEGER NOT NULL DEFAULT 0,
+    claimed_by    TEXT,
+    lease_until   REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox(state, subscriber)
     WHERE state IN ('pending', 'sending', 'deferred');
 CREATE INDEX IF NOT EXISTS outbox_subscriber ON outbox(subscriber, id);
+CREATE INDEX IF NOT EXISTS outbox_claim ON outbox(owner_run, state, id);
 CREATE TABLE IF NOT EXISTS suppressions (
     subscriber TEXT PRIMARY KEY,
     reason     TEXT NOT NULL,
@@ -76,3 +94,18 @@ CREATE TABLE IF NOT EXISTS suppressions (
     detail     TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 """
+
+# Columns added after a table's first version: (table, column, definition).
+COLUMNS = (
+    ("runs", "pid", "INTEGER"),
+    ("runs", "host", "TEXT"),
+    ("runs", "cause", "TEXT"),
+    ("runs", "hold_until", "REAL NOT NULL DEFAULT 0"),
+    ("runs", "trouble", "INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "blocked", "INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "owner_run", "INTEGER"),
+    ("outbox", "next_try", "REAL"),
+    ("outbox", "tries", "INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "claimed_by", "TEXT"),
+    ("outbox", "lease_until", "REAL"),
+)
