@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import TypeVar
 
 from digest_mailer.constants import WEEKDAYS
 from digest_mailer.message import (
@@ -36,6 +37,7 @@ from digest_mailer.store.outbox import Queued
 from digest_mailer.topics import Feed
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,41 +69,41 @@ class Composer:
         return select_ranked(sub, ranked, offered)
 
     def _template(self, digest: Digest, now: datetime) -> MessageTemplate:
-        key = self.renderer.template_key(digest)
-        found = self._templates.get(key)
-        if found is not None:
-            self._templates.move_to_end(key)
-            return found
-        started = time.perf_counter()
-        template = MessageTemplate(self.renderer.render_template(digest), self.shared)
-        self.render_seconds += time.perf_counter() - started
-        if self.ledger is not None and not self.ledger.readonly:
-            template.set_id = self.ledger.outbox.add_set(template.to_bytes(), now)
-        self.rendered_sets += 1
-        self._templates[key] = template
-        if len(self._templates) > self.max_templates:
-            self._templates.popitem(last=False)
-        return template
+        def build() -> MessageTemplate:
+            template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+            if self.ledger is not None and not self.ledger.readonly:
+                template.set_id = self.ledger.outbox.add_set(template.to_bytes(), now)
+            return template
+
+        return self._cached(self._templates, self.renderer.template_key(digest), build)
 
     def _set(self, digest: Digest, now: datetime) -> int:
         """The outbox's copy of this digest's template: rendered, built and stored once; the
         senders splice each subscriber's message from it."""
-        assert self.ledger is not None, "queue() needs a ledger to store the digest in"
-        key = self.renderer.template_key(digest)
-        found = self._sets.get(key)
-        if found is not None:
-            self._sets.move_to_end(key)
-            return found
+        ledger = self.ledger
+        assert ledger is not None, "queue() needs a ledger to store the digest in"
+
+        def build() -> int:
+            # Built here, where there is time to spare while the senders send, and stored
+            # with its splice points worked out, so that no sender builds it again.
+            template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+            return ledger.outbox.add_set(template.to_compiled(), now)
+
+        return self._cached(self._sets, self.renderer.template_key(digest), build)
+
+    def _cached(self, cache: OrderedDict[tuple[object, ...], T],
+                key: tuple[object, ...], build: Callable[[], T]) -> T:
+        """One distinct digest's template, built once while it is among the recent ones."""
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
         started = time.perf_counter()
-        # Built here, where there is time to spare while the senders send, and stored with
-        # its splice points worked out, so that no sender builds it again.
-        template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+        found = cache[key] = build()
         self.render_seconds += time.perf_counter() - started
-        set_id = self._sets[key] = self.ledger.outbox.add_set(template.to_compiled(), now)
         self.rendered_sets += 1
-        if len(self._sets) > self.max_templates:
-            self._sets.popitem(last=False)
-        return set_id
+        if len(cache) > self.max_templates:
+            cache.popitem(last=False)
+        return found
 
     def compose(self, selection: Selection, run_date: date, now: datetime, *,
                 want_html: bool = False) -> OutgoingMessage:
