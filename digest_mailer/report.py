@@ -16,6 +16,9 @@ _STOPPED = {RunState.STOPPED: "Stopped", RunState.BLOCKED: "Sending stopped",
             RunState.CRASHED: "Sending stopped"}
 
 
+SHOWN_REASONS = 5
+
+
 def _outcome_line(o: SubscriberOutcome, width: int) -> str:
     where = f" -> {o.location}" if o.location and o.status is Status.WRITTEN else ""
     return f"  {o.email:<{width}}  {_MARK[o.status]:<11}  {o.detail}{where}"
@@ -25,7 +28,11 @@ def report_lines(report: RunReport) -> list[str]:
     mode = " (dry run: nothing sent, ledger untouched)" if report.dry_run else ""
     lines = [f"Run for {report.run_date}{mode}",
              f"Papers fetched: {report.fetched} from {report.origin}"
-             + (f" ({report.skipped} skipped: no id or title)" if report.skipped else "")]
+             + (f" ({report.skipped} item(s) skipped)" if report.skipped else "")]
+    # The first few reasons; the sources keep at most a hundred, the count stays exact.
+    lines += [f"  skipped: {why}" for why in report.skipped_reasons[:SHOWN_REASONS]]
+    if report.skipped > SHOWN_REASONS:
+        lines.append(f"  ... and {report.skipped - SHOWN_REASONS} more skipped")
     if report.stopped:
         # The cause once; each subscriber's line below says what is now pending.
         lines.append(f"{_STOPPED.get(report.state, 'Stopped')}: {report.stopped}")

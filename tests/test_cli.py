@@ -79,12 +79,13 @@ def test_dry_run_prints_a_report(write_config: Callable[..., Path], tmp_path: Pa
     assert result.exit_code == 0, result.stderr
     out = result.stdout.splitlines()
     assert out[0] == "Run for 2025-06-02 (dry run: nothing sent, ledger untouched)"
-    assert out[1] == f"Papers fetched: 7 from {SAMPLE} (1 skipped: no id or title)"
-    assert out[2].split() == ["ada@example.org", "written", "2", "paper(s)", "->",
+    assert out[1] == f"Papers fetched: 7 from {SAMPLE} (1 item(s) skipped)"
+    assert out[2] == f"  skipped: {SAMPLE} item 8: no arXiv id (id=None)"
+    assert out[3].split() == ["ada@example.org", "written", "2", "paper(s)", "->",
                               str(tmp_path / "pv" / "2025-06-02" / "ada_at_example.org.eml")]
-    assert out[4].split() == ["edsger@example.org", "no", "match", "no", "paper", "matches"]
-    assert out[5] == "2 email(s) written, 1 with nothing to send, 0 failed"
-    assert out[6] == f"Preview: {tmp_path / 'pv' / '2025-06-02' / 'index.html'}"
+    assert out[5].split() == ["edsger@example.org", "no", "match", "no", "paper", "matches"]
+    assert out[6] == "2 email(s) written, 1 with nothing to send, 0 failed"
+    assert out[7] == f"Preview: {tmp_path / 'pv' / '2025-06-02' / 'index.html'}"
     assert not (tmp_path / "state.sqlite3").exists()
 
 

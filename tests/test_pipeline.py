@@ -25,7 +25,7 @@ from conftest import (
 )
 from digest_mailer.config import load_config
 from digest_mailer.errors import DigestMailerError, SourceError
-from digest_mailer.models import Status
+from digest_mailer.models import RunReport, Status
 from digest_mailer.pipeline import RunOptions, run
 from digest_mailer.store import Ledger
 
@@ -298,3 +298,17 @@ def test_a_second_process_cannot_run_while_one_runs(tmp_path: Path,
         holder.kill()
         holder.wait()
     assert go(path).delivered == 2  # free again
+
+
+def test_the_report_names_the_first_skipped_items_and_counts_the_rest() -> None:
+    from datetime import date
+
+    from digest_mailer.report import SHOWN_REASONS, report_lines
+
+    reasons = tuple(f"feed item {i}: no arXiv id" for i in range(100))
+    report = RunReport(run_date=date(2025, 6, 2), started_at=NOW, finished_at=NOW,
+                       origin="feed", fetched=3, skipped=250, skipped_reasons=reasons)
+    lines = report_lines(report)
+    assert lines[1] == "Papers fetched: 3 from feed (250 item(s) skipped)"
+    assert lines[2:2 + SHOWN_REASONS] == [f"  skipped: {r}" for r in reasons[:SHOWN_REASONS]]
+    assert lines[2 + SHOWN_REASONS] == f"  ... and {250 - SHOWN_REASONS} more skipped"
