@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV, SmtpServer, base_config, toml_text
+from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
 from digest_mailer.config import load_config
 from digest_mailer.select import select
 from digest_mailer.sources import FileSource
@@ -67,9 +67,8 @@ def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: in
     smtp_server.handler.data_delay = 0.08
     subscribers = [{"email": f"reader{n:02d}@example.org", "topics": TOPICS[n % len(TOPICS)]}
                    for n in range(readers)]
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none", "connections": connections,
-                                      "timeout": 5}, subscribers=subscribers)
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port, connections=connections,
+                                                timeout=5), subscribers=subscribers)
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
     return path, [sys.executable, "-m", "digest_mailer", "run", "--config", str(path),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ENV, SmtpServer, base_config, toml_text
+from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
 from digest_mailer.cli import cli
 
 
@@ -25,8 +25,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
 def config(tmp_path: Path, smtp: SmtpServer) -> Path:
     path = tmp_path / "c.toml"
     path.write_text(toml_text(base_config(
-        tmp_path, smtp={"host": "127.0.0.1", "port": smtp.port, "security": "none",
-                        "connections": 0})))
+        tmp_path, smtp=local_smtp(smtp.port, connections=0))))
     return path
 
 

@@ -16,7 +16,7 @@ from badsmtp import (
     reconnect_refused,
 )
 
-from conftest import ENV, NOW, base_config, toml_text
+from conftest import ENV, NOW, base_config, local_smtp, toml_text
 from digest_mailer.config import load_config
 from digest_mailer.models import RunReport, Status
 from digest_mailer.pipeline import RunOptions, run
@@ -24,8 +24,7 @@ from digest_mailer.store import Ledger
 
 
 def go(tmp_path: Path, server: BadServer, count: int = 3, **smtp: Any) -> RunReport:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": server.port,
-                                      "security": "none", **smtp},
+    doc = base_config(tmp_path, smtp=local_smtp(server.port, **smtp),
                       subscribers=[{"email": f"r{n}@example.org"} for n in range(count)])
     doc["delivery"].update({"retry_attempts": 1, "retry_delay": 0.1})
     path = tmp_path / "c.toml"

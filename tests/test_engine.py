@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conftest import ENV, NOW, SmtpHandler, base_config, free_port, start_smtp, toml_text
+from conftest import (
+    ENV,
+    NOW,
+    SmtpHandler,
+    base_config,
+    free_port,
+    local_smtp,
+    start_smtp,
+    toml_text,
+)
 from digest_mailer.cli import cli
 from digest_mailer.config import load_config
 from digest_mailer.models import RunReport, Status
@@ -36,8 +45,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[SmtpHandler, int, b
 
 def write(tmp_path: Path, port: int, subscribers: list[dict[str, Any]], **delivery: Any
           ) -> Path:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": port, "security": "none",
-                                      **delivery.pop("smtp", {})}, subscribers=subscribers)
+    doc = base_config(tmp_path, smtp=local_smtp(port, **delivery.pop("smtp", {})),
+                      subscribers=subscribers)
     doc["delivery"].update({"retry_attempts": 1, "retry_delay": 0.05, **delivery})
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
@@ -134,7 +143,7 @@ def test_unsubscribe_pause_and_removal_during_a_run_stop_those_messages(
         edited[-1]["pause"] = True  # r11
         time.sleep(0.01)
         path.write_text(toml_text(base_config(
-            tmp_path, smtp={"host": "127.0.0.1", "port": port, "security": "none"},
+            tmp_path, smtp=local_smtp(port),
             subscribers=edited)))
 
     helper = threading.Thread(target=meddle)
@@ -165,7 +174,7 @@ def test_a_leftover_for_someone_removed_or_paused_is_cancelled(tmp_path: Path) -
     path = write(tmp_path, port, subscribers)
     assert [o.status for o in go(path).outcomes] == [Status.PENDING] * 3  # no server
     path.write_text(toml_text(json.loads(json.dumps(base_config(
-        tmp_path, smtp={"host": "127.0.0.1", "port": port, "security": "none"},
+        tmp_path, smtp=local_smtp(port),
         subscribers=[subscribers[0], {**subscribers[1], "pause": True}])))))
     handler = SmtpHandler()
     from aiosmtpd.controller import Controller

@@ -20,6 +20,7 @@ from conftest import (
     capture,
     config_for,
     go,
+    local_smtp,
     statuses,
     toml_text,
 )
@@ -61,8 +62,7 @@ def test_new_subscriber_gets_what_is_current_and_changed_topics_get_new_matches(
         tmp_path: Path, smtp_server: SmtpServer) -> None:
     path = config_for(tmp_path, smtp_server)
     go(path)
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     doc["subscribers"][0]["topics"] = ["diffusion", "speech recognition"]  # ada widens
     doc["subscribers"].append({"email": "new@example.org", "authors": ["Yejin Choi"]})
     path.write_text(toml_text(doc))
@@ -149,8 +149,7 @@ def test_a_server_that_is_down_leaves_everything_pending_and_says_why_once(
     for attempt in ("a", "b"):  # identical runs give identical reports
         folder = tmp_path / attempt
         folder.mkdir()
-        doc = base_config(folder, smtp={"host": "127.0.0.1", "port": port, "security": "none",
-                                        "connections": 2}, subscribers=subscribers)
+        doc = base_config(folder, smtp=local_smtp(port, connections=2), subscribers=subscribers)
         doc["delivery"].update({"retry_attempts": 1, "retry_delay": 0.05})
         path = folder / "c.toml"
         path.write_text(toml_text(doc))
@@ -240,8 +239,7 @@ def test_paused_and_weekly_subscribers(tmp_path: Path, http_server: Any,
     http_server.routes["/api"] = lambda req: (
         200, {}, json.dumps(days.get(req.query["date"], []) if req.query["p"] == "0"
                             else []).encode())
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"},
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port),
                       source=http_server.base + "/api", subscribers=[
                           {"email": "weekly@example.org", "topics": ["agents"],
                            "frequency": "weekly", "weekday": "fri"},

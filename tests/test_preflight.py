@@ -520,8 +520,7 @@ def test_check_smtp_against_a_misbehaving_server(tmp_path: Path, case: tuple[Any
 def test_check_smtp_with_a_login_the_server_does_not_offer(tmp_path: Path) -> None:
     listener, stop = _bad_smtp("noauth")
     try:
-        doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": listener.getsockname()[1],
-                                          "security": "none", "timeout": 2})
+        doc = base_config(tmp_path, smtp=local_smtp(listener.getsockname()[1], timeout=2))
         path = write(tmp_path, doc)
         from digest_mailer.checkup import probe_smtp
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, SmtpServer, base_config, toml_text
+from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
 from digest_mailer.config import Config
 from digest_mailer.errors import SourceError
 from digest_mailer.models import RunReport
@@ -115,8 +115,7 @@ def test_no_catch_up_past_the_grace_or_after_a_run(tmp_path: Path) -> None:
 
 def test_serve_process_sends_once_and_stops_cleanly_on_sigterm(
         tmp_path: Path, smtp_server: SmtpServer) -> None:
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp_server.port,
-                                      "security": "none"})
+    doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port))
     doc["schedule"] = {"cron": "* * * * * *"}  # every second
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV, SmtpServer, base_config, toml_text
+from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
 from digest_mailer.store import Ledger
 
 TIMEOUT = 5  # [delivery.smtp] timeout: the README's bound is this plus a few seconds
@@ -20,9 +20,7 @@ TIMEOUT = 5  # [delivery.smtp] timeout: the README's bound is this plus a few se
 
 def slow_config(tmp_path: Path, smtp: SmtpServer, **schedule: str) -> Path:
     smtp.handler.data_delay = 0.4
-    doc = base_config(tmp_path, smtp={"host": "127.0.0.1", "port": smtp.port,
-                                      "security": "none", "connections": 2,
-                                      "timeout": TIMEOUT},
+    doc = base_config(tmp_path, smtp=local_smtp(smtp.port, connections=2, timeout=TIMEOUT),
                       subscribers=[{"email": f"r{n:02d}@example.org"} for n in range(40)])
     if schedule:
         doc["schedule"] = schedule
