@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digest_mailer import credentials
@@ -14,7 +13,7 @@ from digest_mailer.errors import DigestMailerError
 from digest_mailer.preflight import Findings
 
 if TYPE_CHECKING:
-    import ssl
+    pass
 
 # The session's deadline, in per-command timeouts: connect, banner, EHLO, STARTTLS, EHLO,
 # AUTH (two steps for LOGIN), QUIT.
@@ -76,6 +75,8 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
     import ssl
     import threading
 
+    from digest_mailer.delivery.smtp import tls_context, unverified
+
     smtp = config.delivery.smtp
     where = f"{smtp.host}:{smtp.effective_port}"
     file = config.resolve(smtp.password_file) if smtp.password_file else None
@@ -86,7 +87,7 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
                                 hint=f"export {smtp.password_env}=... or set "
                                      "delivery.smtp.password_file")
     secret_source = ("delivery.smtp.password_file" if file else f"${smtp.password_env}")
-    ctx = _tls(config.resolve(smtp.ca_file) if smtp.ca_file else None)
+    ctx = tls_context(config.resolve(smtp.ca_file) if smtp.ca_file else None)
     lines: list[str] = []
     # smtplib's timeout bounds each read, not the session: a server that sends a byte now and
     # then holds it for ever. A watchdog closes the socket at the session's deadline.
@@ -152,7 +153,7 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
         conn.quit()
         lines.append("smtp: QUIT; no mail was sent")
     except ssl.SSLCertVerificationError as e:
-        raise _unverified(where, e) from e
+        raise unverified(where, e) from e
     except (OSError, smtplib.SMTPException) as e:
         if expired.is_set():
             raise DigestMailerError(
@@ -176,22 +177,3 @@ def probe_smtp(config: Config, env: Mapping[str, str]) -> list[str]:
         watchdog.cancel()
         conn.close()
     return lines
-
-
-def _tls(ca_file: Path | None) -> ssl.SSLContext:
-    import ssl
-
-    ctx = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(ca_file))
-        except (OSError, ssl.SSLError) as e:
-            raise DigestMailerError(f"{ca_file}: cannot load CA certificates ({e})",
-                                    hint="fix delivery.smtp.ca_file") from e
-    return ctx
-
-
-def _unverified(where: str, e: ssl.SSLCertVerificationError) -> DigestMailerError:
-    return DigestMailerError(f"SMTP {where}: the server's certificate does not verify "
-                             f"({e.verify_message})",
-                             hint="fix the server's certificate or set delivery.smtp.ca_file")

@@ -52,6 +52,19 @@ def write(tmp_path: Path, port: int, subscribers: list[dict[str, Any]], **delive
     path.write_text(toml_text(doc))
     return path
 
+def run_with_a_server_on(port: int, path: Path) -> tuple[RunReport, SmtpHandler]:
+    """A run against a server that comes up on the port the earlier run found closed."""
+    from aiosmtpd.controller import Controller
+
+    handler = SmtpHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        return go(path), handler
+    finally:
+        controller.stop()
+
+
 
 def go(path: Path) -> RunReport:
     return run(load_config(path), RunOptions(run_date=NOW.date()), now=NOW, env=ENV)
@@ -107,15 +120,7 @@ def test_a_message_that_cannot_be_built_fails_alone(tmp_path: Path) -> None:
     conn.execute("UPDATE outbox SET set_id = set_id + 1000 WHERE recipient = 'r2@example.org'")
     conn.commit()
     conn.close()
-    handler = SmtpHandler()
-    from aiosmtpd.controller import Controller
-
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        report = go(path)
-    finally:
-        controller.stop()
+    report, handler = run_with_a_server_on(port, path)
     left = {o.email: o for o in report.outcomes[:3]}
     assert [left[f"r{n}@example.org"].status for n in range(3)] == [
         Status.SENT, Status.FAILED, Status.FAILED]
@@ -176,15 +181,7 @@ def test_a_leftover_for_someone_removed_or_paused_is_cancelled(tmp_path: Path) -
     path.write_text(toml_text(json.loads(json.dumps(base_config(
         tmp_path, smtp=local_smtp(port),
         subscribers=[subscribers[0], {**subscribers[1], "pause": True}])))))
-    handler = SmtpHandler()
-    from aiosmtpd.controller import Controller
-
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        report = go(path)
-    finally:
-        controller.stop()
+    report, handler = run_with_a_server_on(port, path)
     left = {o.email: o for o in report.outcomes[:3]}
     assert left["r0@example.org"].status is Status.SENT
     assert left["r1@example.org"].status is Status.CANCELLED

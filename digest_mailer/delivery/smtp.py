@@ -40,6 +40,13 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
+def unverified(where: str, e: ssl.SSLCertVerificationError) -> DeliveryError:
+    return DeliveryError(f"SMTP {where}: the server's certificate does not verify "
+                         f"({e.verify_message})",
+                         hint="fix the server's certificate or set delivery.smtp.ca_file",
+                         fatal=True)
+
+
 def _reply(code: int, text: bytes | str) -> str:
     body = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     return f"{code} {' '.join(body.split())}"[:300]
@@ -68,10 +75,7 @@ class SmtpBackend:
         return f"{self.host}:{self.port}"
 
     def _unverified(self, e: ssl.SSLCertVerificationError) -> DeliveryError:
-        return DeliveryError(f"SMTP {self.where}: the server's certificate does not verify "
-                             f"({e.verify_message})",
-                             hint="fix the server's certificate or set delivery.smtp.ca_file",
-                             fatal=True)
+        return unverified(self.where, e)
 
     def _unavailable(self, what: str, e: BaseException) -> DeliveryError:
         return DeliveryError(f"SMTP {self.where}: {what} ({e or type(e).__name__})",
