@@ -105,7 +105,7 @@ def topic_advice(config: Config, subscribers: Sequence[Subscriber] | None = None
     current feed, when given), or more than half of every one of them."""
     from digest_mailer.store import Ledger  # only this function reads the ledger
 
-    with Ledger.open_readonly(config.state_path) as ledger:
+    with Ledger.open_readonly(config.state_target) as ledger:
         feeds: dict[str, Sequence[Paper]] = dict(ledger.recent_titles(LEDGER_FEEDS))
     what = f"the titles of the last {len(feeds)} feed(s) in the ledger"
     if current:

@@ -48,7 +48,8 @@ def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
         f"delivery: {delivery}" + (f", DKIM {config.delivery.dkim.selector}._domainkey."
                                    f"{config.delivery.dkim.domain}"
                                    if config.delivery.dkim else ""),
-        f"ledger: {state}" + ("" if state.exists() else " (created by the first run)"),
+        (f"ledger: {config.state.url} (PostgreSQL)" if config.state.url else
+         f"ledger: {state}" + ("" if state.exists() else " (created by the first run)")),
         f"schedule: {config.schedule.cron!r} in {tz}, next run "
         f"{upcoming.isoformat() if upcoming else 'never'}",
     ]

@@ -8,7 +8,7 @@ import tomllib
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -48,6 +48,9 @@ from digest_mailer.config_values import (
 from digest_mailer.constants import SOURCE_KIND_HELP, SOURCE_KINDS, WEEKDAYS, SourceKindName
 from digest_mailer.errors import ConfigError
 from digest_mailer.models import Subscriber
+
+if TYPE_CHECKING:
+    from digest_mailer.store_target import StoreTarget
 
 __all__ = ["SOURCE_KINDS", "WEEKDAYS", "Config", "email_address", "load_config",
            "parse_config", "settings_table"]
@@ -151,6 +154,40 @@ class ScheduleSettings(_Section):
 class StateSettings(_Section):
     path: str = Field("digest-state.sqlite3",
                       description="the ledger (SQLite); relative to the config file")
+    url: OneLine | None = Field(
+        None, description="a PostgreSQL ledger instead: postgresql://user@host:5432/dbname "
+                          "(no password in it)")
+    password_env: OneLine = Field("DIGEST_STATE_PASSWORD",
+                                  description="the environment variable holding the "
+                                              "PostgreSQL password")
+    password_file: str | None = Field(
+        None, description="a file holding the PostgreSQL password; instead of password_env")
+    keep_history: Duration = Field(
+        365 * DAY, ge=DAY, le=100 * 365 * DAY,
+        description="how long sent emails (when, to whom, which papers), failures and runs "
+                    "are kept for history and explain")
+    offer_margin: Duration = Field(
+        14 * DAY, ge=DAY, le=365 * DAY,
+        description="how long past the feed window (a week at least) a paper offered to a "
+                    "subscriber is remembered, so it is never offered again")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from digest_mailer.errors import StoreError
+        from digest_mailer.store_target import StoreTarget
+
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{v!r} is not a PostgreSQL URL (write "
+                             "postgresql://user@host:5432/dbname; a SQLite ledger is "
+                             "[state] path)")
+        try:
+            StoreTarget.parse(v)
+        except StoreError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return v
 
 
 class SmtpSettings(_Section):
@@ -272,6 +309,18 @@ class Config(_Section):
     @property
     def state_path(self) -> Path:
         return self.resolve(self.state.path)
+
+    @property
+    def state_target(self) -> StoreTarget:
+        """Where the ledger lives: `[state] url` (PostgreSQL) or else `[state] path`."""
+        from digest_mailer.store_target import StoreTarget
+
+        st = self.state
+        if st.url:
+            return StoreTarget.parse(st.url, password_env=st.password_env,
+                                     password_file=str(self.resolve(st.password_file))
+                                     if st.password_file else None)
+        return StoreTarget.sqlite(self.state_path)
 
     @property
     def out_dir(self) -> Path:

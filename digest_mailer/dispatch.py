@@ -31,7 +31,7 @@ from digest_mailer.errors import DeliveryError, DigestMailerError, StoreError
 from digest_mailer.lock import senders_lock_path
 from digest_mailer.message import DkimSigner, MessageTemplate
 from digest_mailer.models import OutgoingMessage
-from digest_mailer.store import Ledger
+from digest_mailer.store import Ledger, StoreTarget
 from digest_mailer.store.ledger import RunControl
 from digest_mailer.store.outbox import Entry
 from digest_mailer.truth import Roster, Truth
@@ -68,6 +68,7 @@ class SenderSpec:
     roster: Roster
     timeout: float  # the backend's deadline for one message
     log_level: int = logging.WARNING
+    store: StoreTarget | None = None  # where the ledger lives (default: the file `ledger`)
 
 
 class Flag(Protocol):
@@ -133,7 +134,7 @@ class Sender:
 
     def run(self) -> None:
         spec = self.spec
-        ledger = Ledger.open(Path(spec.ledger))
+        ledger = Ledger.open(spec.store or Path(spec.ledger))
         backend = open_backend(spec.backend, spec.options)
         wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp")
         try:

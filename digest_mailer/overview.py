@@ -12,7 +12,7 @@ from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.cron import next_fire, parse_cron
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.models import MessageState
-from digest_mailer.pipeline import RunOptions, lookback, source_spec, today
+from digest_mailer.pipeline import RunOptions, lookback, retention_of, source_spec, today
 from digest_mailer.select import Explanation, explain
 from digest_mailer.sources import open_source
 from digest_mailer.sources.http import HttpFetcher
@@ -50,7 +50,7 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
     c = config.source
     with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
         fetched = open_source(spec, lambda: http).fetch(run_date)
-    with Ledger.open_readonly(config.state_path) as ledger:
+    with Ledger.open_readonly(config.state_target) as ledger:
         offered = ledger.offer_log(sub.email)
     note = ""
     if sub.paused:
@@ -62,7 +62,10 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
 
 
 def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str, Any]:
-    with Ledger.open_readonly(config.state_path) as ledger:
+    from digest_mailer.store.ops import size_bytes
+
+    with Ledger.open_readonly(config.state_target) as ledger:
+        size = size_bytes(ledger)
         counts = ledger.counts()
         runs = ledger.runs(limit=5)
         suppressed = ledger.suppressions()
@@ -72,7 +75,9 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
     tz = config.schedule_timezone
     upcoming = next_fire(parse_cron(config.schedule.cron, tz), now)
     return {
-        "ledger": str(config.state_path),
+        "ledger": config.state_target.label,
+        "size_bytes": size,
+        "retention": retention_of(config).describe(),
         **counts,
         "subscribers": {
             "active": sum(1 for s in subs if not s.paused and s.key not in suppressed),

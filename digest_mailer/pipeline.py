@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from digest_mailer import credentials
 from digest_mailer.compose import Composer, batch_key, decide
 from digest_mailer.config import Config
+from digest_mailer.config_values import DAY
 from digest_mailer.delivery import BackendOptions, open_backend
 from digest_mailer.dispatch import Policy, Senders, SenderSpec
 from digest_mailer.errors import DigestMailerError
@@ -41,6 +42,7 @@ from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
 from digest_mailer.store.outbox import Fate, Queued
+from digest_mailer.store.retention import Retention, prune
 from digest_mailer.truth import Roster
 
 logger = logging.getLogger(__name__)
@@ -210,7 +212,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
     with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
         source = open_source(spec, lambda: http)
         if dry:
-            with Ledger.open_readonly(config.state_path) as ledger, \
+            with Ledger.open_readonly(config.state_target) as ledger, \
                     closing(open_backend(backend_name, bopts)) as backend:
                 from digest_mailer.preview import preview_once
 
@@ -220,16 +222,26 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                                     ignore_ledger=options.ignore_ledger,
                                     on_progress=on_progress)
         assert roster is not None
-        with Ledger.open(config.state_path) as ledger:
+        with Ledger.open(config.state_target) as ledger:
             sender = SenderSpec(ledger=str(config.state_path), run_id=0, backend=backend_name,
                                 options=bopts, policy=policy, signer=envelope.signer,
                                 roster=roster, timeout=d.smtp.timeout,
-                                log_level=logging.getLogger().getEffectiveLevel())
+                                log_level=logging.getLogger().getEffectiveLevel(),
+                                store=config.state_target)
             connections = d.smtp.connections if backend_name == "smtp" else 0
             return run_once(subscribers=subscribers, source=source, ledger=ledger,
                             sender=sender, connections=connections, renderer=renderer,
                             envelope=envelope, now=now, run_date=run_date,
-                            on_progress=on_progress, should_stop=should_stop)
+                            on_progress=on_progress, should_stop=should_stop,
+                            retention=retention_of(config))
+
+
+def retention_of(config: Config) -> Retention:
+    """The ledger's retention policy: offers for the longest feed window (a week, for weekly
+    digests, at least) plus the margin; the rest for keep_history."""
+    st = config.state
+    return Retention(offer_days=max(config.source.lookback_days, WEEK) + st.offer_margin / DAY,
+                     history_days=st.keep_history / DAY)
 
 
 @dataclass
@@ -247,9 +259,11 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
              sender: SenderSpec, connections: int, renderer: Renderer, envelope: Envelope,
              now: datetime, run_date: date,
              on_progress: Callable[[SubscriberOutcome], None] | None = None,
-             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
+             should_stop: Callable[[], bool] = lambda: False,
+             retention: Retention | None = None) -> RunReport:
     """A real run. The composer writes each message into the outbox; the senders send from
-    it. The report reads every message's fate back from the outbox."""
+    it. The report reads every message's fate back from the outbox. At its end, what the
+    retention policy no longer keeps is pruned."""
     run_id = ledger.start_run(now, run_date, source.origin)
     senders: Senders | None = None
     try:
@@ -307,6 +321,11 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
                 composer.render_seconds)
     ledger.outbox.prune_sets()
+    if retention is not None:
+        try:
+            prune(ledger, retention, now)
+        except DigestMailerError as e:  # everything is sent and recorded: only a warning
+            logger.warning("the ledger could not be pruned: %s", e.message)
     ledger.checkpoint()
     ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
                       sent=report.delivered, failed=report.failed, outcome=report.state,

@@ -90,7 +90,7 @@ class Daemon:
     def last_run(self, config: Config) -> datetime | None:
         from digest_mailer.store import Ledger
 
-        with Ledger.open_readonly(config.state_path) as ledger:
+        with Ledger.open_readonly(config.state_target) as ledger:
             started = ledger.last_run_started()
         return datetime.fromisoformat(started) if started else None
 

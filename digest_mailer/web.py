@@ -17,7 +17,6 @@ import html
 import logging
 import os
 import socket
-import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,10 +38,10 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from digest_mailer.config import Config, load_config
-from digest_mailer.errors import DigestMailerError
+from digest_mailer.errors import DigestMailerError, StoreError
 from digest_mailer.message import list_id, unsubscribe_token
 from digest_mailer.pipeline import unsubscribe_secret
-from digest_mailer.store import Ledger
+from digest_mailer.store import Ledger, StoreTarget
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ def form_fields(content_type: str, body: bytes) -> dict[str, list[str]]:
     return fields
 
 
-def _suppress(state: Path, email: str, when: datetime) -> bool:
+def _suppress(state: StoreTarget, email: str, when: datetime) -> bool:
     with Ledger.open(state) as ledger:
         return ledger.suppress(email, "unsubscribed", when, "one-click")
 
@@ -273,13 +272,13 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
             return _unavailable()
         if email is None:
             return unknown()
-        state = snap.config.state_path
+        state = snap.config.state_target
         try:
             # In a worker thread: the ledger may be busy with a run for a while (SQLite waits
             # for its lock), and the event loop must keep answering everyone else.
             new = await run_in_threadpool(_suppress, state, email, now())
-        except (sqlite3.Error, OSError) as e:
-            logger.error("%s: cannot record an unsubscribe: %s", state, e)
+        except (StoreError, OSError) as e:
+            logger.error("%s: cannot record an unsubscribe: %s", state.label, e)
             return _unavailable()
         if new:
             logger.info("unsubscribed %s", _masked(email))

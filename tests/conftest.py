@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -307,3 +308,68 @@ def slow(seconds: float, reply: Reply) -> Callable[[Request], Reply]:
         return reply
 
     return route
+
+
+# -- the ledger on both engines -----------------------------------------------------------
+
+PG_ENV = "DIGEST_MAILER_TEST_PG"
+NO_POSTGRESQL = ("no PostgreSQL server binaries here (install Debian's `postgresql`, or set "
+                 f"{PG_ENV} to a server's URL; .ci/run does both)")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server's URL: $DIGEST_MAILER_TEST_PG (.ci/run starts one), or a
+    throwaway cluster of this session's own. Without a server the PostgreSQL half skips, for
+    one reason; under CI=true it fails instead."""
+    url = os.environ.get(PG_ENV, "").strip()
+    if url:
+        yield url
+        return
+    import pgcluster
+
+    if pgcluster.bindir() is None:
+        if IN_CI:
+            pytest.fail(f"{NO_POSTGRESQL}; CI must run the PostgreSQL half", pytrace=False)
+        pytest.skip(NO_POSTGRESQL)
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="digest-pg-"))
+    try:
+        yield pgcluster.start(root)
+    finally:
+        pgcluster.stop(root)
+
+
+def _admin(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/postgres"
+
+
+@contextmanager
+def fresh_pg_database(server: str) -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(_admin(server), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(_admin(server), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Where a store test's ledger lives: a SQLite file, then a fresh PostgreSQL database."""
+    from digest_mailer.store import StoreTarget
+
+    if request.param == "sqlite":
+        yield StoreTarget.sqlite(tmp_path / "state.sqlite3")
+        return
+    server = request.getfixturevalue("pg_server")
+    with fresh_pg_database(server) as url:
+        yield StoreTarget.parse(url)

@@ -22,7 +22,7 @@ from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
 from digest_mailer.config import load_config
 from digest_mailer.select import select
 from digest_mailer.sources import FileSource
-from digest_mailer.store import Ledger
+from digest_mailer.store import Ledger, StoreTarget
 
 TOPICS = [["diffusion"], ["speech recognition"], ["reinforcement learning"], ["agents"],
           ["quantization"], ["vision-language models"], []]
@@ -60,8 +60,8 @@ def senders_of(pid: int) -> list[int]:
             Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: int = 56
-          ) -> tuple[Path, list[str]]:
+def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: int = 56,
+          store: StoreTarget | None = None) -> tuple[Path, list[str]]:
     # A slow server (80 ms a message) and enough readers that one run takes several seconds,
     # so kills land before, between and in the middle of messages.
     smtp_server.handler.data_delay = 0.08
@@ -69,6 +69,8 @@ def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: in
                    for n in range(readers)]
     doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port, connections=connections,
                                                 timeout=5), subscribers=subscribers)
+    if store is not None and store.url:
+        doc["state"]["url"] = store.url
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
     return path, [sys.executable, "-m", "digest_mailer", "run", "--config", str(path),
@@ -77,8 +79,9 @@ def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: in
 
 @pytest.mark.parametrize("connections", [1, 2])
 def test_sigkill_at_random_points_loses_and_doubles_nothing(
-        tmp_path: Path, smtp_server: SmtpServer, connections: int) -> None:
-    path, command = setup(tmp_path, smtp_server, connections)
+        tmp_path: Path, smtp_server: SmtpServer, connections: int,
+        store_target: StoreTarget) -> None:
+    path, command = setup(tmp_path, smtp_server, connections, store=store_target)
     env = {**os.environ, **ENV}
     rng = random.Random(int(os.environ.get("CRASH_SEED", "8058")) + connections)
     killed_while_sending = 0
@@ -91,7 +94,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
         proc.wait()
         if len(smtp_server.handler.received) > before and proc.returncode == -9:
             killed_while_sending += 1
-    with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
+    with Ledger.open_readonly(load_config(path).state_target) as ledger:
         ended = [r.outcome for r in ledger.runs()]
     # A run whose process died shows as interrupted, never as still running.
     assert "running" not in ended and "interrupted" in ended, ended
@@ -152,6 +155,6 @@ def check_every_recipient(tmp_path: Path, path: Path, smtp_server: SmtpServer,
     # connection), under its own Message-ID.
     assert all(n - 1 <= kills for n in copies.values())
     assert sum(n - 1 for n in copies.values()) <= 2 * kills
-    with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
+    with Ledger.open_readonly(config.state_target) as ledger:
         assert ledger.outbox.open_entries() == []
         assert all(r.outcome != "running" for r in ledger.runs())

@@ -30,7 +30,7 @@ from digest_mailer.cli import cli
 from digest_mailer.config import load_config
 from digest_mailer.models import RunReport, Status
 from digest_mailer.pipeline import RunOptions, run
-from digest_mailer.store import Ledger
+from digest_mailer.store import Ledger, StoreTarget
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "smtputf8"])
@@ -43,10 +43,10 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[SmtpHandler, int, b
         controller.stop()
 
 
-def write(tmp_path: Path, port: int, subscribers: list[dict[str, Any]], **delivery: Any
-          ) -> Path:
+def write(tmp_path: Path, port: int, subscribers: list[dict[str, Any]],
+          state: dict[str, Any] | None = None, **delivery: Any) -> Path:
     doc = base_config(tmp_path, smtp=local_smtp(port, **delivery.pop("smtp", {})),
-                      subscribers=subscribers)
+                      subscribers=subscribers, state=state or {})
     doc["delivery"].update({"retry_attempts": 1, "retry_delay": 0.05, **delivery})
     path = tmp_path / "c.toml"
     path.write_text(toml_text(doc))
@@ -130,18 +130,20 @@ def test_a_message_that_cannot_be_built_fails_alone(tmp_path: Path) -> None:
 
 
 def test_unsubscribe_pause_and_removal_during_a_run_stop_those_messages(
-        tmp_path: Path) -> None:
+        tmp_path: Path, store_target: StoreTarget) -> None:
     handler = SmtpHandler(data_delay=0.25)
     controller, port = start_smtp(handler)
     subscribers = [{"email": f"r{n:02d}@example.org"} for n in range(12)]
     handler.rcpt_script["r01@example.org"] = ["451 4.3.0 later"]  # its retry comes later
-    path = write(tmp_path, port, subscribers, retry_delay=2.0)
+    state = {"url": store_target.url} if store_target.url else {}
+    path = write(tmp_path, port, subscribers, state, retry_delay=2.0)
     config = load_config(path)
+    assert config.state_target == store_target
 
     def meddle() -> None:
         while not handler.received:
             time.sleep(0.02)
-        with Ledger.open(tmp_path / "state.sqlite3") as ledger:  # as `digest-mailer web` does
+        with Ledger.open(store_target) as ledger:  # as `digest-mailer web` does
             ledger.suppress("r01@example.org", "unsubscribed", datetime.now(UTC))
             ledger.suppress("r09@example.org", "unsubscribed", datetime.now(UTC))
         edited = [dict(s) for s in subscribers if s["email"] != "r10@example.org"]
@@ -149,7 +151,7 @@ def test_unsubscribe_pause_and_removal_during_a_run_stop_those_messages(
         time.sleep(0.01)
         path.write_text(toml_text(base_config(
             tmp_path, smtp=local_smtp(port),
-            subscribers=edited)))
+            subscribers=edited, state=state)))
 
     helper = threading.Thread(target=meddle)
     helper.start()
@@ -168,7 +170,7 @@ def test_unsubscribe_pause_and_removal_during_a_run_stop_those_messages(
     assert {o.status for e, o in got.items() if e not in
             ("r01@example.org", "r09@example.org", "r10@example.org", "r11@example.org")} \
         == {Status.SENT}
-    with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
+    with Ledger.open_readonly(store_target) as ledger:
         assert ledger.offered_ids("r10@example.org") == frozenset()  # not counted as sent
         assert ledger.outbox.counts()["cancelled"] == 4
 

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import NOW
 from digest_mailer.errors import StoreError
-from digest_mailer.models import OutgoingMessage, Paper
-from digest_mailer.store import SCHEMA_VERSION, Ledger
+from digest_mailer.models import MessageState, OutgoingMessage, Paper
+from digest_mailer.store import SCHEMA_VERSION, Ledger, StoreTarget
 
 
 def message(to: str, message_id: str, **kw: object) -> OutgoingMessage:
@@ -28,8 +28,8 @@ def test_new_ledger_has_a_schema_version(tmp_path: Path) -> None:
     assert {"runs", "papers", "deliveries", "offers"} <= tables
 
 
-def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
+def test_delivery_and_offers_are_recorded_together(store_target: StoreTarget) -> None:
+    path = store_target
     with Ledger.open(path) as ledger:
         run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
         ledger.remember([Paper(id="1", title="One", upvotes=3)], NOW)
@@ -45,8 +45,8 @@ def test_delivery_and_offers_are_recorded_together(tmp_path: Path) -> None:
         assert (record.subscriber, record.papers, record.run_id) == ("ada@example.org", 1, run)
 
 
-def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "s.sqlite3") as ledger:
+def test_a_failed_write_records_nothing(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
         def add(who: str, paper: str) -> int:
             return ledger.outbox.add(message(who, "<m1@x>"), run_id=None, included=[paper],
                                      offered=[paper], now=NOW)
@@ -58,8 +58,8 @@ def test_a_failed_write_records_nothing(tmp_path: Path) -> None:
         assert ledger.offered_ids("a@x.org") == {"1"}  # held by its unsent message
 
 
-def test_outbox_states_and_what_counts_as_offered(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "s.sqlite3") as ledger:
+def test_outbox_states_and_what_counts_as_offered(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
         box = ledger.outbox
         set_id = box.add_set(b"template bytes", NOW)
         assert box.load_set(set_id) == b"template bytes"
@@ -90,8 +90,8 @@ def test_outbox_states_and_what_counts_as_offered(tmp_path: Path) -> None:
         assert box.load_set(set_id) is None  # no unsent message needs it
 
 
-def test_suppressions_are_idempotent(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "s.sqlite3") as ledger:
+def test_suppressions_are_idempotent(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
         assert ledger.suppress("A@x.org", "unsubscribed", NOW)
         assert not ledger.suppress("a@x.org", "unsubscribed", NOW)
         assert ledger.suppressed("a@X.org") == "unsubscribed"
@@ -123,3 +123,151 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
         Ledger.open(path)
     assert "PRAGMA integrity_check" in (info.value.hint or "")
     assert "new file" not in (info.value.hint or "")
+
+
+def test_papers_history_runs_and_counts_on_either_engine(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
+        ledger.remember([Paper(id="2506.00001", title="One", upvotes=3,
+                               listed_on=date(2025, 6, 1)),
+                         Paper(id="2506.00002", title="Two", upvotes=9)], NOW)
+        # A later sighting keeps the higher count and takes the newer title.
+        ledger.remember([Paper(id="2506.00001", title="One (v2)", upvotes=1)], NOW)
+        assert ledger.titles(["2506.00001", "2506.00002", "x"]) == {
+            "2506.00001": "One (v2)", "2506.00002": "Two"}
+        days = ledger.recent_titles(1)
+        assert list(days) == ["2025-06-02"] and [p.id for p in days["2025-06-02"]] == \
+            ["2506.00002"]
+        run = ledger.start_run(NOW, date(2025, 6, 2), "feed")
+        box = ledger.outbox
+        sent = box.add(message("ada@x.org", "<a@x>"), run_id=run,
+                       included=["2506.00001", "2506.00002"], offered=["2506.00001",
+                                                                     "2506.00002"], now=NOW)
+        failed = box.add(message("bob@x.org", "<b@x>"), run_id=run, included=["2506.00002"],
+                         offered=["2506.00002"], now=NOW)
+        box.sent(sent, NOW, run, subject="Two papers")
+        box.failed(failed, NOW, "550 no such user")
+        ledger.finish_run(run, NOW, fetched=2, sent=1, failed=1,
+                          outcome=ledger.runs()[-1].outcome.__class__("failures"))
+        rows = ledger.history()
+        assert [(r.subscriber, r.state, r.papers, r.reason) for r in rows] == [
+            ("ada@x.org", MessageState.SENT, ("2506.00001", "2506.00002"), ""),
+            ("bob@x.org", MessageState.FAILED, ("2506.00002",), "550 no such user")]
+        assert rows[0].titles == ("One (v2)", "Two") and rows[0].subject == "Two papers"
+        assert [r.message_id for r in ledger.history(paper="2506.00001")] == ["<a@x>"]
+        assert ledger.history(subscriber="nobody@x.org") == []
+        assert ledger.history(since=date(2025, 6, 3)) == []
+        assert ledger.offer_log("ADA@x.org")["2506.00002"] == (NOW.isoformat(), True)
+        (record,) = ledger.runs(limit=1)
+        assert (record.sent, record.failed, record.outcome) == (1, 1, "failures")
+        assert ledger.counts() == {"deliveries": 1, "papers": 2, "offers": 2,
+                                   "subscribers_reached": 1, "runs": 1}
+        assert box.counts() == {"sent": 1, "failed": 1}
+        assert box.problems() == [(NOW.isoformat(), "bob@x.org", "failed", "550 no such user")]
+        assert ledger.last_run_started() == NOW.isoformat()
+
+
+def test_server_trouble_counts_once_then_blocks(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
+        run = ledger.start_run(NOW, date(2025, 6, 2), "x")
+        first = ledger.server_trouble(run, "421 busy", 100.0, [30.0])
+        assert (first.hold_until, first.trouble, first.blocked) == (130.0, 1, False)
+        again = ledger.server_trouble(run, "421 busy", 110.0, [30.0])  # held off: same one
+        assert again.trouble == 1
+        last = ledger.server_trouble(run, "421 busy", 140.0, [30.0])
+        assert last.blocked and ledger.run_control(run).blocked
+
+
+def test_two_claimers_never_take_the_same_row(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as one, Ledger.open(store_target) as two:
+        run = one.start_run(NOW, date(2025, 6, 2), "x")
+        set_id = one.outbox.add_set(b"t", NOW)
+        for n in range(40):
+            one.outbox.add(message(f"s{n}@x.org", f"<{n}@x>", set_id=set_id), run_id=run,
+                           included=["1"], offered=["1"], now=NOW)
+        taken: list[int] = []
+        while True:
+            a = one.outbox.claim(run, "a", 3, NOW.timestamp(), 60)
+            b = two.outbox.claim(run, "b", 3, NOW.timestamp(), 60)
+            if not a and not b:
+                break
+            taken += [e.id for e in a + b]
+        assert len(taken) == 40 == len(set(taken))
+
+
+def test_a_url_with_a_password_is_refused() -> None:
+    with pytest.raises(StoreError, match="carries a password") as info:
+        StoreTarget.parse("postgresql://ada:secret@db.example.org/digest")
+    assert "secret" not in str(info.value) and "DIGEST_STATE_PASSWORD" in (info.value.hint or "")
+    with pytest.raises(StoreError, match="not a PostgreSQL URL"):
+        StoreTarget.parse("mysql://ada@db.example.org/digest")
+    assert StoreTarget.parse("some/file.sqlite3").sqlite_path == Path("some/file.sqlite3")
+
+
+# -- PostgreSQL's own ways to fail: one StoreError each, with a hint ------------------------
+
+def test_no_server_at_the_address_is_one_error(pg_server: str) -> None:
+    from conftest import free_port
+
+    target = StoreTarget.parse(f"postgresql://digest@127.0.0.1:{free_port()}/digest")
+    with pytest.raises(StoreError, match="cannot connect to the ledger's PostgreSQL server"
+                       ) as info:
+        Ledger.open(target)
+    assert "host and port" in (info.value.hint or "")
+
+
+def test_a_missing_database_is_one_error(pg_server: str) -> None:
+    target = StoreTarget.parse(pg_server.rsplit("/", 1)[0] + "/no_such_db")
+    with pytest.raises(StoreError, match="no such database") as info:
+        Ledger.open(target)
+    assert "createdb" in (info.value.hint or "")
+
+
+def test_the_password_comes_from_the_environment_or_a_file(
+        pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from conftest import fresh_pg_database
+
+    with fresh_pg_database(pg_server) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS secure")
+            conn.execute("CREATE ROLE secure LOGIN SUPERUSER PASSWORD 'right horse'")
+        secure = url.replace("postgresql://digest@", "postgresql://secure@")
+        monkeypatch.setenv("DIGEST_STATE_PASSWORD", "wrong")
+        with pytest.raises(StoreError, match="refused the login") as info:
+            Ledger.open(StoreTarget.parse(secure))
+        assert "DIGEST_STATE_PASSWORD" in (info.value.hint or "")
+        assert "wrong" not in str(info.value)
+        monkeypatch.delenv("DIGEST_STATE_PASSWORD")
+        secret = tmp_path / "pw"
+        secret.write_text("right horse\n")
+        with pytest.raises(StoreError, match="readable by others"):
+            Ledger.open(StoreTarget.parse(secure, password_file=str(secret)))
+        secret.chmod(0o600)
+        with Ledger.open(StoreTarget.parse(secure, password_file=str(secret))) as ledger:
+            assert ledger.suppress("a@x.org", "unsubscribed", NOW)
+        monkeypatch.setenv("MY_PG_PASSWORD", "right horse")
+        with Ledger.open(StoreTarget.parse(secure, password_env="MY_PG_PASSWORD")) as ledger:
+            assert ledger.suppressed("a@x.org") == "unsubscribed"
+
+
+def test_state_url_chooses_postgresql_and_keeps_passwords_out(tmp_path: Path) -> None:
+    from conftest import base_config, toml_text
+    from digest_mailer.config import load_config
+    from digest_mailer.errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(tmp_path)))
+    assert load_config(path).state_target == StoreTarget.sqlite(tmp_path / "state.sqlite3")
+    doc = base_config(tmp_path, state={"url": "postgresql://digest@db.example.org:5432/news",
+                                       "password_file": "pg-password"})
+    path.write_text(toml_text(doc))
+    target = load_config(path).state_target
+    assert (target.kind, target.url, target.password_file) == (
+        "postgresql", "postgresql://digest@db.example.org:5432/news",
+        str(tmp_path / "pg-password"))
+    doc["state"]["url"] = "postgresql://digest:hunter2@db.example.org/news"
+    path.write_text(toml_text(doc))
+    with pytest.raises(ConfigError, match=r"state\.url.*carries a password") as info:
+        load_config(path)
+    assert "hunter2" not in str(info.value)

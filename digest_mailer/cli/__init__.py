@@ -47,10 +47,11 @@ def main() -> None:
 
 from digest_mailer.cli import (  # noqa: E402  (they register commands)
     check,
+    db,
     ledger,
     runs,
     subscribers,
     web,
 )
 
-__all__ = ["check", "cli", "ledger", "main", "runs", "subscribers", "web"]
+__all__ = ["check", "cli", "db", "ledger", "main", "runs", "subscribers", "web"]

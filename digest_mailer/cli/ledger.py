@@ -39,7 +39,7 @@ def history(config_path: str | None, email: str | None, paper: str | None,
     paper_id = canonical_id(paper) if paper else None
     if paper and paper_id is None:
         raise DigestMailerError(f"{paper!r} is not an arXiv id", hint="like 2505.24864")
-    with Ledger.open_readonly(config.state_path) as ledger:
+    with Ledger.open_readonly(config.state_target) as ledger:
         rows = ledger.history(subscriber=email, paper=paper_id, since=since)
     if as_json:
         echo_json([{"sent_at": r.sent_at, "to": r.subscriber, "message_id": r.message_id,
@@ -110,8 +110,11 @@ def status(config_path: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(info)
         return
-    click.echo(f"Ledger: {info['ledger']} ({info['deliveries']} deliveries, {info['papers']} "
-               f"papers, {info['runs']} runs)")
+    size = info["size_bytes"]
+    click.echo(f"Ledger: {info['ledger']}" + (f", {size / 1e6:.1f} MB" if size else "") +
+               f" ({info['deliveries']} deliveries, {info['offers']} offers, "
+               f"{info['papers']} papers, {info['runs']} runs)")
+    click.echo(f"Retention: {info['retention']}")
     subs = info["subscribers"]
     click.echo(f"Subscribers: {subs['active']} active, {subs['paused']} paused, "
                f"{subs['suppressed']} suppressed")

@@ -30,7 +30,7 @@ def list_(config_path: str | None, as_json: bool) -> None:
 
     config = load(config_path)
     subs = config.subscribers_view()
-    with Ledger.open_readonly(config.state_path) as ledger:
+    with Ledger.open_readonly(config.state_target) as ledger:
         suppressed = ledger.suppressions()
     if as_json:
         echo_json([{"email": s.email, "name": s.name, "topics": list(s.topics),
@@ -134,7 +134,7 @@ def unsuppress(config_path: str | None, email: str) -> None:
     from digest_mailer.store import Ledger
 
     config = load(config_path)
-    with Ledger.open(config.state_path) as ledger:
+    with Ledger.open(config.state_target) as ledger:
         was = ledger.suppressed(email)
         ledger.unsuppress(email)
     if was is None:

@@ -1,4 +1,5 @@
-"""The ledger (SQLite): papers seen, what was offered and sent to whom, and runs.
+"""The ledger: papers seen, what was offered and sent to whom, and runs, on SQLite or
+PostgreSQL (store/engines.py).
 
 Each delivery is committed the moment the backend accepted it, in one transaction with the
 papers it offered, so a crash never loses a delivery that happened nor records one that did not.
@@ -9,22 +10,52 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from sqlalchemy import (
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
+
 from digest_mailer.errors import StoreError
 from digest_mailer.models import MessageState, Paper, RunState
-from digest_mailer.store.db import Db, damaged_hint, store_error
+from digest_mailer.store import schema
+from digest_mailer.store.db import Db
+from digest_mailer.store.engines import StoreTarget, make_engine
 from digest_mailer.store.outbox import Outbox
-from digest_mailer.store.schema import COLUMNS, SCHEMA, SCHEMA_VERSION
+from digest_mailer.store.sql import insert_for
+from digest_mailer.store.tables import (
+    METADATA,
+    deliveries,
+    offers,
+    outbox,
+    papers,
+    runs,
+    suppressions,
+)
 
 logger = logging.getLogger(__name__)
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
+_OPEN = (MessageState.PENDING.value, MessageState.SENDING.value, MessageState.DEFERRED.value)
+
+_OFFERED = select(offers.c.paper_id).where(offers.c.subscriber == bindparam("s"))
+_HELD = select(outbox.c.offered).where(outbox.c.subscriber == bindparam("s"),
+                                       outbox.c.state.in_(_OPEN))
+_CONTROL = select(runs.c.hold_until, runs.c.trouble, runs.c.blocked, runs.c.cause).where(
+    runs.c.id == bindparam("r"))
+_SUPPRESSED = select(suppressions.c.reason).where(suppressions.c.subscriber == bindparam("s"))
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
@@ -83,54 +114,84 @@ class DeliveryRecord:
     run_id: int | None
 
 
-class Ledger:
-    """One SQLite connection. Open with `Ledger.open` (read-write) or `Ledger.open_readonly`."""
+def _target(where: Path | str | StoreTarget) -> StoreTarget:
+    if isinstance(where, StoreTarget):
+        return where
+    if isinstance(where, Path):
+        return StoreTarget.sqlite(where)
+    return StoreTarget.parse(where)
 
-    def __init__(self, conn: sqlite3.Connection, path: str, *, readonly: bool) -> None:
-        self._conn = Db(conn, path)
-        self.path = path
+
+class Ledger:
+    """One connection. Open with `Ledger.open` (read-write) or `Ledger.open_readonly`."""
+
+    def __init__(self, db: Db, target: StoreTarget, *, readonly: bool) -> None:
+        self._conn = db
+        self.target = target
+        self.path = target.label
         self.readonly = readonly
+        self.schema_before: schema.Schema | None = None  # where `open` found it
 
     @classmethod
-    def open(cls, path: Path) -> Ledger:
+    def open(cls, where: Path | str | StoreTarget) -> Ledger:
+        target = _target(where)
+        path = target.sqlite_path
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from digest_mailer.store.db import store_error
+                raise store_error(str(path), e, "open") from e
+        db = Db(make_engine(target), target.label)
+        ledger = cls(db, target, readonly=False)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL with NORMAL: every commit survives the process dying (SIGKILL included); only
-            # an OS crash or power loss can take back the last commits. FULL would fsync three
-            # times per message.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # A checkpoint (copying the log into the file, two fsyncs) every 1,000 pages, the
-            # default, came every 150 messages and cost 70% of a send's commits; the run
-            # checkpoints once at its end instead (checkpoint()). Safety is the same: a commit
-            # is in the log, whose size this bounds (32 MB).
-            conn.execute("PRAGMA wal_autocheckpoint=8000")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except (sqlite3.Error, OSError) as e:
-            raise store_error(str(path), e, "open") from e
-        ledger = cls(conn, str(path), readonly=False)
-        ledger._migrate()
+            ledger.schema_before = schema.prepare(db, target)
+        except BaseException:
+            db.close()
+            raise
         return ledger
 
     @classmethod
-    def open_readonly(cls, path: Path) -> Ledger:
-        """For dry runs: reads what exists and never writes; a missing file is an empty ledger."""
+    def open_readonly(cls, where: Path | str | StoreTarget) -> Ledger:
+        """For dry runs: reads what exists and never writes. A missing or empty ledger reads
+        as an empty one; a SQLite ledger of an older schema is read through an upgraded copy
+        in memory (the file is upgraded by the first real run, or `digest-mailer db
+        upgrade`)."""
+        target = _target(where)
+        path = target.sqlite_path
+        if path is not None and not path.exists():
+            return cls._empty(target)
+        db = Db(make_engine(target, readonly=True), target.label)
         try:
-            if path.exists():
-                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                       isolation_level=None)
-                ledger = cls(conn, str(path), readonly=True)
-                if ledger._check_version() > 0:
-                    return ledger
-                # Version 0: an empty file (touched, or a first run killed at once) holds
-                # nothing yet; read it as the empty ledger it is.
-                ledger.close()
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-        except sqlite3.Error as e:
-            raise store_error(str(path), e, "read") from e
-        conn.executescript(SCHEMA)
-        return cls(conn, str(path), readonly=True)
+            found = schema.check_readable(db, target)
+            if not found.has_tables:
+                db.close()
+                return cls._empty(target)
+            if found.current:
+                return cls(db, target, readonly=True)
+            if path is None:
+                raise StoreError(f"{target.label}: the ledger is at {found.describe()}; this "
+                                 f"digest-mailer reads revision {schema.HEAD}",
+                                 hint="run `digest-mailer db upgrade` (take a pg_dump first)")
+            memory = Db(make_engine(StoreTarget("sqlite")), target.label)
+            try:
+                db.raw.backup(memory.raw)
+                schema.upgrade(memory)
+            except BaseException:
+                memory.close()
+                raise
+            db.close()
+            return cls(memory, target, readonly=True)
+        except BaseException:
+            db.close()
+            raise
+
+    @classmethod
+    def _empty(cls, target: StoreTarget) -> Ledger:
+        memory = Db(make_engine(StoreTarget("sqlite")), target.label)
+        with memory.transaction():
+            METADATA.create_all(memory.conn)
+        return cls(memory, target, readonly=True)
 
     def close(self) -> None:
         self._conn.close()
@@ -141,54 +202,12 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def _check_version(self) -> int:
-        try:
-            version = self._version()
-        except StoreError as e:
-            raise StoreError(f"{self.path}: not a digest-mailer ledger, or a damaged one "
-                             f"({e.__cause__})", hint=damaged_hint(self.path)) from e
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: ledger schema {version} is newer than this "
-                             f"digest-mailer understands ({SCHEMA_VERSION})",
-                             hint="upgrade digest-mailer")
-        return version
-
-    def _migrate(self) -> None:
-        if self._check_version() == SCHEMA_VERSION:
-            return
-        # Columns first (the script's indexes may name them); executescript commits any open
-        # transaction first, so the script carries its own.
-        alter = []
-        for table, column, definition in COLUMNS:
-            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-            if have and column not in have:
-                alter.append(f"ALTER TABLE {table} ADD COLUMN {column} {definition};")
-        self._conn.executescript("BEGIN IMMEDIATE;\n" + "\n".join(alter) +
-                                 f"\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
-        logger.info("%s: ledger schema %d ready", self.path, SCHEMA_VERSION)
-
     @contextmanager
     def transaction(self) -> Iterator[Db]:
         if self.readonly:
             raise StoreError(f"{self.path}: the ledger is open read-only (a dry run)")
-        raw = self._conn.raw
-        try:
-            raw.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise store_error(self.path, e, "write") from e
-        try:
-            yield self._conn
-            raw.execute("COMMIT")
-        except BaseException as e:
-            if raw.in_transaction:
-                with suppress(sqlite3.Error):
-                    raw.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise store_error(self.path, e, "write") from e
-            raise
+        with self._conn.transaction() as db:
+            yield db
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -204,69 +223,64 @@ class Ledger:
         """Papers offered in a delivery, and those held by a message not sent yet: neither
         goes into another email. `check_outbox=False` skips the second part for a subscriber
         known to have no unsent message."""
-        key = subscriber.lower()
-        ids = {r[0] for r in self._conn.execute(
-            "SELECT paper_id FROM offers WHERE subscriber = ?", (key,))}
+        key = {"s": subscriber.lower()}
+        ids = {r[0] for r in self._conn.hot(_OFFERED, key)}
         if check_outbox:
-            for (offered,) in self._conn.execute(
-                    "SELECT offered FROM outbox WHERE subscriber = ? AND state IN "
-                    "('pending', 'sending', 'deferred')", (key,)):
-                ids.update(offered.split())
+            for (held,) in self._conn.hot(_HELD, key):
+                ids.update(held.split())
         return frozenset(ids)
 
     # -- suppressions ---------------------------------------------------------------------
 
     def suppressed(self, subscriber: str) -> str | None:
         """Why this address gets nothing (an unsubscribe, bounces), or None."""
-        row = self._conn.execute("SELECT reason FROM suppressions WHERE subscriber = ?",
-                                 (subscriber.lower(),)).fetchone()
+        row = self._conn.hot(_SUPPRESSED, {"s": subscriber.lower()}).fetchone()
         return row[0] if row else None
 
     def suppressions(self) -> dict[str, tuple[str, str, str]]:
-        rows = self._conn.execute("SELECT subscriber, reason, since, detail FROM suppressions "
-                                  "ORDER BY since")
-        return {s: (reason, since, detail) for s, reason, since, detail in rows}
+        s = suppressions.c
+        rows = self._conn.execute(select(s.subscriber, s.reason, s.since, s.detail)
+                                  .order_by(s.since))
+        return {sub: (reason, since, detail) for sub, reason, since, detail in rows}
 
     def suppress(self, subscriber: str, reason: str, now: datetime, detail: str = "") -> bool:
         """Idempotent; True when the address was not suppressed before."""
         with self.transaction() as db:
-            cur = db.execute("INSERT OR IGNORE INTO suppressions (subscriber, reason, since, "
-                             "detail) VALUES (?, ?, ?, ?)",
-                             (subscriber.lower(), reason, now.isoformat(), detail))
-            return cur.rowcount == 1
+            stmt = insert_for(db.dialect, suppressions).values(
+                subscriber=subscriber.lower(), reason=reason, since=now.isoformat(),
+                detail=detail).on_conflict_do_nothing()
+            return db.execute(stmt).rowcount == 1
 
     def unsuppress(self, subscriber: str) -> bool:
         with self.transaction() as db:
-            cur = db.execute("DELETE FROM suppressions WHERE subscriber = ?",
-                             (subscriber.lower(),))
-            return cur.rowcount == 1
+            return db.execute(delete(suppressions).where(
+                suppressions.c.subscriber == subscriber.lower())).rowcount == 1
 
     def deliveries(self, subscriber: str | None = None) -> list[DeliveryRecord]:
-        sql = "SELECT subscriber, message_id, subject, sent_at, papers, run_id FROM deliveries"
-        args: tuple[str, ...] = ()
+        d = deliveries.c
+        stmt = select(d.subscriber, d.message_id, d.subject, d.sent_at, d.papers, d.run_id)
         if subscriber:
-            sql, args = sql + " WHERE subscriber = ?", (subscriber.lower(),)
-        return [DeliveryRecord(*row) for row in self._conn.execute(sql + " ORDER BY id", args)]
+            stmt = stmt.where(d.subscriber == subscriber.lower())
+        return [DeliveryRecord(*row) for row in self._conn.execute(stmt.order_by(d.id))]
 
     def sent_papers(self, message_id: str) -> list[str]:
-        rows = self._conn.execute(
-            "SELECT o.paper_id FROM offers o JOIN deliveries d ON d.id = o.delivery_id "
-            "WHERE d.message_id = ? AND o.included = 1 ORDER BY o.paper_id", (message_id,))
-        return [r[0] for r in rows]
+        ids = self._conn.execute(select(deliveries.c.included).where(
+            deliveries.c.message_id == message_id)).scalar()
+        return sorted((ids or "").split())
 
     def last_run_started(self) -> str | None:
-        row = self._conn.execute("SELECT max(started_at) FROM runs").fetchone()
-        return row[0] if row else None
+        return self._conn.execute(select(func.max(runs.c.started_at))).scalar()  # type: ignore
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
         """Runs, oldest first; `limit` keeps the latest ones. A run still marked running whose
         process is gone shows as interrupted."""
-        rows = self._conn.execute(
-            "SELECT id, started_at, finished_at, run_date, fetched, sent, failed, outcome, "
-            "cause, pid, host FROM runs ORDER BY id DESC LIMIT ?",
-            (-1 if limit is None else limit,))
+        r = runs.c
+        stmt = select(r.id, r.started_at, r.finished_at, r.run_date, r.fetched, r.sent,
+                      r.failed, r.outcome, r.cause, r.pid, r.host).order_by(r.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
         out = []
-        for *fields, pid, host in reversed(rows.fetchall()):
+        for *fields, pid, host in reversed(self._conn.execute(stmt).fetchall()):
             record = RunRecord(*fields)
             if record.outcome == RunState.RUNNING and not _alive(pid, host):
                 record = record._replace(outcome=RunState.INTERRUPTED,
@@ -277,40 +291,41 @@ class Ledger:
     def offer_log(self, subscriber: str) -> dict[str, tuple[str, bool]]:
         """paper id -> (when its email was sent, whether it was in the email or over the cap)."""
         rows = self._conn.execute(
-            "SELECT o.paper_id, d.sent_at, o.included FROM offers o JOIN deliveries d "
-            "ON d.id = o.delivery_id WHERE o.subscriber = ?", (subscriber.lower(),))
+            select(offers.c.paper_id, deliveries.c.sent_at, offers.c.included)
+            .join(deliveries, deliveries.c.id == offers.c.delivery_id)
+            .where(offers.c.subscriber == subscriber.lower()))
         return {pid: (sent_at, bool(included)) for pid, sent_at, included in rows}
 
     def history(self, *, subscriber: str | None = None, paper: str | None = None,
                 since: date | None = None) -> list[HistoryRow]:
         """Every message sent, and every one that was not (failed, cancelled, or still
         waiting) with its reason, in the order they were made."""
-        where, args = [], []
-        if subscriber:
-            where.append("subscriber = ?")
-            args.append(subscriber.lower())
-        if paper:
-            where.append("(' ' || included || ' ') LIKE ?")
-            args.append(f"% {paper} %")
-        if since:
-            where.append("stamp >= ?")
-            args.append(since.isoformat())
+        d, x = deliveries.c, outbox.c
+        included = d.included
         # Deliveries made before the outbox existed have no outbox row: both are read.
-        sql = ("SELECT * FROM (SELECT d.id AS n, 0 AS k, d.sent_at AS stamp, d.subscriber, "
-               "d.message_id, d.subject, (SELECT group_concat(paper_id, ' ') FROM offers o "
-               "WHERE o.delivery_id = d.id AND o.included = 1) AS included, 'sent' AS state, "
-               "'' AS reason FROM deliveries d UNION ALL SELECT x.id, 1, x.updated_at, "
-               "x.subscriber, x.message_id, x.subject, x.included, x.state, "
-               "coalesce(x.last_error, '') FROM outbox x WHERE x.state != 'sent')"
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY stamp, k, n")
-        rows = self._conn.execute(sql, args).fetchall()
-        ids = {pid for row in rows for pid in (row[6] or "").split()}
-        titles = self.titles(ids)
+        sent = select(d.id.label("n"), literal(0).label("k"), d.sent_at.label("stamp"),
+                      d.subscriber.label("subscriber"), d.message_id.label("message_id"),
+                      d.subject.label("subject"), included.label("included"),
+                      literal("sent").label("state"), literal("").label("reason"))
+        unsent = select(x.id, literal(1), x.updated_at, x.subscriber, x.message_id, x.subject,
+                        x.included, x.state, func.coalesce(x.last_error, "")
+                        ).where(x.state != "sent")
+        both = union_all(sent, unsent).subquery()
+        stmt = select(both).order_by(both.c.stamp, both.c.k, both.c.n)
+        if subscriber:
+            stmt = stmt.where(both.c.subscriber == subscriber.lower())
+        if paper:
+            stmt = stmt.where((literal_column("' '") + both.c.included + literal_column("' '"))
+                              .like(f"% {paper} %"))
+        if since:
+            stmt = stmt.where(both.c.stamp >= since.isoformat())
+        rows = self._conn.execute(stmt).fetchall()
+        titles = self.titles({pid for row in rows for pid in (row[6] or "").split()})
         out = []
-        for _, _, stamp, sub, mid, subject, included, state, reason in rows:
-            papers = tuple(sorted((included or "").split()))
-            out.append(HistoryRow(stamp, sub, mid, subject, papers,
-                                  tuple(titles.get(p, "") for p in papers),
+        for _, _, stamp, sub, mid, subject, inc, state, reason in rows:
+            papers_ = tuple(sorted((inc or "").split()))
+            out.append(HistoryRow(stamp, sub, mid, subject, papers_,
+                                  tuple(titles.get(p, "") for p in papers_),
                                   MessageState(state), reason))
         return out
 
@@ -318,20 +333,20 @@ class Ledger:
         wanted = sorted(set(ids))
         found: dict[str, str] = {}
         for at in range(0, len(wanted), 500):
-            chunk = wanted[at:at + 500]
-            found.update(self._conn.execute(
-                f"SELECT id, title FROM papers WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk).fetchall())
+            found.update((pid, title) for pid, title in self._conn.execute(
+                select(papers.c.id, papers.c.title).where(
+                    papers.c.id.in_(wanted[at:at + 500]))))
         return found
 
     def counts(self) -> dict[str, int]:
-        one = self._conn.execute
+        def one(what: object) -> int:
+            return int(self._conn.execute(what).scalar() or 0)  # type: ignore[arg-type]
         return {
-            "deliveries": one("SELECT count(*) FROM deliveries").fetchone()[0],
-            "papers": one("SELECT count(*) FROM papers").fetchone()[0],
-            "subscribers_reached": one(
-                "SELECT count(DISTINCT subscriber) FROM deliveries").fetchone()[0],
-            "runs": one("SELECT count(*) FROM runs").fetchone()[0],
+            "deliveries": one(select(func.count()).select_from(deliveries)),
+            "papers": one(select(func.count()).select_from(papers)),
+            "offers": one(select(func.count()).select_from(offers)),
+            "subscribers_reached": one(select(func.count(deliveries.c.subscriber.distinct()))),
+            "runs": one(select(func.count()).select_from(runs)),
         }
 
     # -- writes --------------------------------------------------------------------------
@@ -339,30 +354,30 @@ class Ledger:
     def start_run(self, started_at: datetime, run_date: date, origin: str) -> int:
         """A new run. The caller holds the run lock, so a run still marked running died."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET outcome = ?, cause = coalesce(cause, ?) "
-                       "WHERE outcome = ?", (RunState.INTERRUPTED, "its process died",
-                                             RunState.RUNNING))
-            cur = db.execute("INSERT INTO runs (started_at, run_date, origin, pid, host) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (started_at.isoformat(), run_date.isoformat(), origin,
-                              os.getpid(), socket.gethostname()))
-            return int(cur.lastrowid or 0)
+            db.execute(update(runs).where(runs.c.outcome == RunState.RUNNING.value).values(
+                outcome=RunState.INTERRUPTED.value,
+                cause=func.coalesce(runs.c.cause, "its process died")))
+            cur = db.execute(runs.insert().values(
+                started_at=started_at.isoformat(), run_date=run_date.isoformat(),
+                origin=origin, pid=os.getpid(), host=socket.gethostname()))
+            return int(cur.inserted or 0)
 
     def finish_run(self, run_id: int, finished_at: datetime, *, fetched: int, sent: int,
                    failed: int, outcome: RunState, cause: str | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET finished_at = ?, fetched = ?, sent = ?, failed = ?, "
-                       "outcome = ?, cause = coalesce(?, cause) WHERE id = ?",
-                       (finished_at.isoformat(), fetched, sent, failed, outcome, cause,
-                        run_id))
+            db.execute(update(runs).where(runs.c.id == run_id).values(
+                finished_at=finished_at.isoformat(), fetched=fetched, sent=sent,
+                failed=failed, outcome=str(outcome),
+                cause=func.coalesce(literal(cause), runs.c.cause)))
 
     def checkpoint(self) -> None:
-        """The log folded into the file and emptied, once the run's senders are done."""
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """The log folded into the file and emptied, once the run's senders are done (SQLite:
+        the server engines do their own)."""
+        if self._conn.dialect == "sqlite":
+            self._conn.driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def run_control(self, run_id: int) -> RunControl:
-        row = self._conn.execute("SELECT hold_until, trouble, blocked, cause FROM runs "
-                                 "WHERE id = ?", (run_id,)).fetchone()
+        row = self._conn.hot(_CONTROL, {"r": run_id}).fetchone()
         return RunControl(float(row[0]), int(row[1]), bool(row[2]), row[3])
 
     def server_trouble(self, run_id: int, cause: str, now: float, delays: Sequence[float],
@@ -370,41 +385,48 @@ class Ledger:
         """One more sign that the server cannot be used: the run holds off for the next delay,
         or, past the last one (or at once when `fatal`), is blocked with that cause. Senders
         that hit the same trouble together count once."""
+        r = runs.c
         with self.transaction() as db:
             hold, trouble, blocked = db.execute(
-                "SELECT hold_until, trouble, blocked FROM runs WHERE id = ?",
-                (run_id,)).fetchone()
+                select(r.hold_until, r.trouble, r.blocked).where(r.id == run_id)
+                .with_for_update()).fetchone()
             if not blocked and (fatal or hold <= now):
                 trouble += 1
                 blocked = fatal or trouble > len(delays)
                 hold = now if blocked else now + delays[trouble - 1]
-                db.execute("UPDATE runs SET hold_until = ?, trouble = ?, blocked = ?, cause = ? "
-                           "WHERE id = ?", (hold, trouble, int(blocked), cause, run_id))
+                db.execute(update(runs).where(r.id == run_id).values(
+                    hold_until=hold, trouble=trouble, blocked=int(blocked), cause=cause))
         return RunControl(hold, trouble, bool(blocked), cause)
 
     def server_fine(self, run_id: int) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET trouble = 0, cause = NULL WHERE id = ? AND blocked = 0",
-                       (run_id,))
+            db.execute(update(runs).where(runs.c.id == run_id, runs.c.blocked == 0)
+                       .values(trouble=0, cause=None))
 
     def recent_titles(self, days: int) -> dict[str, list[Paper]]:
         """The papers of the last `days` feeds the ledger knows, by day, titles only."""
-        rows = self.conn.execute(
-            "SELECT id, title, upvotes, coalesce(listed_on, substr(first_seen, 1, 10)) AS day "
-            "FROM papers WHERE day IN (SELECT DISTINCT coalesce(listed_on, substr(first_seen, "
-            "1, 10)) AS d FROM papers ORDER BY d DESC LIMIT ?)", (days,)).fetchall()
+        p = papers.c
+        day = func.coalesce(p.listed_on, func.substr(p.first_seen, 1, 10))
+        last = select(day.label("d")).distinct().order_by(literal_column("d").desc()) \
+            .limit(days).scalar_subquery()
+        rows = self.conn.execute(select(p.id, p.title, p.upvotes, day)
+                                 .where(day.in_(last))).fetchall()
         out: dict[str, list[Paper]] = {}
-        for pid, title, upvotes, day in rows:
-            out.setdefault(day, []).append(Paper(id=pid, title=title, upvotes=upvotes))
+        for pid, title, upvotes, d in rows:
+            out.setdefault(d, []).append(Paper(id=pid, title=title, upvotes=upvotes))
         return out
 
-    def remember(self, papers: Iterable[Paper], seen_at: datetime) -> None:
+    def remember(self, found: Iterable[Paper], seen_at: datetime) -> None:
         stamp = seen_at.isoformat()
+        rows = [{"id": p.id, "title": p.title, "upvotes": min(max(p.upvotes, 0), _MAX_INT),
+                 "listed_on": p.listed_on.isoformat() if p.listed_on else None,
+                 "first_seen": stamp, "last_seen": stamp} for p in found]
+        if not rows:
+            return
         with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO papers (id, title, upvotes, listed_on, first_seen, last_seen) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET title = excluded.title, "
-                "upvotes = max(papers.upvotes, excluded.upvotes), last_seen = excluded.last_seen",
-                [(p.id, p.title, min(max(p.upvotes, 0), _MAX_INT),
-                  p.listed_on.isoformat() if p.listed_on else None, stamp, stamp)
-                 for p in papers])
+            stmt = insert_for(db.dialect, papers)
+            new = stmt.excluded
+            db.executemany(stmt.on_conflict_do_update(index_elements=[papers.c.id], set_={
+                "title": new.title, "last_seen": new.last_seen,
+                "upvotes": case((new.upvotes > papers.c.upvotes, new.upvotes),
+                                else_=papers.c.upvotes)}), rows)

@@ -4,9 +4,9 @@ small commit. A message's Message-ID is fixed when it is added and its digest te
 stored once per set, so a message left in "sending" by a crash is rebuilt and sent again under
 the same Message-ID, which receivers can drop.
 
-The claim is the one place that must change for a server database: there it is
-`SELECT ... FOR UPDATE SKIP LOCKED` with `lease_until` set, and a row whose lease ran out is
-claimable again; on SQLite one run at a time claims with BEGIN IMMEDIATE."""
+The claim is where the engines differ: on SQLite one run at a time claims with BEGIN
+IMMEDIATE; on PostgreSQL the same SELECT takes its rows FOR UPDATE SKIP LOCKED, so claimers
+never wait for each other nor take the same row."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Executable, and_, bindparam, case, delete, func, select, update
+
 from digest_mailer.models import MessageState, OutgoingMessage
+from digest_mailer.store.sql import insert_for
+from digest_mailer.store.tables import deliveries, offers, outbox, outbox_sets
 
 if TYPE_CHECKING:
     from digest_mailer.store.ledger import Ledger
@@ -27,8 +31,34 @@ logger = logging.getLogger(__name__)
 
 State = MessageState  # the outbox's own name for it
 OPEN = (State.PENDING, State.SENDING, State.DEFERRED)
-_COLUMNS = ("id, set_id, recipient, name, unsubscribe_url, token, message_id, subject, "
-            "envelope_from, included, offered, state, attempts, tries")
+_OPEN = [s.value for s in OPEN]
+x = outbox.c
+_COLUMNS = (x.id, x.set_id, x.recipient, x.name, x.unsubscribe_url, x.token, x.message_id,
+            x.subject, x.envelope_from, x.included, x.offered, x.state, x.attempts, x.tries)
+
+# The hot statements, built once (SQLAlchemy caches their SQL per dialect).
+_ADD = outbox.insert()
+_LOAD_SET = select(outbox_sets.c.template).where(outbox_sets.c.id == bindparam("i"))
+_DUE = and_(x.owner_run == bindparam("run"), x.state.in_([State.PENDING.value,
+                                                          State.DEFERRED.value]),
+            x.next_try <= bindparam("now"))
+_FIRST_DUE = select(x.set_id).where(_DUE).order_by(x.id).limit(1).scalar_subquery()
+_CLAIM = (select(*_COLUMNS).where(_DUE, x.set_id.is_not_distinct_from(_FIRST_DUE))
+          .order_by(x.id).limit(bindparam("limit")))
+_CLAIM_LOCKING = _CLAIM.with_for_update(skip_locked=True, of=outbox)
+_TAKE = update(outbox).where(x.id.in_(bindparam("ids", expanding=True))).values(
+    state=State.SENDING.value, claimed_by=bindparam("by"), lease_until=bindparam("until"))
+_CLOSE = update(outbox).where(x.id == bindparam("i")).values(
+    state=bindparam("st"), updated_at=bindparam("at"),
+    last_error=func.coalesce(bindparam("err"), x.last_error),
+    attempts=x.attempts + bindparam("n"), tries=x.tries + bindparam("n"),
+    next_try=bindparam("next"), claimed_by=None)
+_ROW = select(x.subscriber, x.message_id, x.subject, x.included, x.offered).where(
+    x.id == bindparam("i"))
+_DELIVERY = deliveries.insert()
+_SENT = update(outbox).where(x.id == bindparam("i")).values(
+    state=State.SENT.value, updated_at=bindparam("at"), attempts=x.attempts + 1,
+    tries=x.tries + 1, claimed_by=None, next_try=None, subject=bindparam("subj"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,55 +119,48 @@ class Outbox:
 
     def add_set(self, template: bytes, now: datetime) -> int:
         with self._ledger.transaction() as db:
-            cur = db.execute("INSERT INTO outbox_sets (created_at, template) VALUES (?, ?)",
-                             (now.isoformat(), zlib.compress(template, 6)))
-            return int(cur.lastrowid or 0)
+            return int(db.execute(outbox_sets.insert().values(
+                created_at=now.isoformat(), template=zlib.compress(template, 6))).inserted or 0)
 
     def load_set(self, set_id: int) -> bytes | None:
-        row = self._ledger.conn.execute("SELECT template FROM outbox_sets WHERE id = ?",
-                                        (set_id,)).fetchone()
+        row = self._ledger.conn.hot(_LOAD_SET, {"i": set_id}).fetchone()
         return zlib.decompress(row[0]) if row else None
+
+    @staticmethod
+    def _row(q: Queued | OutgoingMessage, run_id: int | None, included: Sequence[str],
+             offered: Sequence[str], stamp: str) -> dict[str, object]:
+        return {"run_id": run_id, "owner_run": run_id, "next_try": 0, "set_id": q.set_id,
+                "subscriber": q.recipient.lower(), "recipient": q.recipient, "name": q.name,
+                "unsubscribe_url": q.unsubscribe_url, "token": q.token,
+                "message_id": q.message_id, "subject": q.subject,
+                "envelope_from": q.envelope_from, "included": " ".join(included),
+                "offered": " ".join(offered), "state": State.PENDING.value,
+                "created_at": stamp, "updated_at": stamp}
 
     def add(self, message: OutgoingMessage, *, run_id: int | None, included: Sequence[str],
             offered: Sequence[str], now: datetime) -> int:
-        stamp = now.isoformat()
+        row = self._row(message, run_id, included, offered, now.isoformat())
         with self._ledger.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO outbox (run_id, owner_run, next_try, set_id, subscriber, recipient, "
-                "name, unsubscribe_url, token, message_id, subject, envelope_from, included, "
-                "offered, state, created_at, updated_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?)",
-                (run_id, run_id, message.set_id, message.recipient.lower(), message.recipient,
-                 message.name, message.unsubscribe_url, message.token, message.message_id,
-                 message.subject, message.envelope_from, " ".join(included), " ".join(offered),
-                 State.PENDING, stamp, stamp))
-            return int(cur.lastrowid or 0)
+            return int(db.hot(_ADD, row).inserted or 0)
 
     def add_many(self, rows: Sequence[Queued], *, run_id: int, now: datetime) -> None:
         """One transaction for a batch: nothing in it was sent, so a crash loses nothing the
         next run does not compose again."""
         stamp = now.isoformat()
         with self._ledger.transaction() as db:
-            db.executemany(
-                "INSERT INTO outbox (run_id, owner_run, next_try, set_id, subscriber, recipient, "
-                "name, unsubscribe_url, token, message_id, subject, envelope_from, included, "
-                "offered, state, created_at, updated_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, run_id, q.set_id, q.recipient.lower(), q.recipient, q.name,
-                  q.unsubscribe_url, q.token, q.message_id, q.subject, q.envelope_from,
-                  " ".join(q.included), " ".join(q.offered), State.PENDING, stamp, stamp)
-                 for q in rows])
+            db.hot_many(_ADD, [self._row(q, run_id, q.included, q.offered, stamp)
+                                  for q in rows])
 
     def adopt(self, run_id: int) -> list[Entry]:
         """What earlier runs left open becomes this run's to send, first. The caller holds the
         run lock and no sender of an earlier run is alive, so "sending" means it died."""
         with self._ledger.transaction() as db:
-            db.execute(
-                "UPDATE outbox SET owner_run = ?, next_try = 0, tries = 0, claimed_by = NULL, "
-                "state = CASE WHEN state = ? THEN ? ELSE state END WHERE state IN (?, ?, ?)",
-                (run_id, State.SENDING, State.PENDING, *OPEN))
-            rows = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE owner_run = ? AND state "
-                              "IN (?, ?, ?) ORDER BY id", (run_id, *OPEN))
+            db.execute(update(outbox).where(x.state.in_(_OPEN)).values(
+                owner_run=run_id, next_try=0, tries=0, claimed_by=None,
+                state=case((x.state == State.SENDING.value, State.PENDING.value),
+                           else_=x.state)))
+            rows = db.execute(select(*_COLUMNS).where(x.owner_run == run_id,
+                                                      x.state.in_(_OPEN)).order_by(x.id))
         return [_entry(r) for r in rows]
 
     def claim(self, run_id: int, sender: str, limit: int, now: float, lease: float
@@ -145,36 +168,27 @@ class Outbox:
         """Up to `limit` of this run's rows that are due, now in this sender's hands: the first
         due and those after it of the same digest, so a sender builds each digest's template
         once and senders seldom build the same one."""
-        due = "owner_run = ? AND state IN (?, ?) AND next_try <= ?"
-        args = (run_id, State.PENDING, State.DEFERRED, now)
         with self._ledger.transaction() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE {due} AND set_id IS (SELECT set_id FROM "
-                f"outbox WHERE {due} ORDER BY id LIMIT 1) ORDER BY id LIMIT ?",
-                (*args, *args, limit)).fetchall()
+            stmt = _CLAIM if db.dialect == "sqlite" else _CLAIM_LOCKING
+            rows = db.hot(stmt, {"run": run_id, "now": now, "limit": limit}).fetchall()
             if rows:
-                ids = [r[0] for r in rows]
-                db.execute(f"UPDATE outbox SET state = ?, claimed_by = ?, lease_until = ? "
-                           f"WHERE id IN ({','.join('?' * len(ids))})",
-                           (State.SENDING, sender, now + lease, *ids))
+                db.execute(_TAKE, {"ids": [r[0] for r in rows], "by": sender,
+                                   "until": now + lease})
         return [_entry(r) for r in rows]
 
     def due(self, run_id: int) -> tuple[int, float | None]:
         """This run's rows in hand or due later, and the earliest time one is due."""
         row = self._ledger.conn.execute(
-            "SELECT count(*), min(next_try) FROM outbox WHERE owner_run = ? AND state IN "
-            "(?, ?, ?) AND (state = ? OR next_try IS NOT NULL)",
-            (run_id, *OPEN, State.SENDING)).fetchone()
+            select(func.count(), func.min(x.next_try)).where(
+                x.owner_run == run_id, x.state.in_(_OPEN),
+                (x.state == State.SENDING.value) | x.next_try.is_not(None))).fetchone()
         return int(row[0]), row[1]
 
     def _close(self, entry_id: int, state: State, now: datetime, error: str | None, *,
                attempt: bool, next_try: float | None = None) -> None:
         with self._ledger.transaction() as db:
-            db.execute("UPDATE outbox SET state = ?, updated_at = ?, last_error = "
-                       "coalesce(?, last_error), attempts = attempts + ?, tries = tries + ?, "
-                       "next_try = ?, claimed_by = NULL WHERE id = ?",
-                       (state, now.isoformat(), error, int(attempt), int(attempt), next_try,
-                        entry_id))
+            db.hot(_CLOSE, {"i": entry_id, "st": state.value, "at": now.isoformat(),
+                                "err": error, "n": int(attempt), "next": next_try})
 
     def deferred(self, entry_id: int, now: datetime, error: str,
                  next_try: float | None = None) -> None:
@@ -192,33 +206,34 @@ class Outbox:
         """Back to the queue untried: due at once, or (`park`) left for the next run."""
         if entry_ids:
             with self._ledger.transaction() as db:
-                db.execute(
-                    "UPDATE outbox SET state = CASE WHEN attempts > 0 THEN ? ELSE ? END, "
-                    f"claimed_by = NULL, next_try = ? WHERE state = ? AND id IN "
-                    f"({','.join('?' * len(entry_ids))})",
-                    (State.DEFERRED, State.PENDING, None if park else 0, State.SENDING,
-                     *entry_ids))
+                db.execute(update(outbox).where(
+                    x.state == State.SENDING.value, x.id.in_(list(entry_ids))).values(
+                    state=case((x.attempts > 0, State.DEFERRED.value),
+                               else_=State.PENDING.value),
+                    claimed_by=None, next_try=None if park else 0))
 
     def return_claimed(self, sender: str, why: str) -> int:
         """A dead sender's rows: back in the queue for the next run, same Message-ID."""
         with self._ledger.transaction() as db:
-            return db.execute("UPDATE outbox SET state = ?, claimed_by = NULL, next_try = NULL, "
-                              "last_error = ? WHERE state = ? AND claimed_by = ?",
-                              (State.PENDING, why, State.SENDING, sender)).rowcount
+            return db.execute(update(outbox).where(
+                x.state == State.SENDING.value, x.claimed_by == sender).values(
+                state=State.PENDING.value, claimed_by=None, next_try=None,
+                last_error=why)).rowcount
 
     def park(self, run_id: int) -> int:
         """The end of a run: whatever it did not send waits for the next one; nothing stays
         "sending" (its senders are gone)."""
         with self._ledger.transaction() as db:
-            return db.execute(
-                "UPDATE outbox SET next_try = NULL, claimed_by = NULL, state = CASE WHEN "
-                "state = ? THEN ? ELSE state END WHERE owner_run = ? AND state IN (?, ?, ?)",
-                (State.SENDING, State.PENDING, run_id, *OPEN)).rowcount
+            return db.execute(update(outbox).where(
+                x.owner_run == run_id, x.state.in_(_OPEN)).values(
+                next_try=None, claimed_by=None,
+                state=case((x.state == State.SENDING.value, State.PENDING.value),
+                           else_=x.state))).rowcount
 
     def fates(self, run_id: int) -> dict[str, Fate]:
         rows = self._ledger.conn.execute(
-            "SELECT message_id, recipient, state, coalesce(last_error, ''), included, attempts "
-            "FROM outbox WHERE owner_run = ?", (run_id,))
+            select(x.message_id, x.recipient, x.state, func.coalesce(x.last_error, ""),
+                   x.included, x.attempts).where(x.owner_run == run_id))
         return {mid: Fate(rcpt, State(st), err, len(inc.split()), a)
                 for mid, rcpt, st, err, inc, a in rows}
 
@@ -230,59 +245,73 @@ class Outbox:
         stamp = now.isoformat()
         with self._ledger.transaction() as db:
             if entry is None:
-                row = db.execute("SELECT subscriber, message_id, subject, included, offered "
-                                 "FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+                row = db.hot(_ROW, {"i": entry_id}).fetchone()
             else:
                 row = (entry.recipient.lower(), entry.message_id, entry.subject,
                        " ".join(entry.included), " ".join(entry.offered))
             subscriber, message_id, stored, included, offered = row
             subject = subject or stored
             chosen = set(included.split())
-            cur = db.execute(
-                "INSERT INTO deliveries (run_id, subscriber, message_id, subject, sent_at, "
-                "papers) VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, subscriber, message_id, subject, stamp, len(chosen)))
-            db.executemany(
-                "INSERT OR IGNORE INTO offers (subscriber, paper_id, delivery_id, included) "
-                "VALUES (?, ?, ?, ?)",
-                [(subscriber, pid, cur.lastrowid, int(pid in chosen)) for pid in offered.split()])
-            db.execute("UPDATE outbox SET state = ?, updated_at = ?, attempts = attempts + 1, "
-                       "tries = tries + 1, claimed_by = NULL, next_try = NULL, subject = ? "
-                       "WHERE id = ?", (State.SENT, stamp, subject, entry_id))
+            delivery = db.hot(_delivery(db.dialect), {
+                "run_id": run_id, "subscriber": subscriber, "message_id": message_id,
+                "subject": subject, "sent_at": stamp, "papers": len(chosen),
+                "included": " ".join(sorted(chosen))}).inserted
+            db.hot_many(
+                _offer_insert(db.dialect),
+                [{"subscriber": subscriber, "paper_id": pid, "delivery_id": delivery,
+                  "included": int(pid in chosen)} for pid in offered.split()])
+            db.hot(_SENT, {"i": entry_id, "at": stamp, "subj": subject})
 
     def open_entries(self) -> list[Entry]:
         """What is unsent: pending, in a sender's hands, or deferred."""
-        rows = self._ledger.conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE state IN (?, ?, ?) ORDER BY id", OPEN)
+        rows = self._ledger.conn.execute(select(*_COLUMNS).where(x.state.in_(_OPEN))
+                                         .order_by(x.id))
         return [_entry(r) for r in rows]
 
     def waiting_subscribers(self) -> frozenset[str]:
-        rows = self._ledger.conn.execute(
-            "SELECT DISTINCT subscriber FROM outbox WHERE state IN (?, ?, ?)", OPEN)
+        rows = self._ledger.conn.execute(select(x.subscriber).distinct()
+                                         .where(x.state.in_(_OPEN)))
         return frozenset(r[0] for r in rows)
 
     def prune_sets(self) -> None:
         """Templates no unsent message needs any more."""
         with self._ledger.transaction() as db:
-            db.execute("DELETE FROM outbox_sets WHERE id NOT IN (SELECT set_id FROM outbox "
-                       "WHERE set_id IS NOT NULL AND state IN (?, ?, ?))", OPEN)
+            db.execute(delete(outbox_sets).where(outbox_sets.c.id.not_in(
+                select(x.set_id).where(x.set_id.is_not(None), x.state.in_(_OPEN)))))
 
     def hard_failures(self, subscriber: str) -> int:
-        """Failures of this address since its last delivery."""
-        row = self._ledger.conn.execute(
-            "SELECT count(*) FROM outbox WHERE subscriber = ? AND state = ? AND id > "
-            "coalesce((SELECT max(id) FROM outbox WHERE subscriber = ? AND state = ?), 0)",
-            (subscriber.lower(), State.FAILED, subscriber.lower(), State.SENT)).fetchone()
-        return int(row[0])
+        """Failures of this address since its last delivery (read from the deliveries, which
+        outlive the sent messages' outbox rows)."""
+        key = subscriber.lower()
+        last_sent = select(func.coalesce(func.max(deliveries.c.sent_at), "")).where(
+            deliveries.c.subscriber == key).scalar_subquery()
+        return int(self._ledger.conn.execute(select(func.count()).where(
+            x.subscriber == key, x.state == State.FAILED.value,
+            x.updated_at >= last_sent)).scalar())
 
     def counts(self) -> dict[str, int]:
-        rows = self._ledger.conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")
+        rows = self._ledger.conn.execute(select(x.state, func.count()).group_by(x.state))
         return {state: n for state, n in rows}
 
     def problems(self, limit: int = 5) -> list[tuple[str, str, str, str]]:
         """The latest messages that failed or were cancelled: (when, to, state, why)."""
         rows = self._ledger.conn.execute(
-            "SELECT updated_at, recipient, state, coalesce(last_error, '') FROM outbox "
-            "WHERE state IN (?, ?) ORDER BY id DESC LIMIT ?",
-            (State.FAILED, State.CANCELLED, limit))
+            select(x.updated_at, x.recipient, x.state, func.coalesce(x.last_error, ""))
+            .where(x.state.in_([State.FAILED.value, State.CANCELLED.value]))
+            .order_by(x.id.desc()).limit(limit))
         return [tuple(r) for r in rows]
+
+
+_OFFER_INSERTS = {d: insert_for(d, offers).on_conflict_do_nothing()
+                  for d in ("sqlite", "postgresql")}
+
+
+_DELIVERIES = {"sqlite": _DELIVERY, "postgresql": _DELIVERY.returning(deliveries.c.id)}
+
+
+def _offer_insert(dialect: str) -> Executable:
+    return _OFFER_INSERTS[dialect]  # type: ignore[no-any-return]
+
+
+def _delivery(dialect: str) -> Executable:
+    return _DELIVERIES[dialect]

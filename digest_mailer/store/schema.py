@@ -1,111 +1,193 @@
-"""The ledger's tables. Every statement is idempotent, so migrating runs the whole script; the
-columns later versions added to existing tables are in COLUMNS, added where missing."""
+"""Creating and upgrading the ledger's tables, with Alembic (store/migrations/).
 
-SCHEMA_VERSION = 3
+A new ledger is built by running every revision. A SQLite ledger written before Alembic
+records its schema in `PRAGMA user_version` (1 to 3): it is copied first (SQLite's online
+backup API, beside it), brought to 3 by the legacy script when older, stamped with the
+baseline revision (0001, which is schema 3) and upgraded to HEAD, all on first use. Ledgers
+under Alembic carry user_version 4, so a digest-mailer from before Alembic refuses them
+instead of writing tables it no longer knows.
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          INTEGER PRIMARY KEY,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    run_date    TEXT NOT NULL,
-    origin      TEXT NOT NULL,
-    fetched     INTEGER NOT NULL DEFAULT 0,
-    sent        INTEGER NOT NULL DEFAULT 0,
-    failed      INTEGER NOT NULL DEFAULT 0,
-    outcome     TEXT NOT NULL DEFAULT 'running',
-    pid         INTEGER,
-    host        TEXT,
-    cause       TEXT,
-    hold_until  REAL NOT NULL DEFAULT 0,
-    trouble     INTEGER NOT NULL DEFAULT 0,
-    blocked     INTEGER NOT NULL DEFAULT 0
-);
--- Schema 3: the outbox is the work queue. A run adopts the open rows (owner_run), senders claim
--- them (claimed_by, lease_until: on a server database the same claim is SELECT ... FOR UPDATE
--- SKIP LOCKED, and an expired lease frees a row); next_try is when a row may be tried again
--- (NULL: parked for the next run), tries counts this run's attempts. A run records its process
--- (to tell a dead one) and, while it is blocked, the cause and when the server is tried again.
-CREATE TABLE IF NOT EXISTS papers (
-    id         TEXT PRIMARY KEY,
-    title      TEXT NOT NULL,
-    upvotes    INTEGER NOT NULL,
-    listed_on  TEXT,
-    first_seen TEXT NOT NULL,
-    last_seen  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id         INTEGER PRIMARY KEY,
-    run_id     INTEGER REFERENCES runs(id),
-    subscriber TEXT NOT NULL,
-    message_id TEXT NOT NULL UNIQUE,
-    subject    TEXT NOT NULL,
-    sent_at    TEXT NOT NULL,
-    papers     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_subscriber ON deliveries(subscriber, sent_at);
-CREATE TABLE IF NOT EXISTS offers (
-    subscriber  TEXT NOT NULL,
-    paper_id    TEXT NOT NULL,
-    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
-    included    INTEGER NOT NULL,
-    PRIMARY KEY (subscriber, paper_id)
-) WITHOUT ROWID;
--- Schema 2: the outbox and the suppression list. A message is its digest template (stored once
--- for everyone who shares it) and the few values that make it one subscriber's.
-CREATE TABLE IF NOT EXISTS outbox_sets (
-    id         INTEGER PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    template   BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id              INTEGER PRIMARY KEY,
-    run_id          INTEGER REFERENCES runs(id),
-    set_id          INTEGER,
-    subscriber      TEXT NOT NULL,
-    recipient       TEXT NOT NULL,
-    name            TEXT NOT NULL,
-    unsubscribe_url TEXT NOT NULL,
-    token           TEXT NOT NULL,
-    message_id      TEXT NOT NULL UNIQUE,
-    subject         TEXT NOT NULL,
-    envelope_from   TEXT NOT NULL,
-    included        TEXT NOT NULL,
-    offered       TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    last_error    TEXT,
-    created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL,
-    owner_run     INTEGER,
-    next_try      REAL,
-    tries         INTEGER NOT NULL DEFAULT 0,
-    claimed_by    TEXT,
-    lease_until   REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_open ON outbox(state, subscriber)
-    WHERE state IN ('pending', 'sending', 'deferred');
-CREATE INDEX IF NOT EXISTS outbox_subscriber ON outbox(subscriber, id);
-CREATE INDEX IF NOT EXISTS outbox_claim ON outbox(owner_run, state, id);
-CREATE TABLE IF NOT EXISTS suppressions (
-    subscriber TEXT PRIMARY KEY,
-    reason     TEXT NOT NULL,
-    since      TEXT NOT NULL,
-    detail     TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID;
-"""
+Adding a revision: `alembic revision` against store/migrations (or copy the newest one), set
+its down_revision to HEAD below, then set HEAD to it; test_migrations checks HEAD is the head."""
 
-# Columns added after a table's first version: (table, column, definition).
-COLUMNS = (
-    ("runs", "pid", "INTEGER"),
-    ("runs", "host", "TEXT"),
-    ("runs", "cause", "TEXT"),
-    ("runs", "hold_until", "REAL NOT NULL DEFAULT 0"),
-    ("runs", "trouble", "INTEGER NOT NULL DEFAULT 0"),
-    ("runs", "blocked", "INTEGER NOT NULL DEFAULT 0"),
-    ("outbox", "owner_run", "INTEGER"),
-    ("outbox", "next_try", "REAL"),
-    ("outbox", "tries", "INTEGER NOT NULL DEFAULT 0"),
-    ("outbox", "claimed_by", "TEXT"),
-    ("outbox", "lease_until", "REAL"),
-)
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from sqlalchemy import inspect, text
+
+from digest_mailer.errors import StoreError
+from digest_mailer.store.db import Db, damaged_hint, store_error
+from digest_mailer.store.engines import StoreTarget
+from digest_mailer.store.legacy import COLUMNS, LEGACY_SCRIPT
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+HEAD = "0002"  # the newest revision in store/migrations/versions/
+BASELINE = "0001"  # schema 3, the last before Alembic
+LEGACY_VERSION = 3
+USER_VERSION = 4  # PRAGMA user_version of every SQLite ledger under Alembic
+SCHEMA_VERSION = USER_VERSION
+# Serialises upgrades of one PostgreSQL database by several hosts (a transaction lock).
+_PG_MIGRATION_LOCK = 0x646D_0001
+
+
+class Schema(NamedTuple):
+    """Where a ledger stands: user_version (SQLite; 0 on PostgreSQL), its Alembic revision,
+    and whether it has any table yet."""
+
+    user_version: int
+    revision: str | None
+    has_tables: bool
+
+    @property
+    def current(self) -> bool:
+        return self.revision == HEAD
+
+    def describe(self) -> str:
+        if not self.has_tables:
+            return "empty (created by the first run)"
+        if self.revision is None:
+            return f"schema {self.user_version}, before Alembic (upgraded on first use)"
+        return f"revision {self.revision}" + (" (current)" if self.current else
+                                              f", upgraded to {HEAD} on first use")
+
+
+def _migration_config(db: Db) -> object:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = db.conn
+    return config
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    return {s.revision for s in scripts.walk_revisions()}
+
+
+def inspect_schema(db: Db) -> Schema:
+    try:
+        version = int(db.driver_sql("PRAGMA user_version").scalar()) if db.dialect == "sqlite" \
+            else 0
+        tables = set(inspect(db.conn).get_table_names())
+        revision = None
+        if "alembic_version" in tables:
+            revision = db.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except StoreError as e:
+        raise StoreError(f"{db.label}: not a digest-mailer ledger, or a damaged one "
+                         f"({e.__cause__ or e})", hint=damaged_hint(db.label)) from e
+    except Exception as e:  # whatever the inspector met: one StoreError
+        raise store_error(db.label, e, "read") from e
+    finally:
+        if db.dialect != "sqlite":
+            db.conn.rollback()
+    return Schema(version, revision, bool(tables - {"alembic_version"}))
+
+
+def _refuse_newer(db: Db, schema: Schema) -> None:
+    newer = schema.user_version > USER_VERSION or (
+        schema.revision is not None and schema.revision != HEAD and
+        schema.revision not in known_revisions())
+    if newer:
+        what = (f"revision {schema.revision}" if schema.revision
+                else f"schema {schema.user_version}")
+        raise StoreError(f"{db.label}: ledger {what} is newer than this digest-mailer "
+                         f"understands ({HEAD})", hint="upgrade digest-mailer")
+
+
+def check_readable(db: Db, target: StoreTarget) -> Schema:
+    """Refuses a ledger newer than this code; says where it stands."""
+    schema = inspect_schema(db)
+    _refuse_newer(db, schema)
+    return schema
+
+
+def backup_path(path: Path, schema: Schema, now: datetime) -> Path:
+    was = schema.revision or f"schema{schema.user_version}"
+    return path.with_name(f"{path.name}.before-{HEAD}-from-{was}-{now:%Y%m%dT%H%M%S}.bak")
+
+
+def sqlite_backup(db: Db, dest: Path) -> None:
+    """A consistent copy of a live SQLite ledger (the online backup API: other processes may
+    go on writing meanwhile), written to a temporary name and renamed when complete."""
+    raw = db.raw
+    assert isinstance(raw, sqlite3.Connection)
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        partial.unlink(missing_ok=True)
+        with sqlite3.connect(partial) as copy:
+            raw.backup(copy, pages=4096)
+        copy.close()
+        partial.replace(dest)
+    except (sqlite3.Error, OSError) as e:
+        partial.unlink(missing_ok=True)
+        raise store_error(str(dest), e, "write a backup of").__class__(
+            f"{dest}: cannot write the ledger's backup ({e})",
+            hint="free space or permissions where the ledger lives; nothing was changed") from e
+
+
+def prepare(db: Db, target: StoreTarget, *, now: datetime | None = None) -> Schema:
+    """The ledger's tables made current: created when missing, older ones upgraded (SQLite:
+    after a backup beside the file). Returns where it stood before."""
+    schema = check_readable(db, target)
+    if schema.current and (db.dialect != "sqlite" or schema.user_version == USER_VERSION):
+        return schema
+    path = target.sqlite_path
+    if path is not None and schema.has_tables:
+        dest = backup_path(path, schema, now or datetime.now(UTC))
+        sqlite_backup(db, dest)
+        logger.warning("%s: ledger %s upgraded to revision %s; the ledger as it was is in %s",
+                       db.label, schema.describe().split(",")[0], HEAD, dest)
+    elif schema.has_tables:
+        logger.warning("%s: ledger upgraded from revision %s to %s (take a pg_dump before "
+                       "upgrading digest-mailer to keep the old one)", db.label,
+                       schema.revision, HEAD)
+    upgrade(db)
+    return schema
+
+
+def upgrade(db: Db) -> None:
+    """Every revision the ledger lacks, in one transaction that rechecks where the ledger
+    stands once it holds the write lock (another process may have upgraded it meanwhile)."""
+    from alembic import command
+
+    with db.transaction():
+        if db.dialect == "postgresql":
+            db.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+        schema = inspect_schema(db)
+        _refuse_newer(db, schema)
+        if db.dialect == "sqlite" and schema.has_tables and schema.revision is None:
+            if schema.user_version < LEGACY_VERSION:
+                _legacy_upgrade(db)
+            command.stamp(_migration_config(db), BASELINE)  # type: ignore[arg-type]
+        if schema.revision != HEAD:
+            command.upgrade(_migration_config(db), "head")  # type: ignore[arg-type]
+        if db.dialect == "sqlite":
+            db.driver_sql(f"PRAGMA user_version={USER_VERSION}")
+    logger.info("%s: ledger at revision %s", db.label, HEAD)
+
+
+def _legacy_upgrade(db: Db) -> None:
+    """Schema 1 or 2 to 3, on SQLite, inside the caller's transaction: columns first (the
+    script's indexes may name them)."""
+    raw = db.raw
+    for table, column, definition in COLUMNS:
+        have = {r[1] for r in raw.execute(f"PRAGMA table_info({table})")}
+        if have and column not in have:
+            raw.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    # Inside a transaction, so not executescript (which commits first): one statement at a
+    # time, comments (which hold semicolons) dropped.
+    script = "\n".join(line for line in LEGACY_SCRIPT.splitlines()
+                       if not line.lstrip().startswith("--"))
+    for statement in script.split(";"):
+        if statement.strip():
+            raw.execute(statement)

@@ -1,0 +1,167 @@
+"""A simulated year of daily runs against one ledger: does a run get slower, or the ledger
+bigger, as history accumulates? (issue 11, point 3)
+
+Each day: the feed of the lookback window (today's new papers and yesterday's), remembered;
+for each subscriber, the ledger's offered ids, the selection (the real matching code), and
+the outbox rows; then every message "sent" as a sender records it (a claim of 32, the
+suppression look-up, one commit per message with its delivery and offers); then the
+retention policy's prune, as a run does at its end. No SMTP, no rendering: the ledger's part.
+
+    .venv/bin/python bench/year.py --days 365 --subscribers 10000 [--url postgresql://...]
+
+Prints one JSON line per day (`--every` thins them) and a summary: the first and last runs'
+times, the median of the first and last weeks, the ledger's size on the way."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from store_cost import open_ledger
+
+from bench import make_feed, make_profiles
+from digest_mailer.models import Paper, Subscriber
+from digest_mailer.select import ranked_matches, select_ranked
+from digest_mailer.store import Ledger
+from digest_mailer.store.ops import size_bytes
+from digest_mailer.store.outbox import Queued
+from digest_mailer.store.retention import Retention, prune
+from digest_mailer.topics import Feed
+
+START = datetime(2025, 1, 1, 7, 0, tzinfo=UTC)
+
+
+def day_papers(day: int, per_day: int, rng: random.Random) -> list[Paper]:
+    listed = (START + timedelta(days=day)).date()
+    out = []
+    for n, item in enumerate(make_feed(per_day, rng)):
+        p = item["paper"]
+        out.append(Paper(id=f"{25 + day // 366:02d}{(day % 366) // 31 + 1:02d}."
+                            f"{(day % 31) * 1000 + n:05d}",
+                         title=p["title"], abstract=p["summary"],
+                         authors=tuple(a["name"] for a in p["authors"]), listed_on=listed,
+                         upvotes=p["upvotes"], ai_keywords=tuple(p["ai_keywords"])))
+    return out
+
+
+def subscribers(count: int, profiles: list[dict[str, Any]], rng: random.Random
+                ) -> list[Subscriber]:
+    weights = [1 / (rank + 1) for rank in range(len(profiles))]
+    chosen = rng.choices(profiles, weights=weights, k=count)
+    return [Subscriber(email=f"reader{n}@example.org", topics=tuple(p.get("topics", ())),
+                       exclude=tuple(p.get("exclude", ())), authors=tuple(p.get("authors", ())),
+                       min_upvotes=p.get("min_upvotes", 0), max_papers=p["max_papers"])
+            for n, p in enumerate(chosen)]
+
+
+def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber],
+            policy: Retention) -> dict[str, Any]:
+    now = START + timedelta(days=day)
+    started = time.perf_counter()
+    cpu = time.process_time()
+    ledger.remember(papers, now)
+    run = ledger.start_run(now, now.date(), "year")
+    box = ledger.outbox
+    set_id = box.add_set(b"digest template " * 1000, now)
+    feed = Feed.of(papers)
+    ranked: dict[tuple[object, ...], Any] = {}
+    batch: list[Queued] = []
+    t_select = time.perf_counter()
+    for sub in subs:
+        key = (sub.topics, sub.exclude, sub.authors, sub.min_upvotes)
+        if key not in ranked:
+            ranked[key] = ranked_matches(sub, feed)
+        chosen = select_ranked(sub, ranked[key], ledger.offered_ids(sub.email,
+                                                                    check_outbox=False))
+        if not chosen.matches:
+            continue
+        batch.append(Queued(set_id, sub.email, "", "https://u/x", "token",
+                            f"<{day}.{sub.email}@bench>", "Subject", "p@example.org",
+                            tuple(m.paper.id for m in chosen.matches), chosen.offered))
+        if len(batch) == 32:
+            box.add_many(batch, run_id=run, now=now)
+            batch = []
+    if batch:
+        box.add_many(batch, run_id=run, now=now)
+    t_send = time.perf_counter()
+    sent = 0
+    while claimed := box.claim(run, "s1", 32, now.timestamp(), 60):
+        for entry in claimed:
+            ledger.suppressed(entry.recipient)
+            box.sent(entry.id, now, run, entry=entry)
+            sent += 1
+    t_prune = time.perf_counter()
+    box.park(run)
+    box.prune_sets()
+    pruned = prune(ledger, policy, now)
+    ledger.checkpoint()
+    ledger.finish_run(run, now, fetched=len(papers), sent=sent, failed=0,
+                      outcome=ledger.runs(limit=1)[-1].outcome.__class__("ok"))
+    ended = time.perf_counter()
+    cpu = time.process_time() - cpu
+    counts = ledger.counts()
+    return {"day": day, "seconds": round(ended - started, 3), "cpu_s": round(cpu, 3),
+            "select_s": round(t_send - t_select, 3), "send_s": round(t_prune - t_send, 3),
+            "prune_s": round(ended - t_prune, 3), "sent": sent, "pruned": pruned.total,
+            "offers": counts["offers"], "deliveries": counts["deliveries"],
+            "size_mb": round((size_bytes(ledger) or 0) / 1e6, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--papers", type=int, default=50, help="new papers per day")
+    parser.add_argument("--profiles", type=int, default=300)
+    parser.add_argument("--keep-history", type=float, default=365.0, help="days")
+    parser.add_argument("--offer-days", type=float, default=21.0,
+                        help="the feed window plus the margin (a week + 14 days by default)")
+    parser.add_argument("--every", type=int, default=1, help="print every Nth day")
+    parser.add_argument("--url", default=None, help="a PostgreSQL URL (default: SQLite)")
+    args = parser.parse_args()
+    rng = random.Random(2026)
+    profiles = make_profiles(args.profiles, make_feed(200, rng), rng)
+    subs = subscribers(args.subscribers, profiles, rng)
+    policy = Retention(offer_days=args.offer_days, history_days=args.keep_history)
+    days: list[dict[str, Any]] = []
+    yesterday: list[Paper] = []
+    with open_ledger(args.url) as ledger:
+        for day in range(args.days):
+            today = day_papers(day, args.papers, rng)
+            row = one_day(ledger, day, yesterday + today, subs, policy)
+            yesterday = today
+            days.append(row)
+            if day % args.every == 0 or day == args.days - 1:
+                print(json.dumps(row), flush=True)
+    week = min(7, len(days))
+    first = statistics.median(d["seconds"] for d in days[:week])
+    last = statistics.median(d["seconds"] for d in days[-week:])
+    # CPU time is what the ledger costs this process; wall time also counts a busy machine.
+    first_cpu = statistics.median(d["cpu_s"] for d in days[:week])
+    last_cpu = statistics.median(d["cpu_s"] for d in days[-week:])
+    print(json.dumps({
+        "summary": True, "days": args.days, "subscribers": args.subscribers,
+        "engine": "postgresql" if args.url else "sqlite",
+        "first_run_s": days[0]["seconds"], "last_run_s": days[-1]["seconds"],
+        "first_week_median_s": first, "last_week_median_s": last,
+        "last_vs_first_week": round(last / first, 3),
+        "first_week_cpu_s": first_cpu, "last_week_cpu_s": last_cpu,
+        "last_vs_first_week_cpu": round(last_cpu / first_cpu, 3),
+        "size_mb": {str(d["day"]): d["size_mb"] for d in days
+                    if d["day"] in (0, 30, 60, 90, 180, 270, args.days - 1)},
+        "offers": {str(d["day"]): d["offers"] for d in days
+                   if d["day"] in (0, 30, 60, 90, 180, 270, args.days - 1)}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Alembic's migration scripts for the ledger (env.py, versions/). store/schema.py runs them."""

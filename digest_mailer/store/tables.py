@@ -1,0 +1,138 @@
+"""The ledger's tables, declared once for both engines (SQLite and PostgreSQL).
+
+Adding a table: declare it here on METADATA, then add an Alembic revision under
+store/migrations/versions/ that creates it (`op.create_table(...)`, in batch mode on SQLite
+for changes to existing tables); the newest revision is what every ledger is upgraded to.
+
+Times are ISO-8601 text (UTC offsets included), as the SQLite ledger has always stored them;
+`next_try`, `lease_until` and `hold_until` are epoch seconds."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+METADATA = MetaData()
+# Row ids: SQLite's INTEGER PRIMARY KEY (the rowid itself), PostgreSQL's 64-bit integer.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+runs = Table(
+    "runs", METADATA,
+    Column("id", Id, primary_key=True),
+    Column("started_at", Text, nullable=False),
+    Column("finished_at", Text),
+    Column("run_date", Text, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("fetched", Integer, nullable=False, server_default=text("0")),
+    Column("sent", Integer, nullable=False, server_default=text("0")),
+    Column("failed", Integer, nullable=False, server_default=text("0")),
+    Column("outcome", Text, nullable=False, server_default=text("'running'")),
+    Column("pid", Integer),
+    Column("host", Text),
+    Column("cause", Text),
+    Column("hold_until", Double, nullable=False, server_default=text("0")),
+    Column("trouble", Integer, nullable=False, server_default=text("0")),
+    Column("blocked", Integer, nullable=False, server_default=text("0")),
+)
+
+papers = Table(
+    "papers", METADATA,
+    Column("id", Text, primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("upvotes", Integer, nullable=False),
+    Column("listed_on", Text),
+    Column("first_seen", Text, nullable=False),
+    Column("last_seen", Text, nullable=False),
+)
+Index("papers_last_seen", papers.c.last_seen)
+
+deliveries = Table(
+    "deliveries", METADATA,
+    Column("id", Id, primary_key=True),
+    Column("run_id", Id, ForeignKey("runs.id")),
+    Column("subscriber", Text, nullable=False),
+    Column("message_id", Text, nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("sent_at", Text, nullable=False),
+    Column("papers", Integer, nullable=False),
+    # The ids of the papers in the email, joined by spaces: what `history` shows, kept for
+    # [state] keep_history, while the offers (what is never offered again) go with the feed
+    # window (revision 0002).
+    Column("included", Text),
+)
+Index("deliveries_subscriber", deliveries.c.subscriber, deliveries.c.sent_at)
+Index("deliveries_sent_at", deliveries.c.sent_at)
+
+offers = Table(
+    "offers", METADATA,
+    Column("subscriber", Text, primary_key=True),
+    Column("paper_id", Text, primary_key=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id"), nullable=False),
+    Column("included", Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+Index("offers_paper", offers.c.paper_id)
+
+# A message is its digest template (stored once for everyone who shares it) and the few values
+# that make it one subscriber's.
+outbox_sets = Table(
+    "outbox_sets", METADATA,
+    Column("id", Id, primary_key=True),
+    Column("created_at", Text, nullable=False),
+    Column("template", LargeBinary, nullable=False),
+)
+
+outbox = Table(
+    "outbox", METADATA,
+    Column("id", Id, primary_key=True),
+    Column("run_id", Id, ForeignKey("runs.id")),
+    Column("set_id", Id),
+    Column("subscriber", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("unsubscribe_url", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("message_id", Text, nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("envelope_from", Text, nullable=False),
+    Column("included", Text, nullable=False),
+    Column("offered", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("created_at", Text, nullable=False),
+    Column("updated_at", Text, nullable=False),
+    # The work queue: the run that owns the row, when it may be tried again (NULL: parked for
+    # the next run), this run's attempts, and who holds it until when.
+    Column("owner_run", Id),
+    Column("next_try", Double),
+    Column("tries", Integer, nullable=False, server_default=text("0")),
+    Column("claimed_by", Text),
+    Column("lease_until", Double),
+)
+_OPEN = text("state IN ('pending', 'sending', 'deferred')")
+Index("outbox_open", outbox.c.state, outbox.c.subscriber, sqlite_where=_OPEN,
+      postgresql_where=_OPEN)
+Index("outbox_subscriber", outbox.c.subscriber, outbox.c.id)
+Index("outbox_claim", outbox.c.owner_run, outbox.c.state, outbox.c.id)
+Index("outbox_updated", outbox.c.updated_at)
+
+suppressions = Table(
+    "suppressions", METADATA,
+    Column("subscriber", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("since", Text, nullable=False),
+    Column("detail", Text, nullable=False, server_default=text("''")),
+    sqlite_with_rowid=False,
+)

@@ -1,0 +1,115 @@
+"""The retention policy, on both engines: offers go with the feed window, history with
+keep_history, bodies once sent; suppressions stay; offered_ids stays small."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from conftest import NOW, SmtpServer, base_config, go, local_smtp, toml_text
+from digest_mailer.models import OutgoingMessage, Paper
+from digest_mailer.store import Ledger, StoreTarget
+from digest_mailer.store.retention import Retention, prune
+
+POLICY = Retention(offer_days=21, history_days=365)
+
+
+def day(n: int) -> datetime:
+    return NOW + timedelta(days=n)
+
+
+def send(ledger: Ledger, to: str, included: list[str], offered: list[str], when: datetime,
+         mid: str) -> None:
+    run = ledger.start_run(when, when.date(), "feed")
+    set_id = ledger.outbox.add_set(b"template", when)
+    entry = ledger.outbox.add(
+        OutgoingMessage(recipient=to, envelope_from="p@x.org", message_id=mid, subject="S",
+                        data=b"", html="", run_date=when.date(), set_id=set_id),
+        run_id=run, included=included, offered=offered, now=when)
+    ledger.outbox.sent(entry, when, run)
+    ledger.finish_run(run, when, fetched=1, sent=1, failed=0,
+                      outcome=ledger.runs()[-1].outcome.__class__("ok"))
+
+
+def test_offers_follow_the_feed_window_and_history_keep_history(
+        store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
+        ledger.remember([Paper(id="2506.00001", title="Gone soon", upvotes=1),
+                         Paper(id="2506.00002", title="Stays in the feed", upvotes=1)], day(0))
+        send(ledger, "ada@x.org", ["2506.00001", "2506.00002"], ["2506.00001", "2506.00002"],
+             day(0), "<a@x>")
+        failed = ledger.outbox.add(
+            OutgoingMessage(recipient="bob@x.org", envelope_from="p@x.org", message_id="<b@x>",
+                            subject="S", data=b"", html="", run_date=date(2025, 6, 2)),
+            run_id=None, included=["2506.00001"], offered=["2506.00001"], now=day(0))
+        ledger.outbox.failed(failed, day(0), "550 no such user")
+        ledger.suppress("eve@x.org", "unsubscribed", day(0))
+        # The second paper is in every feed for a month.
+        for n in range(1, 31):
+            ledger.remember([Paper(id="2506.00002", title="Stays in the feed", upvotes=1)],
+                            day(n))
+        assert prune(ledger, POLICY, day(20)).offers == 0  # still inside the window
+        done = prune(ledger, POLICY, day(30))
+        assert done.offers == 1 and done.deliveries == 0
+        # The paper gone from the feeds is offered again; the one still there is not.
+        assert ledger.offered_ids("ada@x.org") == {"2506.00002"}
+        # History still shows the email and its papers, with their titles.
+        (sent,) = [r for r in ledger.history() if r.state == "sent"]
+        assert sent.papers == ("2506.00001", "2506.00002")
+        assert sent.titles == ("Gone soon", "Stays in the feed")
+        assert ledger.outbox.counts() == {"failed": 1}  # the sent row went with the window
+        assert ledger.outbox.load_set(1) is None  # and the body with the send
+        done = prune(ledger, POLICY, day(400))
+        assert (done.deliveries, done.papers, done.messages, done.runs) == (1, 2, 1, 1)
+        assert ledger.history() == [] and ledger.titles(["2506.00001"]) == {}
+        assert ledger.suppressed("eve@x.org") == "unsubscribed"
+        assert prune(ledger, POLICY, day(431)).total == 0 and ledger.runs() == []
+
+
+def test_offered_ids_stays_small_over_a_long_history(store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
+        sizes = []
+        for n in range(90):
+            papers = [f"2506.{n * 10 + k:05d}" for k in range(10)]
+            ledger.remember([Paper(id=p, title=p, upvotes=1) for p in papers], day(n))
+            send(ledger, "ada@x.org", papers[:3], papers, day(n), f"<{n}@x>")
+            prune(ledger, POLICY, day(n))
+            sizes.append(len(ledger.offered_ids("ada@x.org")))
+        # A day's ten papers for the 21 days of the window (and the day itself): flat.
+        assert sizes[-1] == sizes[40] == 10 * (21 + 1)
+        assert len(ledger.history()) == 90  # while history keeps every email
+
+
+def test_a_run_prunes_at_its_end(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(tmp_path, smtp=local_smtp(smtp_server.port,
+                                                                    connections=0))))
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        ledger.remember([Paper(id="2401.00001", title="Old", upvotes=1)], day(-90))
+        send(ledger, "old@x.org", ["2401.00001"], ["2401.00001"], day(-90), "<old@x>")
+    report = go(path)
+    assert report.delivered >= 1
+    with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
+        assert ledger.offered_ids("old@x.org") == frozenset()  # past the window: pruned
+        assert [r.message_id for r in ledger.history(subscriber="old@x.org")] == ["<old@x>"]
+
+
+def test_hard_failures_count_from_the_last_delivery_after_pruning(
+        store_target: StoreTarget) -> None:
+    with Ledger.open(store_target) as ledger:
+        box = ledger.outbox
+
+        def fail(n: int, when: datetime) -> None:
+            entry = box.add(OutgoingMessage(recipient="cy@x.org", envelope_from="p@x.org",
+                                            message_id=f"<f{n}@x>", subject="S", data=b"",
+                                            html="", run_date=when.date()),
+                            run_id=None, included=["1"], offered=["1"], now=when)
+            box.failed(entry, when, "550 mailbox full")
+
+        fail(1, day(0))
+        fail(2, day(1))
+        send(ledger, "cy@x.org", ["2506.00009"], ["2506.00009"], day(2), "<ok@x>")
+        prune(ledger, POLICY, day(40))  # the sent row goes; the failures stay (history)
+        assert box.counts() == {"failed": 2}
+        fail(3, day(41))
+        assert box.hard_failures("cy@x.org") == 1
