@@ -78,11 +78,11 @@ def prune(config_path: str | None, as_json: bool) -> None:
         size = size_bytes(ledger)
     if as_json:
         echo_json({"offers": done.offers, "deliveries": done.deliveries,
-                   "messages": done.messages, "papers": done.papers, "runs": done.runs,
+                   "messages": done.messages, "papers": done.papers,
                    "size_bytes": size, "policy": policy.describe()})
         return
     click.echo(f"Pruned {done.offers} offer(s), {done.deliveries} sent-email record(s), "
-               f"{done.messages} outbox row(s), {done.papers} paper(s), {done.runs} run(s)")
+               f"{done.messages} outbox row(s), {done.papers} paper(s)")
     click.echo(f"Policy: {policy.describe()}")
     if size is not None:
         click.echo(f"Ledger: {size / 1e6:.1f} MB (a SQLite file reuses the space it freed)")

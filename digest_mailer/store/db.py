@@ -221,8 +221,11 @@ class Db:
                     any(n not in params and n not in c.params for n in c.bind_names.values()):
                 hit = _SLOW
             else:
+                # Values bound in the statement itself; what the caller gives it gives every
+                # time (a hot statement's callers always pass the same keys).
+                defaults = {k: v for k, v in c.params.items() if k not in params}
                 hit = _Compiled(c.string, _getter(c.positiontup) if c.positional else None,
-                                dict(c.params), bool(getattr(c, "effective_returning", None)),
+                                defaults, bool(getattr(c, "effective_returning", None)),
                                 tuple(c._bind_processors.items()))
             self._cache[stmt] = hit
         return None if hit is _SLOW else hit
@@ -329,6 +332,20 @@ class Db:
             raise
         finally:
             self._depth = 0
+
+    @contextmanager
+    def foreign_keys_unchecked(self) -> Iterator[None]:
+        """SQLite: foreign keys not enforced on this connection meanwhile (outside a
+        transaction only). PostgreSQL: nothing; revision 0002 dropped the one constraint whose
+        check made pruning scan a table."""
+        if not self._sqlite or self._depth:
+            yield
+            return
+        self.raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield
+        finally:
+            self.raw.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -202,12 +202,10 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[Db]:
+    def transaction(self) -> AbstractContextManager[Db]:
         if self.readonly:
             raise StoreError(f"{self.path}: the ledger is open read-only (a dry run)")
-        with self._conn.transaction() as db:
-            yield db
+        return self._conn.transaction()
 
     # -- reads ---------------------------------------------------------------------------
 

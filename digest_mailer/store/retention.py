@@ -6,10 +6,11 @@ passed (issue 11, point 3):
   longest lookback, a week for weekly digests, plus a margin). `offered_ids` then reads a
   subscriber's last few weeks, not their whole history;
 - a sent email's record (when, to whom, Message-ID, subject, the papers' ids) and the papers'
-  titles, the messages that failed or were cancelled and why, and the runs: `keep_history`;
+  titles, the messages that failed or were cancelled and why: `keep_history`;
 - a sent message's outbox row (its name, link, token: what rebuilt it) only `offer_days`, and
   its digest template (the body) not at all once nothing unsent needs it;
-- suppressions (unsubscribes, bounces) for ever.
+- suppressions (unsubscribes, bounces) and runs (a row a day) for ever: deleting a run would
+  make the database scan the deliveries and the outbox that reference it.
 
 Pruning runs at the end of each run and by `digest-mailer db prune`, each rule in its own
 short transaction, so senders and the web service are never held up for long."""
@@ -21,19 +22,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, delete, exists, select
+from sqlalchemy import delete, func, select
 
 from digest_mailer.models import MessageState
-from digest_mailer.store.tables import deliveries, offers, outbox, papers, runs
+from digest_mailer.store.tables import deliveries, offers, outbox, papers
 
 if TYPE_CHECKING:
     from digest_mailer.store.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 _DONE = [MessageState.FAILED.value, MessageState.CANCELLED.value]
-# A run's messages are all sent (or parked) within this of its start: older runs without
-# messages left can go.
-_RUN_SLACK = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +41,8 @@ class Retention:
 
     def describe(self) -> str:
         return (f"offers kept {self.offer_days:g} days after a paper was last in a feed; sent "
-                f"emails, failures and runs kept {self.history_days:g} days; bodies dropped "
-                "once sent; suppressions kept")
+                f"emails and failures kept {self.history_days:g} days; bodies dropped once "
+                "sent; suppressions and runs kept")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,47 +51,81 @@ class Pruned:
     deliveries: int = 0
     messages: int = 0
     papers: int = 0
-    runs: int = 0
 
     @property
     def total(self) -> int:
-        return self.offers + self.deliveries + self.messages + self.papers + self.runs
+        return self.offers + self.deliveries + self.messages + self.papers
+
+
+def _last_before(ledger: Ledger, cutoff: str) -> int | None:
+    """The last delivery sent before `cutoff`, found by bisecting the ids (they grow with
+    time, give or take the microseconds between two senders' commits): some twenty look-ups
+    by primary key, where an index on sent_at would cost every message a sender records."""
+    d = deliveries.c
+    conn = ledger.conn
+    lo, hi = conn.execute(select(func.min(d.id), func.max(d.id))).fetchone()
+    if lo is None:
+        return None
+
+    def at_or_after(n: int) -> tuple[int, str]:
+        found = conn.execute(select(d.id, d.sent_at).where(d.id >= n).order_by(d.id)
+                             .limit(1)).fetchone()
+        return int(found[0]), str(found[1])
+
+    if at_or_after(lo)[1] >= cutoff:
+        return None
+    if at_or_after(hi)[1] < cutoff:
+        return int(hi)
+    # Invariant: the row at or after lo is older than the cutoff; the one at hi is not.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        found, stamp = at_or_after(mid)
+        if found >= hi or stamp >= cutoff:
+            hi = mid if found >= hi else found
+        else:
+            lo = found
+    return int(lo)
 
 
 def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
     """Everything the policy no longer keeps, deleted; what was deleted, counted."""
     window = (now - timedelta(days=policy.offer_days)).isoformat()
     history = (now - timedelta(days=policy.history_days)).isoformat()
-    p, o, d, x, r = papers.c, offers.c, deliveries.c, outbox.c, runs.c
-    gone = select(p.id).where(p.last_seen < window)
+    p, o, d, x = papers.c, offers.c, deliveries.c, outbox.c
+    # Every offer but those of papers seen in a feed within the window (a paper the ledger
+    # never saw cannot come back either).
+    recent = select(p.id).where(p.last_seen >= window)
     with ledger.transaction() as db:
-        n_offers = db.execute(delete(offers).where(o.paper_id.in_(gone))).rowcount
+        n_offers = db.execute(delete(offers).where(o.paper_id.not_in(recent))).rowcount
     # An offer left (a paper in the feeds for longer than the history is kept) still holds
-    # its delivery: only papers first seen before the cut can have one that old.
-    held = select(o.delivery_id).join(papers, p.id == o.paper_id).where(
-        p.last_seen >= window, p.first_seen < history)
-    with ledger.transaction() as db:
-        n_deliveries = db.execute(delete(deliveries).where(
-            d.sent_at < history, d.id.not_in(held))).rowcount
+    # its delivery: only papers first seen before the cut can have one that old. Usually
+    # none; looked up first, so the offers are read only for those.
+    lasting = [r[0] for r in ledger.conn.execute(
+        select(p.id).where(p.last_seen >= window, p.first_seen < history))]
+    held = select(o.delivery_id).where(o.paper_id.in_(lasting))
+    last_old = _last_before(ledger, history)
+    n_deliveries = 0
+    if last_old is not None:
+        # What still references a delivery is `held`; the database's own check would scan
+        # the offers for every delivery deleted (offers.delivery_id has no index, which would
+        # cost every message a sender records).
+        with ledger.conn.foreign_keys_unchecked(), ledger.transaction() as db:
+            n_deliveries = db.execute(delete(deliveries).where(
+                d.id <= last_old, *([d.id.not_in(held)] if lasting else []))).rowcount
     with ledger.transaction() as db:
         n_messages = db.execute(delete(outbox).where(
             x.state == MessageState.SENT.value, x.updated_at < window)).rowcount
         n_messages += db.execute(delete(outbox).where(
             x.state.in_(_DONE), x.updated_at < history)).rowcount
     with ledger.transaction() as db:
-        n_papers = db.execute(delete(papers).where(
-            p.last_seen < history, ~exists().where(o.paper_id == p.id))).rowcount
-    with ledger.transaction() as db:
-        n_runs = db.execute(delete(runs).where(
-            r.started_at < (now - timedelta(days=policy.history_days) - _RUN_SLACK).isoformat(),
-            r.outcome != "running",
-            ~exists().where(d.run_id == r.id),
-            ~exists().where(and_(x.run_id == r.id)),
-            ~exists().where(x.owner_run == r.id))).rowcount
+        # Their offers went above (the earlier of the two cuts: a shorter history must not
+        # forget a paper whose offers the window still holds).
+        n_papers = db.execute(delete(papers).where(p.last_seen < min(history, window))
+                              ).rowcount
     ledger.outbox.prune_sets()
-    done = Pruned(n_offers, n_deliveries, n_messages, n_papers, n_runs)
+    done = Pruned(n_offers, n_deliveries, n_messages, n_papers)
     if done.total:
         logger.info("%s: pruned %d offer(s), %d sent email record(s), %d outbox row(s), "
-                    "%d paper(s), %d run(s)", ledger.path, *(
-                        done.offers, done.deliveries, done.messages, done.papers, done.runs))
+                    "%d paper(s)", ledger.path, done.offers, done.deliveries, done.messages,
+                    done.papers)
     return done
