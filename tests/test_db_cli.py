@@ -101,3 +101,17 @@ def test_copy_into_postgresql_round_trip(tmp_path: Path, smtp_server: SmtpServer
                               str(on_pg))
         code, out, _ = invoke("status", "--config", str(on_pg), "--json")
         assert json.loads(out)["runs"] == 2
+
+
+def test_an_unreachable_postgresql_ledger_is_one_error_line(tmp_path: Path,
+                                                            smtp_server: SmtpServer) -> None:
+    from conftest import free_port
+
+    path = config(tmp_path, smtp_server, url=f"postgresql://digest@127.0.0.1:{free_port()}/d")
+    for command in (["status"], ["history"], ["run", "--date", "2025-06-02"], ["db", "prune"]):
+        code, _, err = invoke(*command, "--config", str(path))
+        assert code == 1 and "Traceback" not in err, (command, err)
+        errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and "cannot connect to the ledger's PostgreSQL server" in \
+            errors[0], (command, err)
+        assert "Hint: check [state] url's host and port" in err

@@ -78,8 +78,12 @@ def _postgresql_engine(target: StoreTarget, readonly: bool) -> Engine:
     url: URL = make_url(str(target.url)).set(drivername="postgresql+psycopg",
                                             password=_password(target))
     engine = create_engine(url, poolclass=NullPool,
+                           # Every wait has a deadline: 10 s to connect, and 30 s for a
+                           # lock, as SQLite's busy timeout (a lock wait past it is the
+                           # "stayed locked" error).
                            connect_args={"connect_timeout": 10,
-                                         "application_name": "digest-mailer"})
+                                         "application_name": "digest-mailer",
+                                         "options": "-c lock_timeout=30000"})
     if readonly:
         @event.listens_for(engine, "connect")
         def _readonly(dbapi_conn: object, _record: object) -> None:
