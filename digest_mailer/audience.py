@@ -87,3 +87,19 @@ def members(config: Config) -> list[Member]:
 def everyone(config: Config) -> tuple[Subscriber, ...]:
     """Every subscriber a run considers, config and store alike."""
     return tuple(m.subscriber for m in members(config))
+
+
+def store_revision(path: Path) -> int:
+    """The store's revision (0 before it exists): it moves with every change of a
+    self-service subscriber, so a watcher rereads them only then."""
+    if not path.exists():
+        return 0
+    engine = sqlite_engine(path)
+    try:
+        if not sa.inspect(engine).has_table("ss_meta"):
+            return 0
+        return SelfService(engine, create=False).revision()
+    except sa.exc.SQLAlchemyError as e:
+        raise store_failure(str(path), e) from e
+    finally:
+        engine.dispose()

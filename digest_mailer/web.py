@@ -19,7 +19,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -35,9 +35,10 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from digest_mailer.audience import everyone, store_revision
 from digest_mailer.config import Config, load_config
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.message import list_id, unsubscribe_token
@@ -95,6 +96,7 @@ class Tokens:
     load: Callable[[Path], Config] = load_config
     _snapshot: Snapshot = field(default_factory=Snapshot)
     _stamp: tuple[int, int, int] | None = None
+    _revision: int = 0  # of the store's self-service subscribers, as last read
     _polled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -112,7 +114,8 @@ class Tokens:
             secret = unsubscribe_secret(config, self.env, dry_run=False)
             nl = config.newsletter
             header = list_id(nl.name, config.from_domain, nl.list_id)
-            subs = config.subscribers_view()
+            self._revision = store_revision(config.state_path)
+            subs = everyone(config)  # the config's subscribers and the store's
             self._snapshot = Snapshot(
                 config=config, error=None, secret=secret, list_id=header,
                 by_token={unsubscribe_token(secret, s.email, header): s.email for s in subs},
@@ -124,7 +127,13 @@ class Tokens:
         """Reload when the file changed; a config that cannot be read is said once in the log
         and answered with 503 until it is fixed."""
         stamp = _stamp(self.config_path)
-        if self._polled and stamp == self._stamp:
+        config = self._snapshot.config
+        try:
+            revision = store_revision(config.state_path) if config is not None else 0
+        except DigestMailerError as e:  # the ledger busy or broken: keep the last read
+            logger.warning("cannot read the subscriber store: %s", e)
+            revision = self._revision
+        if self._polled and stamp == self._stamp and revision == self._revision:
             return  # unchanged: still good, or still broken and said so already
         self._polled = True
         try:
@@ -237,8 +246,11 @@ def _suppress(state: Path, email: str, when: datetime) -> bool:
         return ledger.suppress(email, "unsubscribed", when, "one-click")
 
 
-def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
-               ) -> Starlette:
+def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+               routes: Sequence[BaseRoute] = (),
+               after_unsubscribe: Callable[[Snapshot, str], str] | None = None) -> Starlette:
+    """The unsubscribe service; `routes` adds pages (web_pages.py), `after_unsubscribe` what
+    the page after an unsubscribe offers (to subscribe again)."""
     def unknown() -> HTMLResponse:
         return _page("Link not recognised", "<p>This unsubscribe link is not valid. If you "
                      "still get emails, reply to one and ask to be removed.</p>", 404)
@@ -285,7 +297,8 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
             logger.info("unsubscribed %s", _masked(email))
         return _page("You are unsubscribed",
                      f"<p>{html.escape(snap.config.newsletter.name)} will not be sent to "
-                     f"{html.escape(_masked(email))} any more.</p>")
+                     f"{html.escape(_masked(email))} any more.</p>" +
+                     (after_unsubscribe(snap, email) if after_unsubscribe else ""))
 
     async def health(_request: Request) -> Response:
         if tokens.snapshot.config is None:
@@ -308,7 +321,7 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
 
     return Starlette(routes=[Route("/unsubscribe/{token}", show, methods=["GET"]),
                              Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
-                             Route("/healthz", health)],
+                             Route("/healthz", health), *routes],
                      exception_handlers={DigestMailerError: on_error}, lifespan=lifespan)
 
 

@@ -300,10 +300,10 @@ class SelfService:
                        datetime.now(UTC), _utc(r.mailed_at), _utc(r.confirmed_at))
 
     def request(self, email: str, prefs: dict[str, Any], nonce: str, now: datetime,
-                mail_every: timedelta) -> str | None:
-        """Record a sign-up; the nonce for its confirmation email, or None when one was
-        mailed to this address less than `mail_every` ago (the new choices are kept and the
-        link already sent confirms them)."""
+                mail_every: timedelta) -> tuple[str, bool]:
+        """Record a sign-up: (the nonce its link carries, whether to mail it now). Not when a
+        link was mailed to this address less than `mail_every` ago: the new choices are kept
+        and the link already sent confirms them."""
         key = email.lower()
         with self._write() as conn:
             old = conn.execute(sa.select(signups.c.mailed_at, signups.c.nonce).where(
@@ -321,7 +321,13 @@ class SelfService:
             else:
                 conn.execute(sa.update(signups).where(signups.c.email_key == key)
                              .values(nonce=nonce, mailed_at=now, **values))
-        return None if quiet else nonce
+        return (old.nonce, False) if quiet and old is not None else (nonce, True)
+
+    def unmail(self, email: str) -> None:
+        """The confirmation email could not be sent: the next sign-up may mail again."""
+        with self._write() as conn:
+            conn.execute(sa.update(signups).where(signups.c.email_key == email.lower())
+                         .values(mailed_at=None))
 
     def confirm(self, email: str, nonce: str, now: datetime, *, in_config: bool
                 ) -> StoredSubscriber | None:
