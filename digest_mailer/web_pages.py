@@ -207,8 +207,9 @@ def create_site(tokens: Tokens, env: Mapping[str, str], *,
             return message(snap, "Sign-up is closed", "This newsletter takes no new "
                            "subscribers here.", status=404)
         value, new = cookie_of(request)
-        return with_cookie(page("signup.html.j2", snap, title="Subscribe", csrf=got[1].csrf(value), error="",
-                                values=_values(), preview=None), request, value, new)
+        return with_cookie(page("signup.html.j2", snap, title="Subscribe", error="",
+                                csrf=got[1].csrf(value), values=_values(), preview=None),
+                           request, value, new)
 
     async def signup(request: Request) -> Response:
         got = snapshot()
