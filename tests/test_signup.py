@@ -24,7 +24,8 @@ from digest_mailer.config import load_config
 from digest_mailer.message import unsubscribe_token
 from digest_mailer.store import Ledger
 from digest_mailer.web import Tokens
-from digest_mailer.web_pages import CONFIRM_QUIET_SECONDS, create_site
+from digest_mailer.web_pages import create_site
+from digest_mailer.web_site import CONFIRM_QUIET_SECONDS
 
 LIST_ID = "Daily Papers <daily-papers.example.org>"
 

@@ -167,6 +167,13 @@ def sqlite_engine(path: Path) -> Engine:
 
 
 def store_failure(url: str, e: BaseException) -> StoreError:
+    """The driver's own error, told as the ledger tells it (damaged, read-only, full, busy),
+    so a broken ledger reads the same in every command."""
+    orig = getattr(e, "orig", None)
+    if isinstance(orig, Exception):
+        from digest_mailer.store.db import store_error
+
+        return store_error(url.removeprefix("sqlite:///"), orig)
     return StoreError(f"{url}: cannot use the subscriber store ({e})",
                       hint="check [state] path, its folder's permissions and free space")
 
@@ -388,12 +395,14 @@ class SelfService:
         with self._write() as conn:
             row = conn.execute(sa.select(r.window_start, r.hits).where(where)).first()
             if row is None:
+                # New subjects come with new windows: what is left of old ones goes now, so
+                # the table holds about one window's visitors.
+                conn.execute(sa.delete(rate_limits).where(r.bucket == bucket,
+                                                          r.window_start < start))
                 conn.execute(sa.insert(rate_limits).values(bucket=bucket, subject=subject,
                                                            window_start=start, hits=1))
                 return limit >= 1
             hits = 1 if row.window_start != start else row.hits + 1
             conn.execute(sa.update(rate_limits).where(where).values(window_start=start,
                                                                     hits=hits))
-            if now - start < 1 and hits == 1:
-                conn.execute(sa.delete(rate_limits).where(r.window_start < start - window))
         return hits <= limit
