@@ -69,7 +69,7 @@ def stored(path: Path) -> list[StoredSubscriber]:
     created: dry runs and read-only commands write nothing)."""
     if not path.exists():
         return []
-    engine = sqlite_engine(path)
+    engine = sqlite_engine(path, readonly=True)
     try:
         if not sa.inspect(engine).has_table("ss_subscribers"):
             return []
@@ -94,7 +94,7 @@ def store_revision(path: Path) -> int:
     self-service subscriber, so a watcher rereads them only then."""
     if not path.exists():
         return 0
-    engine = sqlite_engine(path)
+    engine = sqlite_engine(path, readonly=True)
     try:
         if not sa.inspect(engine).has_table("ss_meta"):
             return 0

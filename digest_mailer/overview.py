@@ -124,7 +124,7 @@ def signup_counts(config: Config, now: datetime) -> dict[str, int]:
                            "confirmed_last_day", "confirmed_last_week"), 0)
     if not config.state_path.exists():
         return empty
-    engine = sqlite_engine(config.state_path)
+    engine = sqlite_engine(config.state_path, readonly=True)
     try:
         if not sa.inspect(engine).has_table("ss_signups"):
             return empty

@@ -316,3 +316,43 @@ def test_signup_off_keeps_preferences_and_unsubscribe(site: Site, tmp_path: Path
     hop = site.client.get(f"/unsubscribe/{token}/topics")
     assert site.client.get(hop.headers["location"]).status_code == 200
     assert site.client.get(f"/unsubscribe/{token}").status_code == 200
+
+
+def test_a_store_subscribers_own_links_work_and_status_counts_them(site: Site) -> None:
+    sign_up(site, "own@example.org")
+    (link,) = site.confirmations()
+    site.client.get(link.removeprefix(site.base))
+    token = unsubscribe_token(SECRET.encode(), "own@example.org", LIST_ID)
+    # The service's token map follows the store (its watcher looks every 2 s).
+    deadline = time.monotonic() + 15
+    while site.client.get(f"/unsubscribe/{token}").status_code != 200 and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    hop = site.client.get(f"/unsubscribe/{token}/topics")
+    assert hop.status_code == 303
+    assert "diffusion" in site.client.get(hop.headers["location"]).text
+    sign_up(site, "pending@example.org")
+    from click.testing import CliRunner
+
+    from digest_mailer.cli import cli
+
+    def status() -> dict[str, Any]:
+        import json
+
+        out = CliRunner().invoke(cli, ["status", "--json", "--config", str(site.path)], env=ENV)
+        assert out.exit_code == 0, out.output
+        return dict(json.loads(out.stdout))
+
+    before = status()
+    assert before["subscribers_by_source"]["store"] == {"active": 1, "paused": 0,
+                                                        "unsubscribed": 0, "suppressed": 0}
+    assert before["subscribers_by_source"]["config"]["active"] == 3
+    assert before["signups"] == {"pending": 1, "requested_last_day": 2,
+                                 "requested_last_week": 2, "confirmed_last_day": 1,
+                                 "confirmed_last_week": 1}
+    gone = site.client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert gone.status_code == 200 and "You are unsubscribed" in gone.text
+    assert status()["subscribers_by_source"]["store"]["unsubscribed"] == 1
+    text = CliRunner().invoke(cli, ["status", "--config", str(site.path)], env=ENV).stdout
+    assert "  store: 0 active, 0 paused, 1 unsubscribed, 0 suppressed" in text
+    assert "Sign-ups: 1 pending confirmation; last day 2 requested, 1 confirmed" in text

@@ -145,18 +145,25 @@ def _values(s: StoredSubscriber, now: datetime) -> dict[str, Any]:
             "paused": s.paused, "created_at": s.created_at or now, "updated_at": now}
 
 
-def sqlite_engine(path: Path) -> Engine:
+def sqlite_engine(path: Path, *, readonly: bool = False) -> Engine:
     """The engine over the SQLite ledger file: WAL (the ledger sets it too), a 30 s busy
     wait, and writes that take the write lock when they begin (BEGIN IMMEDIATE), so a
-    read-then-write transaction never fails on a lock another writer took in between."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+    read-then-write transaction never fails on a lock another writer took in between.
+    `readonly`: opened read-only, so that dry runs and read-only commands write nothing (not
+    even the header of an empty file)."""
+    if readonly:
+        engine = sa.create_engine(f"sqlite:///{path.resolve().as_uri()}?mode=ro&uri=true",
+                                  connect_args={"timeout": 30})
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi: Any, _record: Any) -> None:
         dbapi.isolation_level = None  # SQLAlchemy emits BEGIN below, the driver does not
-        dbapi.execute("PRAGMA journal_mode=WAL")
-        dbapi.execute("PRAGMA synchronous=NORMAL")
+        if not readonly:
+            dbapi.execute("PRAGMA journal_mode=WAL")
+            dbapi.execute("PRAGMA synchronous=NORMAL")
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
@@ -173,7 +180,8 @@ def store_failure(url: str, e: BaseException) -> StoreError:
     if isinstance(orig, Exception):
         from digest_mailer.store.db import store_error
 
-        return store_error(url.removeprefix("sqlite:///"), orig)
+        path = url.removeprefix("sqlite:///").removeprefix("file:").split("?")[0]
+        return store_error(path, orig)
     return StoreError(f"{url}: cannot use the subscriber store ({e})",
                       hint="check [state] path, its folder's permissions and free space")
 
