@@ -21,6 +21,7 @@ from digest_mailer.config_values import bare_address
 from digest_mailer.constants import WEEKDAYS
 from digest_mailer.models import Paper, Subscriber
 from digest_mailer.select import ranked_matches
+from digest_mailer.topics import Feed
 
 CONFIRM_DAYS = 2  # a confirmation link works this long
 PREFERENCES_SECONDS = 7 * 86400  # a preferences page's own link (the email's link never ends)
@@ -158,15 +159,27 @@ class Preview:
     warnings: tuple[str, ...]
 
 
-def preview(prefs: Prefs, feeds: Mapping[str, Sequence[Paper]],
-            aliases: tuple[tuple[str, ...], ...] = ()) -> Preview:
+@dataclass(frozen=True, slots=True)
+class Known:
+    """The papers the ledger knows, tokenised once for every preview: all of them, and by
+    day (for the topic warnings)."""
+
+    everything: Feed
+    days: Mapping[str, Feed]
+
+    @classmethod
+    def of(cls, feeds: Mapping[str, Sequence[Paper]]) -> Known:
+        return cls(Feed.of([p for day in sorted(feeds) for p in feeds[day]]),
+                   {day: Feed.of(papers) for day, papers in feeds.items()})
+
+
+def preview(prefs: Prefs, known: Known, aliases: tuple[tuple[str, ...], ...] = ()) -> Preview:
     """What these filters would have picked from the feeds the ledger knows (titles only)."""
-    papers = [p for day in sorted(feeds) for p in feeds[day]]
     sub = prefs.subscriber(aliases=aliases)
-    ranked = ranked_matches(sub, papers) if papers else ()
-    warnings = topic_warnings([sub], feeds, what=f"the last {len(feeds)} day(s)") if \
-        prefs.topics else []
-    return Preview(len(ranked), len(papers), len(feeds),
+    ranked = ranked_matches(sub, known.everything) if len(known.everything) else ()
+    warnings = topic_warnings([sub], known.days, what=f"the last {len(known.days)} day(s)") \
+        if prefs.topics else []
+    return Preview(len(ranked), len(known.everything), len(known.days),
                    tuple(m.paper.title for m in ranked[:PREVIEW_TITLES]),
                    tuple(w.replace(f" ({sub.email})", "").removeprefix("warning: ")
                          for w in warnings))

@@ -22,7 +22,6 @@ from digest_mailer import signup as su
 from digest_mailer.audience import Member, from_store, overridden
 from digest_mailer.config import Config
 from digest_mailer.constants import WEEKDAYS
-from digest_mailer.models import Paper
 from digest_mailer.store import Ledger
 from digest_mailer.store.selfservice import SelfService, StoredSubscriber
 from digest_mailer.web import (
@@ -74,7 +73,7 @@ class Site:
     env: Mapping[str, str]
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     _stores: dict[Path, SelfService] = field(default_factory=dict)
-    _feeds: dict[Path, tuple[float, dict[str, list[Paper]]]] = field(default_factory=dict)
+    _feeds: dict[Path, tuple[float, su.Known]] = field(default_factory=dict)
 
     def store(self, config: Config) -> SelfService:
         path = config.state_path
@@ -84,12 +83,14 @@ class Site:
             self._stores[path] = SelfService.at(path)
         return self._stores[path]
 
-    def feeds(self, config: Config) -> dict[str, list[Paper]]:
+    def feeds(self, config: Config) -> su.Known:
+        """The last 7 days of papers the ledger knows, tokenised; read again after a minute."""
         path = config.state_path
         cached = self._feeds.get(path)
         if cached is None or time.monotonic() - cached[0] > FEEDS_SECONDS:
             with Ledger.open_readonly(path) as ledger:
-                cached = self._feeds[path] = (time.monotonic(), ledger.recent_titles(7))
+                known = su.Known.of(ledger.recent_titles(7))
+            cached = self._feeds[path] = (time.monotonic(), known)
         return cached[1]
 
     def member(self, config: Config, email: str) -> Member | None:
