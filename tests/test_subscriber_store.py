@@ -233,3 +233,16 @@ def test_a_malformed_csv_names_each_bad_row_and_imports_nothing(tmp_path: Path) 
     wrong = invoke("subscribers", "import", str(header), "--config", str(path))
     assert wrong.stderr.splitlines()[0] == \
         f"Error: {header}: line 1: no 'email' column in the header row"
+
+
+def test_check_warns_when_the_topics_link_cannot_reach_the_service(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(
+        tmp_path, unsubscribe={"url": "https://papers.example.org/u?t={token}"})))
+    result = invoke("check", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert ("warning: unsubscribe.url does not end with {token}: the digests' 'Change your "
+            "topics' link (that URL + /topics) will not reach `digest-mailer web`"
+            ) in result.stdout.splitlines()
+    path.write_text(toml_text(base_config(tmp_path)))
+    assert "does not end with {token}" not in invoke("check", "--config", str(path)).stdout
