@@ -356,3 +356,32 @@ def test_a_store_subscribers_own_links_work_and_status_counts_them(site: Site) -
     text = CliRunner().invoke(cli, ["status", "--config", str(site.path)], env=ENV).stdout
     assert "  store: 0 active, 0 paused, 1 unsubscribed, 0 suppressed" in text
     assert "Sign-ups: 1 pending confirmation; last day 2 requested, 1 confirmed" in text
+
+
+def test_hostile_bodies_and_tokens_get_a_clear_answer_never_a_crash(site: Site) -> None:
+    page = site.client.get("/")
+    token = csrf(page)
+    form = "application/x-www-form-urlencoded"
+    bodies: list[tuple[bytes, str]] = [
+        (b"\xff\xfe\x00garbage=%%%&&&==", form),
+        (b"csrf=" + token.encode() + b"&email=a%00b@example.org&topics=%0D%0Ax", form),
+        (b"csrf=" + token.encode() + b"&csrf=" + token.encode() + b"&email=&email=x", form),
+        (b"csrf=" + token.encode() + b"&frequency=hourly&email=a@example.org", form),
+        (b"csrf=" + token.encode() + b"&weekday=someday&email=a@example.org", form),
+        (b"--x\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n" + token.encode() +
+         b"\r\n--x\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n\xff\xfe@x\r\n--x--",
+         "multipart/form-data; boundary=x"),
+        (b"not a multipart body", "multipart/form-data; boundary=y"),
+    ]
+    for body, kind in bodies:
+        got = site.client.post("/", content=body, headers={"Content-Type": kind})
+        assert got.status_code in (200, 400, 403), (body, got.status_code, got.text[:200])
+        assert "Traceback" not in got.text
+        for path in ("/preview",):
+            assert site.client.post(path, content=body, headers={"Content-Type": kind}
+                                    ).status_code in (200, 403)
+    for bad in ("%00", "a" * 3000, "e30.YWJj.ZGVm", "%F0%9F%98%80"):
+        for path in (f"/confirm/{bad}", f"/preferences/{bad}", f"/unsubscribe/{bad}/topics"):
+            assert site.client.get(path).status_code == 404, path
+        assert site.client.post(f"/resubscribe/{bad}", data={"csrf": "x"}).status_code == 404
+    assert site.confirmations() == []
