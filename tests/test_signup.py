@@ -385,3 +385,27 @@ def test_hostile_bodies_and_tokens_get_a_clear_answer_never_a_crash(site: Site) 
             assert site.client.get(path).status_code == 404, path
         assert site.client.post(f"/resubscribe/{bad}", data={"csrf": "x"}).status_code == 404
     assert site.confirmations() == []
+
+
+def test_a_confirmation_that_cannot_be_sent_says_so_and_may_be_tried_again(
+        tmp_path: Path) -> None:
+    web_port, dead = free_port(), free_port()  # nothing listens on `dead`
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(tmp_path, smtp=local_smtp(dead, timeout=5),
+                                          web={"base_url": f"http://127.0.0.1:{web_port}"})))
+    server, thread = start(path, web_port, [timedelta(0)])
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=30) as c:
+            def attempt() -> httpx.Response:
+                page = c.get("/")
+                return c.post("/", data={"csrf": csrf(page), "email": "later@example.org",
+                                         "topics": "diffusion", "action": "subscribe"})
+
+            first = attempt()
+            assert first.status_code == 503 and "Please try again later" in first.text
+            # Not counted as mailed: the next try within the hour mails again (and fails
+            # again here, saying so rather than pretending).
+            assert attempt().status_code == 503
+    finally:
+        server.should_exit = True
+        thread.join(5)
