@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from digest_mailer.errors import DigestMailerError
@@ -56,7 +57,8 @@ class Truth:
     def __init__(self, roster: Roster) -> None:
         self._roster = roster
         self._store: SelfService | None = None
-        self._stored: frozenset[str] = frozenset()  # addresses with a row in the store
+        self._stored: set[str] = set()  # addresses with a row in the store (or that had one)
+        self._since: datetime | None = None  # the latest change read
         self._revision = -1
         self._looked = -STORE_LOOK_SECONDS
 
@@ -73,7 +75,10 @@ class Truth:
             self._store = SelfService(sqlite_engine(Path(self._roster.store)))
         revision = self._store.revision()
         if revision != self._revision:
-            self._stored = frozenset(s.key for s in self._store.all())
+            # Only the rows changed since the last look: a removed row's address stays in
+            # the set, and its look-up below finds it gone.
+            changed, self._since = self._store.keys(self._since)
+            self._stored |= changed
             self._revision = revision
 
     def refresh(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,29 @@ def test_check_warns_when_the_topics_link_cannot_reach_the_service(tmp_path: Pat
             ) in result.stdout.splitlines()
     path.write_text(toml_text(base_config(tmp_path)))
     assert "does not end with {token}" not in invoke("check", "--config", str(path)).stdout
+
+
+def test_the_send_time_check_sees_store_changes_made_during_a_run(tmp_path: Path) -> None:
+    from digest_mailer.truth import STORE_LOOK_SECONDS, Roster, Truth
+
+    put(tmp_path, StoredSubscriber("s@example.org", "store", "signup"))
+    state = tmp_path / "state.sqlite3"
+    truth = Truth(Roster.of(None, [("cfg@example.org", False)], store=state))
+    with Ledger.open(state) as ledger:
+        truth.refresh()
+        assert truth.forbidden("cfg@example.org", ledger) is None
+        assert truth.forbidden("s@example.org", ledger) is None
+        assert truth.forbidden("nobody@example.org", ledger) == \
+            "no longer a subscriber in the config nor in the store"
+        from datetime import UTC, datetime
+
+        with store_of(tmp_path) as store:  # the web service, meanwhile
+            store.put(StoredSubscriber("cfg@example.org", "override", "web", paused=True),
+                      datetime.now(UTC))
+            store.remove("s@example.org")
+        time.sleep(STORE_LOOK_SECONDS + 0.1)
+        truth.refresh()
+        assert truth.forbidden("cfg@example.org", ledger) == \
+            "paused (by their own preferences)"
+        assert truth.forbidden("s@example.org", ledger) == \
+            "no longer a subscriber in the config nor in the store"

@@ -248,6 +248,20 @@ class SelfService:
                                                                 subscribers.c.email_key))
             return [_row(r) for r in rows]
 
+    def keys(self, since: datetime | None = None) -> tuple[set[str], datetime | None]:
+        """The addresses changed since `since` (all of them without it; an hour's margin
+        for clocks that step back), and the latest change among them: a watcher reads only
+        what moved."""
+        c = subscribers.c
+        query = sa.select(c.email_key, c.updated_at)
+        if since is not None:
+            query = query.where(c.updated_at >= since - timedelta(hours=1))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        stamps = [t for r in rows if (t := _utc(r.updated_at)) is not None]
+        latest = max([*stamps, since] if since is not None else stamps, default=None)
+        return {r.email_key for r in rows}, latest
+
     def get(self, email: str) -> StoredSubscriber | None:
         with self._read() as conn:
             r = conn.execute(sa.select(subscribers).where(
