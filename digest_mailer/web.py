@@ -19,6 +19,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class Tokens:
     _snapshot: Snapshot = field(default_factory=Snapshot)
     _stamp: tuple[int, int, int] | None = None
     _revision: int = 0  # of the store's self-service subscribers, as last read
+    _caught: float = -1.0  # when a missed token last made us look (catch_up)
     _polled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -144,6 +146,20 @@ class Tokens:
             self._stamp = stamp
             self._snapshot = Snapshot(error=str(e))
             logger.error("%s: cannot serve unsubscribe links: %s", self.config_path, e)
+
+    def catch_up(self) -> None:
+        """A token not in the map may be a subscriber who confirmed a moment ago, in another
+        process: look now rather than at the next poll (at most once a second)."""
+        config = self._snapshot.config
+        if config is None or time.monotonic() - self._caught < 1.0 or self._lock.locked():
+            return  # a reload under way (the watcher's) is not waited for
+        self._caught = time.monotonic()
+        try:
+            moved = store_revision(config.state_path) != self._revision
+        except DigestMailerError:
+            return
+        if moved:
+            self.poll()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -255,8 +271,15 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
         return _page("Link not recognised", "<p>This unsubscribe link is not valid. If you "
                      "still get emails, reply to one and ask to be removed.</p>", 404)
 
+    async def find(token: str) -> tuple[Snapshot, str | None]:
+        snap, email = tokens.lookup(token, now().date())
+        if email is None and snap.config is not None:
+            await run_in_threadpool(tokens.catch_up)
+            snap, email = tokens.lookup(token, now().date())
+        return snap, email
+
     async def show(request: Request) -> Response:
-        snap, email = tokens.lookup(request.path_params["token"], now().date())
+        snap, email = await find(request.path_params["token"])
         if snap.config is None:
             return _unavailable()
         if email is None:
@@ -280,7 +303,7 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
         if set(form.get("List-Unsubscribe", ())) != {"One-Click"}:
             return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400,
                                      headers=HEADERS)
-        snap, email = tokens.lookup(request.path_params["token"], now().date())
+        snap, email = await find(request.path_params["token"])
         if snap.config is None:
             return _unavailable()
         if email is None:

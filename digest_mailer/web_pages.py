@@ -38,7 +38,11 @@ logger = logging.getLogger(__name__)
 
 
 async def from_digest(site: Site, request: Request) -> Response:
-    snap, email = site.tokens.lookup(request.path_params["token"], site.now().date())
+    token = request.path_params["token"]
+    snap, email = site.tokens.lookup(token, site.now().date())
+    if email is None and snap.config is not None:
+        await run_in_threadpool(site.tokens.catch_up)
+        snap, email = site.tokens.lookup(token, site.now().date())
     if snap.config is None:
         return site.unavailable()
     if email is None:

@@ -193,6 +193,7 @@ async def confirm(site: Site, request: Request) -> Response:
                             form_button="Confirm my subscription")
     in_config = any(s.key == email.lower() for s in config.subscribers_view())
     await run_in_threadpool(store.confirm, email, nonce, site.now(), in_config=in_config)
+    await run_in_threadpool(site.tokens.poll)  # their links work from the first email on
 
     def welcome() -> None:
         with Ledger.open(config.state_path) as ledger:

@@ -48,8 +48,10 @@ class Site:
         return out
 
 
-def start(path: Path, port: int, clock: list[timedelta]) -> tuple[uvicorn.Server, threading.Thread]:
-    app = create_site(Tokens(path, ENV), ENV, now=lambda: datetime.now(UTC) + clock[0])
+def start(path: Path, port: int, clock: list[timedelta], interval: float = 2.0
+          ) -> tuple[uvicorn.Server, threading.Thread]:
+    app = create_site(Tokens(path, ENV, interval=interval), ENV,
+                      now=lambda: datetime.now(UTC) + clock[0])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            proxy_headers=True, forwarded_allow_ips="127.0.0.1"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -406,6 +408,30 @@ def test_a_confirmation_that_cannot_be_sent_says_so_and_may_be_tried_again(
             # Not counted as mailed: the next try within the hour mails again (and fails
             # again here, saying so rather than pretending).
             assert attempt().status_code == 503
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+def test_a_subscriber_added_elsewhere_has_working_links_at_once(tmp_path: Path) -> None:
+    """The watcher looks every `interval`; a token it does not know yet makes it look now."""
+    from click.testing import CliRunner
+
+    from digest_mailer.cli import cli
+
+    port = free_port()
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(tmp_path)))
+    server, thread = start(path, port, [timedelta(0)], interval=3600)
+    try:
+        added = CliRunner().invoke(cli, ["subscribers", "add", "--store", "cli@example.org",
+                                         "--config", str(path)], env=ENV)
+        assert added.exit_code == 0, added.output
+        token = unsubscribe_token(SECRET.encode(), "cli@example.org", LIST_ID)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.get(f"/unsubscribe/{token}").status_code == 200
+            assert c.get(f"/unsubscribe/{token}/topics").status_code == 303
+            assert c.get("/unsubscribe/not-a-token").status_code == 404
     finally:
         server.should_exit = True
         thread.join(5)
