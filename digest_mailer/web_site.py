@@ -208,7 +208,8 @@ PRIVACY_STUB = (
     "This page is for the operator to fill in: set [web] privacy_file in the config.",
     "What this service keeps: your email address, the topics, exclusions, authors and "
     "cadence you choose, when you signed up and confirmed, and which papers were sent to "
-    "you and when (so that none is sent twice).",
+    "you and when (so that none is sent twice). A sign-up never confirmed is forgotten after "
+    "30 days.",
     "The pages load nothing from other sites: no fonts, scripts, trackers or analytics. "
     "Rate limits keep a keyed hash of your network address for an hour, never the address.",
     "Every email has a one-click unsubscribe link and a link to change your topics.")

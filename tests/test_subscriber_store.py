@@ -273,3 +273,17 @@ def test_the_send_time_check_sees_store_changes_made_during_a_run(tmp_path: Path
             "paused (by their own preferences)"
         assert truth.forbidden("s@example.org", ledger) == \
             "no longer a subscriber in the config nor in the store"
+
+
+def test_unconfirmed_sign_ups_are_forgotten_after_30_days(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    with store_of(tmp_path) as store:
+        store.request("old@example.org", {"topics": ["x"]}, "n1", NOW, timedelta(hours=1))
+        store.request("kept@example.org", {}, "n2", NOW, timedelta(hours=1))
+        store.confirm("kept@example.org", "n2", NOW, in_config=False)
+        later = NOW + timedelta(days=31)
+        store.request("new@example.org", {}, "n3", later, timedelta(hours=1))
+        assert store.pending("old@example.org") is None
+        assert store.pending("kept@example.org") is not None  # confirmed: counted in status
+        assert store.pending("new@example.org") is not None

@@ -79,6 +79,7 @@ meta = sa.Table(
 )
 
 TABLES = (subscribers, signups, rate_limits, meta)
+FORGET_AFTER = timedelta(days=30)  # an unconfirmed sign-up's address is kept this long
 FILTERS = ("topics", "exclude", "authors", "frequency", "weekday", "paused")
 
 
@@ -335,6 +336,10 @@ class SelfService:
         and the link already sent confirms them."""
         key = email.lower()
         with self._write() as conn:
+            # Sign-ups never confirmed are forgotten after a while: their addresses are
+            # someone's who did not ask to be kept.
+            conn.execute(sa.delete(signups).where(signups.c.confirmed_at.is_(None),
+                                                  signups.c.created_at < now - FORGET_AFTER))
             old = conn.execute(sa.select(signups.c.mailed_at, signups.c.nonce).where(
                 signups.c.email_key == key)).first()
             mailed = _utc(old.mailed_at) if old is not None else None
