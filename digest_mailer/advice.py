@@ -26,10 +26,12 @@ class TopicStats:
     shares: tuple[float, ...]  # per feed of MIN_FEED papers or more
 
 
-def topic_stats(topics: Iterable[str], feeds: Mapping[str, Sequence[Paper]],
+def topic_stats(topics: Iterable[str], feeds: Mapping[str, Sequence[Paper] | Feed],
                 groups: tuple[tuple[str, ...], ...] = ()) -> list[TopicStats]:
-    """How often each topic matches, over all the feeds (day -> papers) and per feed."""
-    prepared = {day: Feed.of(papers) for day, papers in feeds.items() if papers}
+    """How often each topic matches, over all the feeds (day -> papers, or the papers already
+    tokenised: the sign-up page's preview asks many times over the same feeds) and per feed."""
+    prepared = {day: p if isinstance(p, Feed) else Feed.of(p) for day, p in feeds.items()
+                if len(p)}
     table = alias_table.BUILTIN + groups
     out = []
     for topic in dict.fromkeys(topics):
@@ -57,8 +59,9 @@ def wordless(topic: str) -> str | None:
     return None
 
 
-def topic_warnings(subscribers: Sequence[Subscriber], feeds: Mapping[str, Sequence[Paper]],
-                   *, what: str = "the recent feeds") -> list[str]:
+def topic_warnings(subscribers: Sequence[Subscriber],
+                   feeds: Mapping[str, Sequence[Paper] | Feed], *,
+                   what: str = "the recent feeds") -> list[str]:
     """One line per topic with no words of its own, or that matched nothing in `feeds`, or
     more than half of every one of them; each topic is judged once, however many subscribers
     follow it."""
@@ -77,7 +80,7 @@ def topic_warnings(subscribers: Sequence[Subscriber], feeds: Mapping[str, Sequen
         if problem:
             lines.append(f"warning: topic {topic!r} ({whom(topic)}) {problem}")
     judged = [t for t in users if wordless(t) is None]
-    if not any(feeds.values()) or not judged:
+    if not any(len(f) for f in feeds.values()) or not judged:
         return _capped(lines)
     groups = subscribers[0].aliases if subscribers else ()
     for s in topic_stats(judged, feeds, groups):

@@ -21,6 +21,10 @@ SESSION_COMMANDS = 8
 MAX_SESSION = 120.0  # seconds, unless one command may take longer (delivery.smtp.timeout)
 
 
+def _ends_with_token(url: str) -> bool:
+    return url.endswith("/{token}")
+
+
 def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
     """The config is valid; what it sets up; the warnings."""
     from digest_mailer.cron import next_fire, parse_cron
@@ -60,8 +64,13 @@ def describe(config: Config, found: Findings, *, now: datetime) -> list[str]:
         lines.append(f"templates rendered for each subscriber alone (slower: they change "
                      f"name, email or unsubscribe_url): {', '.join(found.per_subscriber)}")
     lines += [f"warning: {w.message}" for w in found.warnings]
-    if not subs:
-        lines.append("warning: no [[subscribers]]: runs will send nothing")
+    if not subs:  # the store's subscribers are counted by `status`, which reads the ledger
+        lines.append("warning: no [[subscribers]] in the config: runs mail only the store's "
+                     "self-service subscribers (`digest-mailer status` counts them)")
+    if not _ends_with_token(config.unsubscribe.url):
+        lines.append("warning: unsubscribe.url does not end with {token}: the digests' "
+                     "'Change your topics' link (that URL + /topics) will not reach "
+                     "`digest-mailer web`")
     from digest_mailer.advice import topic_advice  # the matcher: only check needs it here
 
     return lines + topic_advice(config)

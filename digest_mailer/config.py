@@ -44,6 +44,7 @@ from digest_mailer.config_values import (
     terms,
     time_zone,
     unsubscribe_url,
+    web_base_url,
 )
 from digest_mailer.constants import SOURCE_KIND_HELP, SOURCE_KINDS, WEEKDAYS, SourceKindName
 from digest_mailer.errors import ConfigError
@@ -262,6 +263,16 @@ class UnsubscribeSettings(_Section):
         return unsubscribe_url(v)
 
 
+class WebSettings(_Section):
+    signup: bool = Field(True, description="false: no sign-up page (preferences and "
+                                           "unsubscribe links keep working)")
+    base_url: Annotated[str, AfterValidator(web_base_url)] | None = Field(
+        None, description="where `digest-mailer web` is reached, for the links in "
+                          "confirmation emails; default: unsubscribe.url up to /unsubscribe/")
+    privacy_file: str | None = Field(
+        None, description="a text file shown at /privacy (paragraphs split by blank lines)")
+
+
 class SubscriberSettings(_Section):
     email: Annotated[str, AfterValidator(bare_address)] = Field(description="the address")
     name: Annotated[str, AfterValidator(single_line), AfterValidator(composed)] = Field(
@@ -288,6 +299,7 @@ class Config(_Section):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     unsubscribe: UnsubscribeSettings
+    web: WebSettings = Field(default_factory=WebSettings)
     subscribers: list[SubscriberSettings] = Field(default_factory=list)
     aliases: dict[AliasName, AliasNames] = Field(
         default_factory=dict, max_length=1000,

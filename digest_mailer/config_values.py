@@ -221,3 +221,15 @@ def unsubscribe_url(v: str) -> str:
         raise ValueError(f"{v!r} has characters a URL cannot carry as is (spaces, <, >, "
                          "quotes, non-ASCII): percent-encode them")
     return v
+
+
+def web_base_url(v: str) -> str:
+    """https, or http on this machine only (a local try-out): links in emails go there."""
+    http_url(v)
+    parts = urlsplit(v)
+    local = (parts.hostname or "") in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not local:
+        raise ValueError(f"{v!r} is not https (plain http only for 127.0.0.1 or localhost)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r}: the base URL takes no query or fragment")
+    return v.rstrip("/")

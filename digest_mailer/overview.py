@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from digest_mailer.advice import topic_advice
+from digest_mailer.audience import Member, everyone, members
 from digest_mailer.config import WEEKDAYS, Config
 from digest_mailer.cron import next_fire, parse_cron
 from digest_mailer.errors import DigestMailerError
@@ -33,9 +34,10 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
                        topics: Sequence[str] = ()) -> SubscriberExplanation:
     """Every paper of the current feed, kept or dropped for one subscriber, and why; with
     `topics`, as if the subscriber's topics were those (to try them before saving)."""
-    matches = [s for s in config.subscribers_view() if s.key == (options.only or "").lower()]
+    matches = [s for s in everyone(config) if s.key == (options.only or "").lower()]
     if not matches:
-        raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
+        raise DigestMailerError(f"{options.only}: not a subscriber in {config.path} nor in "
+                                "the store",
                                 hint="see `digest-mailer subscribers list`")
     sub = matches[0]
     if topics:
@@ -54,7 +56,7 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
         offered = ledger.offer_log(sub.email)
     note = ""
     if sub.paused:
-        note = "paused (pause = true): nothing is sent while it is set"
+        note = "paused (pause = true, or by their own preferences): nothing is sent"
     elif not sub.due_on(run_date):
         note = f"weekly on {WEEKDAYS[sub.weekday]}: nothing is sent on {run_date:%A}"
     return SubscriberExplanation(sub.email, note, tuple(explain(sub, fetched.papers, offered)),
@@ -71,7 +73,8 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         suppressed = ledger.suppressions()
         outbox = ledger.outbox.counts()
         problems = ledger.outbox.problems()
-    subs = config.subscribers_view()
+    found = members(config)
+    subs = [m.subscriber for m in found]
     tz = config.schedule_timezone
     upcoming = next_fire(parse_cron(config.schedule.cron, tz), now)
     return {
@@ -83,6 +86,8 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
             "active": sum(1 for s in subs if not s.paused and s.key not in suppressed),
             "paused": sum(1 for s in subs if s.paused),
             "suppressed": sum(1 for s in subs if s.key in suppressed)},
+        "subscribers_by_source": by_source(found, suppressed),
+        "signups": signup_counts(config, now),
         "suppressed": {email: {"reason": r, "since": since, "detail": d}
                        for email, (r, since, d) in suppressed.items()},
         "outbox": {"waiting": sum(n for state, n in outbox.items()
@@ -94,3 +99,40 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         "next_run": upcoming.isoformat() if upcoming else None,
         "last_runs": [r._asdict() for r in runs],
     }
+
+
+def by_source(found: list[Member], suppressed: Mapping[str, tuple[str, str, str]]
+              ) -> dict[str, dict[str, int]]:
+    """Per source (config, config+override, store): confirmed and mailed, paused,
+    unsubscribed, suppressed (bounces, or by the operator)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in found:
+        row = out.setdefault(m.source, {"active": 0, "paused": 0, "unsubscribed": 0,
+                                        "suppressed": 0})
+        why = suppressed.get(m.subscriber.key)
+        if why is not None:
+            row["unsubscribed" if why[0] == "unsubscribed" else "suppressed"] += 1
+        elif m.subscriber.paused:
+            row["paused"] += 1
+        else:
+            row["active"] += 1
+    return out
+
+
+def signup_counts(config: Config, now: datetime) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from digest_mailer.signup import CONFIRM_DAYS
+    from digest_mailer.store.selfservice import SelfService, sqlite_engine
+
+    empty = dict.fromkeys(("pending", "requested_last_day", "requested_last_week",
+                           "confirmed_last_day", "confirmed_last_week"), 0)
+    if not config.state_path.exists():
+        return empty
+    engine = sqlite_engine(config.state_path, readonly=True)
+    try:
+        if not sa.inspect(engine).has_table("ss_signups"):
+            return empty
+        return SelfService(engine, create=False).signup_counts(now, timedelta(CONFIRM_DAYS))
+    finally:
+        engine.dispose()

@@ -14,6 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from digest_mailer import credentials
+from digest_mailer.audience import everyone
 from digest_mailer.compose import Composer, batch_key, decide
 from digest_mailer.config import Config
 from digest_mailer.config_values import DAY
@@ -191,17 +192,19 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
          should_stop: Callable[[], bool]) -> RunReport:
     dry = options.dry_run
     roster = None if dry else Roster.of(Path(config.path) if config.path else None,
-                                        [(s.email, s.paused) for s in config.subscribers_view()])
+                                        [(s.email, s.paused) for s in config.subscribers_view()],
+                                        store=config.state_path)
     secret = unsubscribe_secret(config, env, dry_run=dry)
     backend_name = "file" if dry else config.delivery.backend
     bopts = backend_options(config, env, options.out_dir)
     renderer = Renderer(config.templates_dir, config.newsletter.subject)
     envelope = Envelope.of(config, secret)
-    subscribers = config.subscribers_view()
+    subscribers = everyone(config)
     if options.only:
         subscribers = tuple(s for s in subscribers if s.key == options.only.lower())
         if not subscribers:
-            raise DigestMailerError(f"{options.only}: not a subscriber in {config.path}",
+            raise DigestMailerError(f"{options.only}: not a subscriber in {config.path} nor "
+                                    "in the store",
                                     hint="see `digest-mailer subscribers list`")
     run_date = options.run_date or today(config, now)
     spec = source_spec(config, options, lookback(config, subscribers, run_date))

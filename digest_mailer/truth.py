@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.store import Ledger
+from digest_mailer.store.selfservice import SelfService, sqlite_engine
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +38,51 @@ class Roster:
     stamp: Stamp | None
     active: frozenset[str]  # lower-cased addresses of subscribers not paused
     paused: frozenset[str]
+    store: str | None = None  # the ledger holding the self-service subscribers, when asked
 
     @classmethod
-    def of(cls, path: Path | None, pairs: list[tuple[str, bool]]) -> Roster:
-        """`pairs`: (address, paused) for every subscriber; the stamp is taken before the
-        caller read the file, so an edit in between is seen as a change."""
+    def of(cls, path: Path | None, pairs: list[tuple[str, bool]], *,
+           store: Path | None = None) -> Roster:
+        """`pairs`: (address, paused) for every subscriber of the config; the stamp is taken
+        before the caller read the file, so an edit in between is seen as a change."""
         return cls(str(path) if path else None, stamp(path) if path else None,
                    frozenset(a.lower() for a, p in pairs if not p),
-                   frozenset(a.lower() for a, p in pairs if p))
+                   frozenset(a.lower() for a, p in pairs if p), str(store) if store else None)
+
+
+STORE_LOOK_SECONDS = 1.0  # how stale the store's list of addresses may be
 
 
 class Truth:
     def __init__(self, roster: Roster) -> None:
         self._roster = roster
+        self._store: SelfService | None = None
+        self._stored: set[str] = set()  # addresses with a row in the store (or that had one)
+        self._since: datetime | None = None  # the latest change read
+        self._revision = -1
+        self._looked = -STORE_LOOK_SECONDS
+
+    def _refresh_store(self) -> None:
+        """The store's addresses, read again when its revision moved (looked at once a
+        second at most: one small read, so a message to a config-only address costs no
+        query)."""
+        if self._roster.store is None or time.monotonic() - self._looked < STORE_LOOK_SECONDS:
+            return
+        self._looked = time.monotonic()
+        if self._store is None:
+            if not Path(self._roster.store).exists():
+                return
+            self._store = SelfService(sqlite_engine(Path(self._roster.store)))
+        revision = self._store.revision()
+        if revision != self._revision:
+            # Only the rows changed since the last look: a removed row's address stays in
+            # the set, and its look-up below finds it gone.
+            changed, self._since = self._store.keys(self._since)
+            self._stored |= changed
+            self._revision = revision
 
     def refresh(self) -> None:
+        self._refresh_store()
         r = self._roster
         if r.path is None:
             return
@@ -65,8 +98,8 @@ class Truth:
             logger.warning("config changed but cannot be read (%s); keeping the last version",
                            e)
             return
-        self._roster = Roster.of(Path(r.path), [(s.email, s.paused) for s in subs])
-        self._roster = Roster(r.path, now, self._roster.active, self._roster.paused)
+        fresh = Roster.of(Path(r.path), [(s.email, s.paused) for s in subs])
+        self._roster = Roster(r.path, now, fresh.active, fresh.paused, r.store)
         logger.info("config changed: %d active subscriber(s)", len(self._roster.active))
 
     def forbidden(self, address: str, ledger: Ledger) -> str | None:
@@ -77,6 +110,16 @@ class Truth:
             return f"suppressed ({why})"
         if key in self._roster.paused:
             return "paused (pause = true)"
-        if key not in self._roster.active:
-            return "no longer a subscriber in the config"
+        in_config = key in self._roster.active
+        if self._store is not None and key in self._stored:
+            found = self._store.state(key)  # the row as it is now, not as last listed
+            if found is not None:
+                kind, paused = found
+                if paused:
+                    return "paused (by their own preferences)"
+                if kind == "store" or in_config:
+                    return None
+        if not in_config:
+            return "no longer a subscriber in the config" + (
+                " nor in the store" if self._roster.store else "")
         return None

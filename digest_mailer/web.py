@@ -18,7 +18,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -34,9 +35,10 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from digest_mailer.audience import everyone, store_revision
 from digest_mailer.config import Config, load_config
 from digest_mailer.errors import DigestMailerError, StoreError
 from digest_mailer.message import list_id, unsubscribe_token
@@ -94,6 +96,8 @@ class Tokens:
     load: Callable[[Path], Config] = load_config
     _snapshot: Snapshot = field(default_factory=Snapshot)
     _stamp: tuple[int, int, int] | None = None
+    _revision: int = 0  # of the store's self-service subscribers, as last read
+    _caught: float = -1.0  # when a missed token last made us look (catch_up)
     _polled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -111,7 +115,8 @@ class Tokens:
             secret = unsubscribe_secret(config, self.env, dry_run=False)
             nl = config.newsletter
             header = list_id(nl.name, config.from_domain, nl.list_id)
-            subs = config.subscribers_view()
+            self._revision = store_revision(config.state_path)
+            subs = everyone(config)  # the config's subscribers and the store's
             self._snapshot = Snapshot(
                 config=config, error=None, secret=secret, list_id=header,
                 by_token={unsubscribe_token(secret, s.email, header): s.email for s in subs},
@@ -123,7 +128,13 @@ class Tokens:
         """Reload when the file changed; a config that cannot be read is said once in the log
         and answered with 503 until it is fixed."""
         stamp = _stamp(self.config_path)
-        if self._polled and stamp == self._stamp:
+        config = self._snapshot.config
+        try:
+            revision = store_revision(config.state_path) if config is not None else 0
+        except DigestMailerError as e:  # the ledger busy or broken: keep the last read
+            logger.warning("cannot read the subscriber store: %s", e)
+            revision = self._revision
+        if self._polled and stamp == self._stamp and revision == self._revision:
             return  # unchanged: still good, or still broken and said so already
         self._polled = True
         try:
@@ -134,6 +145,20 @@ class Tokens:
             self._stamp = stamp
             self._snapshot = Snapshot(error=str(e))
             logger.error("%s: cannot serve unsubscribe links: %s", self.config_path, e)
+
+    def catch_up(self) -> None:
+        """A token not in the map may be a subscriber who confirmed a moment ago, in another
+        process: look now rather than at the next poll (at most once a second)."""
+        config = self._snapshot.config
+        if config is None or time.monotonic() - self._caught < 1.0 or self._lock.locked():
+            return  # a reload under way (the watcher's) is not waited for
+        self._caught = time.monotonic()
+        try:
+            moved = store_revision(config.state_path) != self._revision
+        except DigestMailerError:
+            return
+        if moved:
+            self.poll()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -236,14 +261,24 @@ def _suppress(state: StoreTarget, email: str, when: datetime) -> bool:
         return ledger.suppress(email, "unsubscribed", when, "one-click")
 
 
-def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
-               ) -> Starlette:
+def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+               routes: Sequence[BaseRoute] = (),
+               after_unsubscribe: Callable[[Snapshot, str], str] | None = None) -> Starlette:
+    """The unsubscribe service; `routes` adds pages (web_pages.py), `after_unsubscribe` what
+    the page after an unsubscribe offers (to subscribe again)."""
     def unknown() -> HTMLResponse:
         return _page("Link not recognised", "<p>This unsubscribe link is not valid. If you "
                      "still get emails, reply to one and ask to be removed.</p>", 404)
 
+    async def find(token: str) -> tuple[Snapshot, str | None]:
+        snap, email = tokens.lookup(token, now().date())
+        if email is None and snap.config is not None:
+            await run_in_threadpool(tokens.catch_up)
+            snap, email = tokens.lookup(token, now().date())
+        return snap, email
+
     async def show(request: Request) -> Response:
-        snap, email = tokens.lookup(request.path_params["token"], now().date())
+        snap, email = await find(request.path_params["token"])
         if snap.config is None:
             return _unavailable()
         if email is None:
@@ -267,7 +302,7 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
         if set(form.get("List-Unsubscribe", ())) != {"One-Click"}:
             return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400,
                                      headers=HEADERS)
-        snap, email = tokens.lookup(request.path_params["token"], now().date())
+        snap, email = await find(request.path_params["token"])
         if snap.config is None:
             return _unavailable()
         if email is None:
@@ -284,7 +319,8 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
             logger.info("unsubscribed %s", _masked(email))
         return _page("You are unsubscribed",
                      f"<p>{html.escape(snap.config.newsletter.name)} will not be sent to "
-                     f"{html.escape(_masked(email))} any more.</p>")
+                     f"{html.escape(_masked(email))} any more.</p>" +
+                     (after_unsubscribe(snap, email) if after_unsubscribe else ""))
 
     async def health(_request: Request) -> Response:
         if tokens.snapshot.config is None:
@@ -307,7 +343,7 @@ def create_app(tokens: Tokens, *, now: Callable[[], datetime] = lambda: datetime
 
     return Starlette(routes=[Route("/unsubscribe/{token}", show, methods=["GET"]),
                              Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
-                             Route("/healthz", health)],
+                             Route("/healthz", health), *routes],
                      exception_handlers={DigestMailerError: on_error}, lifespan=lifespan)
 
 

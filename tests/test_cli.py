@@ -116,7 +116,8 @@ def test_run_errors_are_one_line_with_a_hint(write_config: Callable[..., Path],
     assert missing.stderr.splitlines()[0] == f"Error: {tmp_path / 'x.json'}: no such file"
     nobody = invoke("preview", "--config", path, "--to", "nobody@example.org")
     assert nobody.exit_code == 1
-    assert nobody.stderr.splitlines()[0] == f"Error: nobody@example.org: not a subscriber in {path}"
+    assert nobody.stderr.splitlines()[0] == (f"Error: nobody@example.org: not a subscriber in "
+                                             f"{path} nor in the store")
 
 
 def test_an_unreachable_smtp_server_fails_the_run(tmp_path: Path) -> None:

@@ -118,6 +118,14 @@ def status(config_path: str | None, as_json: bool) -> None:
     subs = info["subscribers"]
     click.echo(f"Subscribers: {subs['active']} active, {subs['paused']} paused, "
                f"{subs['suppressed']} suppressed")
+    for source, n in info["subscribers_by_source"].items():
+        click.echo(f"  {source}: {n['active']} active, {n['paused']} paused, "
+                   f"{n['unsubscribed']} unsubscribed, {n['suppressed']} suppressed")
+    su = info["signups"]
+    click.echo(f"Sign-ups: {su['pending']} pending confirmation; last day "
+               f"{su['requested_last_day']} requested, {su['confirmed_last_day']} confirmed; "
+               f"last week {su['requested_last_week']} requested, "
+               f"{su['confirmed_last_week']} confirmed")
     for email, why in info["suppressed"].items():
         click.echo(f"  suppressed {email}: {why['reason']} since {why['since'][:10]}"
                    + (f" ({why['detail']})" if why["detail"] else ""))

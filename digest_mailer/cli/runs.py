@@ -62,7 +62,13 @@ def _run(config_path: str | None, options: RunOptions, as_json: bool = False) ->
     interactive = sys.stderr.isatty() and not as_json
     stop = threading.Event()
     install_signal_handlers(stop)  # SIGTERM/SIGINT: finish what is on the wire, then stop
-    with _progress(len(config.subscribers_view()), interactive) as on_progress:
+    if interactive:  # the bar's length: the store's subscribers count too
+        from digest_mailer.audience import everyone
+
+        total = len(everyone(config))
+    else:
+        total = len(config.subscribers_view())
+    with _progress(total, interactive) as on_progress:
         report = run(config, options, now=now(), env=os.environ, on_progress=on_progress,
                      should_stop=stop.is_set)
     if as_json:

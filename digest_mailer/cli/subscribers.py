@@ -18,18 +18,21 @@ if TYPE_CHECKING:
 
 @cli.group()
 def subscribers() -> None:
-    """List and edit the [[subscribers]] of the config."""
+    """List and edit the subscribers: the config's [[subscribers]], or with --store the
+    store's self-service ones."""
 
 
 @subscribers.command("list")
 @config_option
 @json_option
 def list_(config_path: str | None, as_json: bool) -> None:
-    """Every subscriber and their filters, and who is suppressed."""
+    """Every subscriber (config and store), their filters, where they come from, and who is
+    suppressed."""
+    from digest_mailer.audience import members
     from digest_mailer.store import Ledger
 
     config = load(config_path)
-    subs = config.subscribers_view()
+    found = members(config)
     with Ledger.open_readonly(config.state_target) as ledger:
         suppressed = ledger.suppressions()
     if as_json:
@@ -37,10 +40,12 @@ def list_(config_path: str | None, as_json: bool) -> None:
                     "exclude": list(s.exclude), "authors": list(s.authors),
                     "min_upvotes": s.min_upvotes, "max_papers": s.max_papers,
                     "frequency": s.frequency, "weekday": WEEKDAYS[s.weekday],
-                    "paused": s.paused,
-                    "suppressed": suppressed.get(s.key, (None,))[0]} for s in subs])
+                    "paused": s.paused, "source": m.source, "origin": m.origin or None,
+                    "suppressed": suppressed.get(s.key, (None,))[0]}
+                   for m in found for s in (m.subscriber,)])
         return
-    for s in subs:
+    for m in found:
+        s = m.subscriber
         what = []
         if s.topics:
             what.append("topics: " + ", ".join(s.topics))
@@ -48,17 +53,27 @@ def list_(config_path: str | None, as_json: bool) -> None:
             what.append("authors: " + ", ".join(s.authors))
         if s.exclude:
             what.append("exclude: " + ", ".join(s.exclude))
-        flags = [f"weekly on {WEEKDAYS[s.weekday]}" if s.frequency == "weekly" else "daily",
-                 f"max {s.max_papers}"] + (["PAUSED"] if s.paused else [])
+        # Config subscribers read as they always did; the others say where they come from.
+        source = {"config": [], "store": [f"store ({m.origin})"],
+                  "config+override": ["config, with their own override"]}[m.source]
+        flags = [*source, f"weekly on {WEEKDAYS[s.weekday]}" if s.frequency == "weekly"
+                 else "daily", f"max {s.max_papers}"] + (["PAUSED"] if s.paused else [])
         if s.key in suppressed:
             flags.append(f"SUPPRESSED: {suppressed[s.key][0]}")
         click.echo(f"{s.email}" + (f" ({s.name})" if s.name else "") + f"  [{', '.join(flags)}]"
                    + ("  " + "; ".join(what) if what else "  all papers"))
-    click.echo(f"{len(subs)} subscriber(s), {sum(1 for s in subs if s.paused)} paused, "
+    subs = [m.subscriber for m in found]
+    stored = sum(1 for m in found if m.source == "store")
+    overridden = sum(1 for m in found if m.source == "config+override")
+    where = (f" ({len(subs) - stored} in the config, {stored} in the store, {overridden} "
+             "overridden)") if stored or overridden else ""
+    click.echo(f"{len(subs)} subscriber(s){where}, {sum(1 for s in subs if s.paused)} paused, "
                f"{sum(1 for s in subs if s.key in suppressed)} suppressed")
 
-
 F = TypeVar("F", bound=Callable[..., Any])
+
+store_option = click.option("--store", is_flag=True,
+                            help="act on the store's self-service subscribers, not the config")
 
 
 def _filters(fn: F) -> F:
@@ -90,8 +105,15 @@ def _change(filters: dict[str, Any], pause: bool | None,
 @config_option
 @click.argument("email")
 @_filters
-def add(config_path: str | None, email: str, **filters: Any) -> None:
-    """Add a subscriber (no --topic and no --author: every paper)."""
+@store_option
+def add(config_path: str | None, email: str, store: bool, **filters: Any) -> None:
+    """Add a subscriber (no --topic and no --author: every paper); to the config, or with
+    --store to the store."""
+    if store:
+        from digest_mailer.cli.subscribers_store import store_add
+
+        click.echo(store_add(load(config_path), email, _change(filters, None)))
+        return
     from digest_mailer.config_edit import add_subscriber
 
     click.echo(add_subscriber(config_file(config_path), email, _change(filters, None)))
@@ -100,8 +122,15 @@ def add(config_path: str | None, email: str, **filters: Any) -> None:
 @subscribers.command()
 @config_option
 @click.argument("email")
-def remove(config_path: str | None, email: str) -> None:
-    """Remove a subscriber (the ledger keeps what they were sent)."""
+@store_option
+def remove(config_path: str | None, email: str, store: bool) -> None:
+    """Remove a subscriber (the ledger keeps what they were sent); with --store, from the
+    store (for a config subscriber: drops their own override)."""
+    if store:
+        from digest_mailer.cli.subscribers_store import store_remove
+
+        click.echo(store_remove(load(config_path), email))
+        return
     from digest_mailer.config_edit import remove_subscriber
 
     click.echo(remove_subscriber(config_file(config_path), email))
@@ -115,14 +144,21 @@ def remove(config_path: str | None, email: str) -> None:
 @click.option("--clear-topics", is_flag=True, help="remove all topics")
 @click.option("--clear-exclude", is_flag=True, help="remove all exclusions")
 @click.option("--clear-authors", is_flag=True, help="remove all authors")
+@store_option
 def set_(config_path: str | None, email: str, pause: bool | None, clear_topics: bool,
-         clear_exclude: bool, clear_authors: bool, **filters: Any) -> None:
+         clear_exclude: bool, clear_authors: bool, store: bool, **filters: Any) -> None:
     """Change a subscriber; each option given replaces that key (--topic replaces all topics;
-    --clear-topics removes them)."""
-    from digest_mailer.config_edit import set_subscriber
-
+    --clear-topics removes them). With --store: a store subscriber, or a config subscriber's
+    override (as if they had saved their preferences)."""
     clear = tuple(k for k, on in (("topics", clear_topics), ("exclude", clear_exclude),
                                   ("authors", clear_authors)) if on)
+    if store:
+        from digest_mailer.cli.subscribers_store import store_set
+
+        click.echo(store_set(load(config_path), email, _change(filters, pause, clear)))
+        return
+    from digest_mailer.config_edit import set_subscriber
+
     click.echo(set_subscriber(config_file(config_path), email, _change(filters, pause, clear)))
 
 
@@ -140,3 +176,6 @@ def unsuppress(config_path: str | None, email: str) -> None:
     if was is None:
         raise DigestMailerError(f"{email} is not suppressed")
     click.echo(f"{email} is no longer suppressed (was: {was})")
+
+
+from digest_mailer.cli import subscribers_store  # noqa: E402,F401  (registers import, export)

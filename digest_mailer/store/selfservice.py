@@ -1,0 +1,435 @@
+"""Self-service subscribers: who signed up (pending, then confirmed), subscribers imported or
+added to the store, a config subscriber's own preference changes (an override), and the rate
+limit counters of the web pages. SQLAlchemy Core 2 only, nothing SQLite-specific in the
+queries, so the same code runs on PostgreSQL; the tables live on this module's MetaData so the
+store's migrations can take them over as they are."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from digest_mailer.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+# One row per address the store knows as a subscriber. kind 'store': a subscriber who lives
+# here (signed up and confirmed, imported, or added with --store). kind 'override': a
+# subscriber of the config who changed their own preferences; its filter columns replace the
+# config's (see audience.py for the rule).
+subscribers = sa.Table(
+    "ss_subscribers", metadata,
+    sa.Column("email_key", sa.String(320), primary_key=True),  # the address, lower-cased
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),  # 'store' | 'override'
+    sa.Column("origin", sa.String(10), nullable=False),  # 'signup' | 'import' | 'cli' | 'web'
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("topics", sa.Text, nullable=False, server_default=""),  # one per line
+    sa.Column("exclude", sa.Text, nullable=False, server_default=""),
+    sa.Column("authors", sa.Text, nullable=False, server_default=""),
+    sa.Column("min_upvotes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_papers", sa.Integer, nullable=True),  # NULL: newsletter.max_papers
+    sa.Column("frequency", sa.String(10), nullable=False, server_default="daily"),
+    sa.Column("weekday", sa.Integer, nullable=False, server_default="0"),  # 0 = Monday
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A sign-up waiting for its confirmation click. `nonce` is in the link, so a newer sign-up for
+# the same address voids the older link; `confirmed_at` stays for the status counts.
+signups = sa.Table(
+    "ss_signups", metadata,
+    sa.Column("email_key", sa.String(320), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("prefs", sa.Text, nullable=False),  # JSON: topics, exclude, authors, frequency...
+    sa.Column("nonce", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("mailed_at", sa.DateTime(timezone=True), nullable=True),  # last confirmation email
+    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
+)
+sa.Index("ss_signups_created", signups.c.created_at)
+
+# Fixed-window counters. `subject` is a keyed hash of the IP or address, never the value.
+rate_limits = sa.Table(
+    "ss_rate_limits", metadata,
+    sa.Column("bucket", sa.String(40), primary_key=True),
+    sa.Column("subject", sa.String(64), primary_key=True),
+    sa.Column("window_start", sa.BigInteger, nullable=False),  # epoch seconds
+    sa.Column("hits", sa.Integer, nullable=False),
+)
+
+# 'revision' grows with every change to ss_subscribers: the web service rebuilds its token
+# map, and a sender its view, only when it moved.
+meta = sa.Table(
+    "ss_meta", metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+TABLES = (subscribers, signups, rate_limits, meta)
+FORGET_AFTER = timedelta(days=30)  # an unconfirmed sign-up's address is kept this long
+FILTERS = ("topics", "exclude", "authors", "frequency", "weekday", "paused")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscriber:
+    email: str
+    kind: str  # 'store' | 'override'
+    origin: str
+    name: str = ""
+    topics: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    min_upvotes: int = 0
+    max_papers: int | None = None
+    frequency: str = "daily"
+    weekday: int = 0
+    paused: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return self.email.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    email: str
+    prefs: dict[str, Any] = field(hash=False)
+    nonce: str
+    created_at: datetime
+    mailed_at: datetime | None
+    confirmed_at: datetime | None
+
+
+def _lines(values: Sequence[str]) -> str:
+    return "\n".join(values)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(t for t in text.split("\n") if t)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands timezone-aware values back naive; they were written in UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _row(r: Any) -> StoredSubscriber:
+    return StoredSubscriber(
+        email=r.email, kind=r.kind, origin=r.origin, name=r.name, topics=_split(r.topics),
+        exclude=_split(r.exclude), authors=_split(r.authors), min_upvotes=r.min_upvotes,
+        max_papers=r.max_papers, frequency=r.frequency, weekday=r.weekday,
+        paused=bool(r.paused), created_at=_utc(r.created_at), updated_at=_utc(r.updated_at))
+
+
+def _values(s: StoredSubscriber, now: datetime) -> dict[str, Any]:
+    return {"email_key": s.key, "email": s.email, "kind": s.kind, "origin": s.origin,
+            "name": s.name, "topics": _lines(s.topics), "exclude": _lines(s.exclude),
+            "authors": _lines(s.authors), "min_upvotes": s.min_upvotes,
+            "max_papers": s.max_papers, "frequency": s.frequency, "weekday": s.weekday,
+            "paused": s.paused, "created_at": s.created_at or now, "updated_at": now}
+
+
+def sqlite_engine(path: Path, *, readonly: bool = False) -> Engine:
+    """The engine over the SQLite ledger file: WAL (the ledger sets it too), a 30 s busy
+    wait, and writes that take the write lock when they begin (BEGIN IMMEDIATE), so a
+    read-then-write transaction never fails on a lock another writer took in between.
+    `readonly`: opened read-only, so that dry runs and read-only commands write nothing (not
+    even the header of an empty file)."""
+    if readonly:
+        engine = sa.create_engine(f"sqlite:///{path.resolve().as_uri()}?mode=ro&uri=true",
+                                  connect_args={"timeout": 30})
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi: Any, _record: Any) -> None:
+        dbapi.isolation_level = None  # SQLAlchemy emits BEGIN below, the driver does not
+        if not readonly:
+            dbapi.execute("PRAGMA journal_mode=WAL")
+            dbapi.execute("PRAGMA synchronous=NORMAL")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("ss_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def store_failure(url: str, e: BaseException) -> StoreError:
+    """The driver's own error, told as the ledger tells it (damaged, read-only, full, busy),
+    so a broken ledger reads the same in every command."""
+    orig = getattr(e, "orig", None)
+    if isinstance(orig, Exception):
+        from digest_mailer.store.db import store_error
+
+        path = url.removeprefix("sqlite:///").removeprefix("file:").split("?")[0]
+        return store_error(path, orig)
+    return StoreError(f"{url}: cannot use the subscriber store ({e})",
+                      hint="check [state] path, its folder's permissions and free space")
+
+
+class SelfService:
+    """The store's self-service tables over an Engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine, *, create: bool = True) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(ss_write=True)
+        if create:
+            try:
+                metadata.create_all(engine)
+            except sa.exc.SQLAlchemyError as e:
+                raise store_failure(str(engine.url), e) from e
+
+    @classmethod
+    def at(cls, path: Path) -> SelfService:
+        return cls(sqlite_engine(path))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> SelfService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as e:
+            raise store_failure(str(self.engine.url), e) from e
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as e:
+            raise store_failure(str(self.engine.url), e) from e
+
+    @staticmethod
+    def _bump(conn: Connection) -> None:
+        done = conn.execute(sa.update(meta).where(meta.c.name == "revision")
+                            .values(value=meta.c.value + 1)).rowcount
+        if not done:
+            conn.execute(sa.insert(meta).values(name="revision", value=1))
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self._read() as conn:
+            value = conn.execute(sa.select(meta.c.value).where(meta.c.name == "revision")
+                                 ).scalar()
+        return int(value or 0)
+
+    def all(self) -> list[StoredSubscriber]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(subscribers).order_by(subscribers.c.created_at,
+                                                                subscribers.c.email_key))
+            return [_row(r) for r in rows]
+
+    def keys(self, since: datetime | None = None) -> tuple[set[str], datetime | None]:
+        """The addresses changed since `since` (all of them without it; an hour's margin
+        for clocks that step back), and the latest change among them: a watcher reads only
+        what moved."""
+        c = subscribers.c
+        query = sa.select(c.email_key, c.updated_at)
+        if since is not None:
+            query = query.where(c.updated_at >= since - timedelta(hours=1))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        stamps = [t for r in rows if (t := _utc(r.updated_at)) is not None]
+        latest = max([*stamps, since] if since is not None else stamps, default=None)
+        return {r.email_key for r in rows}, latest
+
+    def get(self, email: str) -> StoredSubscriber | None:
+        with self._read() as conn:
+            r = conn.execute(sa.select(subscribers).where(
+                subscribers.c.email_key == email.lower())).first()
+        return _row(r) if r is not None else None
+
+    def state(self, email: str) -> tuple[str, bool] | None:
+        """(kind, paused) for the send-time check, or None: one indexed read."""
+        with self._read() as conn:
+            r = conn.execute(sa.select(subscribers.c.kind, subscribers.c.paused).where(
+                subscribers.c.email_key == email.lower())).first()
+        return (r.kind, bool(r.paused)) if r is not None else None
+
+    def put(self, s: StoredSubscriber, now: datetime) -> bool:
+        """Insert or replace one row (its created_at kept); True when it was new."""
+        values = _values(s, now)
+        with self._write() as conn:
+            old = conn.execute(sa.select(subscribers.c.created_at).where(
+                subscribers.c.email_key == s.key)).first()
+            if old is None:
+                conn.execute(sa.insert(subscribers).values(**values))
+            else:
+                values.pop("created_at")
+                conn.execute(sa.update(subscribers).where(subscribers.c.email_key == s.key)
+                             .values(**values))
+            self._bump(conn)
+        return old is None
+
+    def remove(self, email: str) -> bool:
+        with self._write() as conn:
+            gone = conn.execute(sa.delete(subscribers).where(
+                subscribers.c.email_key == email.lower())).rowcount
+            if gone:
+                self._bump(conn)
+        return bool(gone)
+
+    def put_many(self, new: Iterable[StoredSubscriber], changed: Iterable[StoredSubscriber],
+                 now: datetime) -> None:
+        """One transaction for a whole import: all of it or none of it."""
+        inserts = [_values(s, now) for s in new]
+        updates = [{**_values(s, now), "k": s.key} for s in changed]
+        for u in updates:
+            u.pop("created_at")
+            u.pop("email_key")
+        with self._write() as conn:
+            if inserts:
+                conn.execute(sa.insert(subscribers), inserts)
+            if updates:
+                cols: dict[str, Any] = {c: sa.bindparam(c) for c in updates[0] if c != "k"}
+                conn.execute(sa.update(subscribers)
+                             .where(subscribers.c.email_key == sa.bindparam("k"))
+                             .values(**cols), updates)
+            if inserts or updates:
+                self._bump(conn)
+
+    # -- sign-ups ------------------------------------------------------------------------
+
+    def pending(self, email: str) -> Pending | None:
+        with self._read() as conn:
+            r = conn.execute(sa.select(signups).where(
+                signups.c.email_key == email.lower())).first()
+        if r is None:
+            return None
+        return Pending(r.email, json.loads(r.prefs), r.nonce, _utc(r.created_at) or
+                       datetime.now(UTC), _utc(r.mailed_at), _utc(r.confirmed_at))
+
+    def request(self, email: str, prefs: dict[str, Any], nonce: str, now: datetime,
+                mail_every: timedelta) -> tuple[str, bool]:
+        """Record a sign-up: (the nonce its link carries, whether to mail it now). Not when a
+        link was mailed to this address less than `mail_every` ago: the new choices are kept
+        and the link already sent confirms them."""
+        key = email.lower()
+        with self._write() as conn:
+            # Sign-ups never confirmed are forgotten after a while: their addresses are
+            # someone's who did not ask to be kept.
+            conn.execute(sa.delete(signups).where(signups.c.confirmed_at.is_(None),
+                                                  signups.c.created_at < now - FORGET_AFTER))
+            old = conn.execute(sa.select(signups.c.mailed_at, signups.c.nonce).where(
+                signups.c.email_key == key)).first()
+            mailed = _utc(old.mailed_at) if old is not None else None
+            quiet = mailed is not None and now - mailed < mail_every
+            values = {"email": email, "prefs": json.dumps(prefs), "created_at": now,
+                      "confirmed_at": None}
+            if old is None:
+                conn.execute(sa.insert(signups).values(email_key=key, nonce=nonce,
+                                                       mailed_at=now, **values))
+            elif quiet:
+                conn.execute(sa.update(signups).where(signups.c.email_key == key)
+                             .values(**values))
+            else:
+                conn.execute(sa.update(signups).where(signups.c.email_key == key)
+                             .values(nonce=nonce, mailed_at=now, **values))
+        return (old.nonce, False) if quiet and old is not None else (nonce, True)
+
+    def unmail(self, email: str) -> None:
+        """The confirmation email could not be sent: the next sign-up may mail again."""
+        with self._write() as conn:
+            conn.execute(sa.update(signups).where(signups.c.email_key == email.lower())
+                         .values(mailed_at=None))
+
+    def confirm(self, email: str, nonce: str, now: datetime, *, in_config: bool
+                ) -> StoredSubscriber | None:
+        """Turn a pending sign-up into a subscriber (or, for an address the config has, into
+        its override); None when the link's nonce is not the sign-up's latest."""
+        key = email.lower()
+        with self._write() as conn:
+            r = conn.execute(sa.select(signups).where(signups.c.email_key == key)).first()
+            if r is None or r.nonce != nonce:
+                return None
+            prefs = json.loads(r.prefs)
+            if r.confirmed_at is None:
+                conn.execute(sa.update(signups).where(signups.c.email_key == key)
+                             .values(confirmed_at=now))
+            old = conn.execute(sa.select(subscribers).where(
+                subscribers.c.email_key == key)).first()
+            if r.confirmed_at is not None and old is not None:
+                return _row(old)  # a second click: already done
+            sub = StoredSubscriber(
+                email=r.email, kind="override" if in_config else "store", origin="signup",
+                name=prefs.get("name", ""), topics=tuple(prefs.get("topics", ())),
+                exclude=tuple(prefs.get("exclude", ())), authors=tuple(prefs.get("authors", ())),
+                frequency=prefs.get("frequency", "daily"), weekday=int(prefs.get("weekday", 0)),
+                created_at=_utc(old.created_at) if old is not None else now)
+            values = _values(sub, now)
+            if old is None:
+                conn.execute(sa.insert(subscribers).values(**values))
+            else:
+                values.pop("created_at")
+                conn.execute(sa.update(subscribers).where(subscribers.c.email_key == key)
+                             .values(**values))
+            self._bump(conn)
+        return sub
+
+    def signup_counts(self, now: datetime, confirm_within: timedelta) -> dict[str, int]:
+        day, week = now - timedelta(days=1), now - timedelta(days=7)
+        c = signups.c
+        with self._read() as conn:
+            def count(*where: Any) -> int:
+                return int(conn.execute(sa.select(sa.func.count()).select_from(signups)
+                                        .where(*where)).scalar() or 0)
+
+            return {"pending": count(c.confirmed_at.is_(None),
+                                     c.created_at >= now - confirm_within),
+                    "requested_last_day": count(c.created_at >= day),
+                    "requested_last_week": count(c.created_at >= week),
+                    "confirmed_last_day": count(c.confirmed_at >= day),
+                    "confirmed_last_week": count(c.confirmed_at >= week)}
+
+    # -- rate limits ---------------------------------------------------------------------
+
+    def hit(self, bucket: str, subject: str, *, limit: int, window: int, now: float) -> bool:
+        """Count one request; False when it is over `limit` in the current `window` seconds
+        (the refused ones count too, so hammering does not reopen the window)."""
+        start = int(now // window * window)
+        r = rate_limits.c
+        where = sa.and_(r.bucket == bucket, r.subject == subject)
+        with self._write() as conn:
+            row = conn.execute(sa.select(r.window_start, r.hits).where(where)).first()
+            if row is None:
+                # New subjects come with new windows: what is left of old ones goes now, so
+                # the table holds about one window's visitors.
+                conn.execute(sa.delete(rate_limits).where(r.bucket == bucket,
+                                                          r.window_start < start))
+                conn.execute(sa.insert(rate_limits).values(bucket=bucket, subject=subject,
+                                                           window_start=start, hits=1))
+                return limit >= 1
+            hits = 1 if row.window_start != start else row.hits + 1
+            conn.execute(sa.update(rate_limits).where(where).values(window_start=start,
+                                                                    hits=hits))
+        return hits <= limit
