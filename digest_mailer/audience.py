@@ -11,18 +11,11 @@ config ends it: an override without its config entry mails nobody (the operator 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
-
-import sqlalchemy as sa
 
 from digest_mailer.config import Config
 from digest_mailer.models import Subscriber
-from digest_mailer.store.selfservice import (
-    SelfService,
-    StoredSubscriber,
-    sqlite_engine,
-    store_failure,
-)
+from digest_mailer.store.selfservice import SelfService, StoredSubscriber, peek
+from digest_mailer.store_target import StoreTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +57,13 @@ def merge(config: Config, stored: list[StoredSubscriber]) -> list[Member]:
     return out
 
 
-def stored(path: Path) -> list[StoredSubscriber]:
-    """The store's rows; none when the ledger or the tables do not exist yet (nothing is
-    created: dry runs and read-only commands write nothing)."""
-    if not path.exists():
-        return []
-    engine = sqlite_engine(path, readonly=True)
-    try:
-        if not sa.inspect(engine).has_table("ss_subscribers"):
-            return []
-        return SelfService(engine, create=False).all()
-    except sa.exc.SQLAlchemyError as e:
-        raise store_failure(str(path), e) from e
-    finally:
-        engine.dispose()
+def stored(where: StoreTarget) -> list[StoredSubscriber]:
+    """The store's rows; none before the ledger or its tables exist."""
+    return peek(where, SelfService.all, [])
 
 
 def members(config: Config) -> list[Member]:
-    return merge(config, stored(config.state_path))
+    return merge(config, stored(config.state_target))
 
 
 def everyone(config: Config) -> tuple[Subscriber, ...]:
@@ -89,17 +71,7 @@ def everyone(config: Config) -> tuple[Subscriber, ...]:
     return tuple(m.subscriber for m in members(config))
 
 
-def store_revision(path: Path) -> int:
+def store_revision(where: StoreTarget) -> int:
     """The store's revision (0 before it exists): it moves with every change of a
     self-service subscriber, so a watcher rereads them only then."""
-    if not path.exists():
-        return 0
-    engine = sqlite_engine(path, readonly=True)
-    try:
-        if not sa.inspect(engine).has_table("ss_meta"):
-            return 0
-        return SelfService(engine, create=False).revision()
-    except sa.exc.SQLAlchemyError as e:
-        raise store_failure(str(path), e) from e
-    finally:
-        engine.dispose()
+    return peek(where, SelfService.revision, 0)

@@ -120,19 +120,10 @@ def by_source(found: list[Member], suppressed: Mapping[str, tuple[str, str, str]
 
 
 def signup_counts(config: Config, now: datetime) -> dict[str, int]:
-    import sqlalchemy as sa
-
     from digest_mailer.signup import CONFIRM_DAYS
-    from digest_mailer.store.selfservice import SelfService, sqlite_engine
+    from digest_mailer.store.selfservice import peek
 
     empty = dict.fromkeys(("pending", "requested_last_day", "requested_last_week",
                            "confirmed_last_day", "confirmed_last_week"), 0)
-    if not config.state_path.exists():
-        return empty
-    engine = sqlite_engine(config.state_path, readonly=True)
-    try:
-        if not sa.inspect(engine).has_table("ss_signups"):
-            return empty
-        return SelfService(engine, create=False).signup_counts(now, timedelta(CONFIRM_DAYS))
-    finally:
-        engine.dispose()
+    return peek(config.state_target,
+                lambda store: store.signup_counts(now, timedelta(CONFIRM_DAYS)), empty)

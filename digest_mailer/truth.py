@@ -14,7 +14,8 @@ from pathlib import Path
 
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.store import Ledger
-from digest_mailer.store.selfservice import SelfService, sqlite_engine
+from digest_mailer.store.selfservice import SelfService, engine_for, exists
+from digest_mailer.store_target import StoreTarget
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +39,16 @@ class Roster:
     stamp: Stamp | None
     active: frozenset[str]  # lower-cased addresses of subscribers not paused
     paused: frozenset[str]
-    store: str | None = None  # the ledger holding the self-service subscribers, when asked
+    store: StoreTarget | None = None  # the ledger holding the self-service subscribers
 
     @classmethod
     def of(cls, path: Path | None, pairs: list[tuple[str, bool]], *,
-           store: Path | None = None) -> Roster:
+           store: StoreTarget | None = None) -> Roster:
         """`pairs`: (address, paused) for every subscriber of the config; the stamp is taken
         before the caller read the file, so an edit in between is seen as a change."""
         return cls(str(path) if path else None, stamp(path) if path else None,
                    frozenset(a.lower() for a, p in pairs if not p),
-                   frozenset(a.lower() for a, p in pairs if p), str(store) if store else None)
+                   frozenset(a.lower() for a, p in pairs if p), store)
 
 
 STORE_LOOK_SECONDS = 1.0  # how stale the store's list of addresses may be
@@ -70,9 +71,9 @@ class Truth:
             return
         self._looked = time.monotonic()
         if self._store is None:
-            if not Path(self._roster.store).exists():
+            if not exists(self._roster.store):
                 return
-            self._store = SelfService(sqlite_engine(Path(self._roster.store)))
+            self._store = SelfService(engine_for(self._roster.store), self._roster.store.label)
         revision = self._store.revision()
         if revision != self._revision:
             # Only the rows changed since the last look: a removed row's address stays in

@@ -115,7 +115,7 @@ class Tokens:
             secret = unsubscribe_secret(config, self.env, dry_run=False)
             nl = config.newsletter
             header = list_id(nl.name, config.from_domain, nl.list_id)
-            self._revision = store_revision(config.state_path)
+            self._revision = store_revision(config.state_target)
             subs = everyone(config)  # the config's subscribers and the store's
             self._snapshot = Snapshot(
                 config=config, error=None, secret=secret, list_id=header,
@@ -130,7 +130,7 @@ class Tokens:
         stamp = _stamp(self.config_path)
         config = self._snapshot.config
         try:
-            revision = store_revision(config.state_path) if config is not None else 0
+            revision = store_revision(config.state_target) if config is not None else 0
         except DigestMailerError as e:  # the ledger busy or broken: keep the last read
             logger.warning("cannot read the subscriber store: %s", e)
             revision = self._revision
@@ -154,7 +154,7 @@ class Tokens:
             return  # a reload under way (the watcher's) is not waited for
         self._caught = time.monotonic()
         try:
-            moved = store_revision(config.state_path) != self._revision
+            moved = store_revision(config.state_target) != self._revision
         except DigestMailerError:
             return
         if moved:

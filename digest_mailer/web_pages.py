@@ -98,7 +98,7 @@ async def preferences(site: Site, request: Request) -> Response:
                        sub.paused)
     if preview is None:
         preview = await site.preview_of(config, current)
-    with Ledger.open_readonly(config.state_path) as ledger:
+    with Ledger.open_readonly(config.state_target) as ledger:
         unsubscribed = ledger.suppressed(sub.email) is not None
     rtoken = signer.make("resubscribe", sub.email)
     response = site.page(
@@ -132,7 +132,7 @@ async def resubscribe(site: Site, request: Request) -> Response:
         return site.forbidden(snap)
 
     def undo() -> bool:
-        with Ledger.open(config.state_path) as ledger:
+        with Ledger.open(config.state_target) as ledger:
             if ledger.suppressed(found[0]) != "unsubscribed":
                 return False  # bounces stay: the operator decides
             return ledger.unsuppress(found[0])

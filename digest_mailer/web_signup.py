@@ -196,7 +196,7 @@ async def confirm(site: Site, request: Request) -> Response:
     await run_in_threadpool(site.tokens.poll)  # their links work from the first email on
 
     def welcome() -> None:
-        with Ledger.open(config.state_path) as ledger:
+        with Ledger.open(config.state_target) as ledger:
             if ledger.suppressed(email) == "unsubscribed":  # their own new opt-in
                 ledger.unsuppress(email)
 

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +23,7 @@ from digest_mailer.config import Config
 from digest_mailer.constants import WEEKDAYS
 from digest_mailer.store import Ledger
 from digest_mailer.store.selfservice import SelfService, StoredSubscriber
+from digest_mailer.store_target import StoreTarget
 from digest_mailer.web import (
     HEADERS,
     Snapshot,
@@ -72,25 +72,23 @@ class Site:
     tokens: Tokens
     env: Mapping[str, str]
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    _stores: dict[Path, SelfService] = field(default_factory=dict)
-    _feeds: dict[Path, tuple[float, su.Known]] = field(default_factory=dict)
+    _stores: dict[StoreTarget, SelfService] = field(default_factory=dict)
+    _feeds: dict[StoreTarget, tuple[float, su.Known]] = field(default_factory=dict)
 
     def store(self, config: Config) -> SelfService:
-        path = config.state_path
-        if path not in self._stores:
-            with Ledger.open(path):  # the ledger's own tables first
-                pass
-            self._stores[path] = SelfService.at(path)
-        return self._stores[path]
+        where = config.state_target
+        if where not in self._stores:
+            self._stores[where] = SelfService.at(where)
+        return self._stores[where]
 
     def feeds(self, config: Config) -> su.Known:
         """The last 7 days of papers the ledger knows, tokenised; read again after a minute."""
-        path = config.state_path
-        cached = self._feeds.get(path)
+        where = config.state_target
+        cached = self._feeds.get(where)
         if cached is None or time.monotonic() - cached[0] > FEEDS_SECONDS:
-            with Ledger.open_readonly(path) as ledger:
+            with Ledger.open_readonly(where) as ledger:
                 known = su.Known.of(ledger.recent_titles(7))
-            cached = self._feeds[path] = (time.monotonic(), known)
+            cached = self._feeds[where] = (time.monotonic(), known)
         return cached[1]
 
     def member(self, config: Config, email: str) -> Member | None:

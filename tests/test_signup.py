@@ -227,7 +227,7 @@ def test_forged_expired_foreign_and_other_kind_tokens_are_refused(site: Site) ->
 def token_nonce(site: Site, email: str) -> str:
     from digest_mailer.store.selfservice import SelfService
 
-    with SelfService.at(load_config(site.path).state_path) as store:
+    with SelfService.at(load_config(site.path).state_target) as store:
         pending = store.pending(email)
     assert pending is not None
     return pending.nonce

@@ -21,6 +21,7 @@ from digest_mailer.config import load_config
 from digest_mailer.models import Status
 from digest_mailer.store import Ledger
 from digest_mailer.store.selfservice import SelfService, StoredSubscriber
+from digest_mailer.store_target import StoreTarget
 
 
 def invoke(*args: str) -> Result:
@@ -30,8 +31,6 @@ def invoke(*args: str) -> Result:
 
 
 def store_of(tmp_path: Path) -> SelfService:
-    with Ledger.open(tmp_path / "state.sqlite3"):
-        pass
     return SelfService.at(tmp_path / "state.sqlite3")
 
 
@@ -254,7 +253,7 @@ def test_the_send_time_check_sees_store_changes_made_during_a_run(tmp_path: Path
 
     put(tmp_path, StoredSubscriber("s@example.org", "store", "signup"))
     state = tmp_path / "state.sqlite3"
-    truth = Truth(Roster.of(None, [("cfg@example.org", False)], store=state))
+    truth = Truth(Roster.of(None, [("cfg@example.org", False)], store=StoreTarget.sqlite(state)))
     with Ledger.open(state) as ledger:
         truth.refresh()
         assert truth.forbidden("cfg@example.org", ledger) is None

@@ -25,12 +25,9 @@ if TYPE_CHECKING:
 
 @contextmanager
 def opened(config: Config) -> Iterator[SelfService]:
-    from digest_mailer.store import Ledger
     from digest_mailer.store.selfservice import SelfService
 
-    with Ledger.open(config.state_path):  # the ledger's own tables first, migrated
-        pass
-    store = SelfService.at(config.state_path)
+    store = SelfService.at(config.state_target)
     try:
         yield store
     finally:
@@ -138,7 +135,7 @@ def import_(config_path: str | None, csv_file: Path) -> None:
     config = load(config_path)
     started = time.perf_counter()
     rows = read_rows(csv_file)
-    with Ledger.open(config.state_path) as ledger:
+    with Ledger.open(config.state_target) as ledger:
         suppressed = ledger.suppressions()
     keys = frozenset(s.key for s in config.subscribers_view())
     with opened(config) as store:
@@ -162,7 +159,7 @@ def export(config_path: str | None, out: Path | None) -> None:
     from digest_mailer.subscriber_csv import write_rows
 
     config = load(config_path)
-    rows = [s for s in stored(config.state_path) if s.kind == "store"]
+    rows = [s for s in stored(config.state_target) if s.kind == "store"]
     if out is None:
         write_rows(rows, sys.stdout)
         return

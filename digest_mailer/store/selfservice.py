@@ -8,75 +8,27 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from digest_mailer.errors import StoreError
+from digest_mailer.store.db import store_error
+from digest_mailer.store.engines import make_engine
+from digest_mailer.store.tables import ss_meta as meta
+from digest_mailer.store.tables import ss_rate_limits as rate_limits
+from digest_mailer.store.tables import ss_signups as signups
+from digest_mailer.store.tables import ss_subscribers as subscribers
+from digest_mailer.store_target import StoreTarget
 
 logger = logging.getLogger(__name__)
-
-metadata = sa.MetaData()
-
-# One row per address the store knows as a subscriber. kind 'store': a subscriber who lives
-# here (signed up and confirmed, imported, or added with --store). kind 'override': a
-# subscriber of the config who changed their own preferences; its filter columns replace the
-# config's (see audience.py for the rule).
-subscribers = sa.Table(
-    "ss_subscribers", metadata,
-    sa.Column("email_key", sa.String(320), primary_key=True),  # the address, lower-cased
-    sa.Column("email", sa.String(320), nullable=False),
-    sa.Column("kind", sa.String(10), nullable=False),  # 'store' | 'override'
-    sa.Column("origin", sa.String(10), nullable=False),  # 'signup' | 'import' | 'cli' | 'web'
-    sa.Column("name", sa.String(200), nullable=False, server_default=""),
-    sa.Column("topics", sa.Text, nullable=False, server_default=""),  # one per line
-    sa.Column("exclude", sa.Text, nullable=False, server_default=""),
-    sa.Column("authors", sa.Text, nullable=False, server_default=""),
-    sa.Column("min_upvotes", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("max_papers", sa.Integer, nullable=True),  # NULL: newsletter.max_papers
-    sa.Column("frequency", sa.String(10), nullable=False, server_default="daily"),
-    sa.Column("weekday", sa.Integer, nullable=False, server_default="0"),  # 0 = Monday
-    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-# A sign-up waiting for its confirmation click. `nonce` is in the link, so a newer sign-up for
-# the same address voids the older link; `confirmed_at` stays for the status counts.
-signups = sa.Table(
-    "ss_signups", metadata,
-    sa.Column("email_key", sa.String(320), primary_key=True),
-    sa.Column("email", sa.String(320), nullable=False),
-    sa.Column("prefs", sa.Text, nullable=False),  # JSON: topics, exclude, authors, frequency...
-    sa.Column("nonce", sa.String(32), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("mailed_at", sa.DateTime(timezone=True), nullable=True),  # last confirmation email
-    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
-)
-sa.Index("ss_signups_created", signups.c.created_at)
-
-# Fixed-window counters. `subject` is a keyed hash of the IP or address, never the value.
-rate_limits = sa.Table(
-    "ss_rate_limits", metadata,
-    sa.Column("bucket", sa.String(40), primary_key=True),
-    sa.Column("subject", sa.String(64), primary_key=True),
-    sa.Column("window_start", sa.BigInteger, nullable=False),  # epoch seconds
-    sa.Column("hits", sa.Integer, nullable=False),
-)
-
-# 'revision' grows with every change to ss_subscribers: the web service rebuilds its token
-# map, and a sender its view, only when it moved.
-meta = sa.Table(
-    "ss_meta", metadata,
-    sa.Column("name", sa.String(40), primary_key=True),
-    sa.Column("value", sa.BigInteger, nullable=False),
-)
+T = TypeVar("T")
 
 TABLES = (subscribers, signups, rate_limits, meta)
 FORGET_AFTER = timedelta(days=30)  # an unconfirmed sign-up's address is kept this long
@@ -146,62 +98,73 @@ def _values(s: StoredSubscriber, now: datetime) -> dict[str, Any]:
             "paused": s.paused, "created_at": s.created_at or now, "updated_at": now}
 
 
-def sqlite_engine(path: Path, *, readonly: bool = False) -> Engine:
-    """The engine over the SQLite ledger file: WAL (the ledger sets it too), a 30 s busy
-    wait, and writes that take the write lock when they begin (BEGIN IMMEDIATE), so a
-    read-then-write transaction never fails on a lock another writer took in between.
-    `readonly`: opened read-only, so that dry runs and read-only commands write nothing (not
+def engine_for(where: StoreTarget | Path, *, readonly: bool = False) -> Engine:
+    """The store's engine for the ledger (store/engines.py), with transactions this module
+    can use: the SQLite driver runs in autocommit, so a transaction here is an explicit BEGIN,
+    and a write's is BEGIN IMMEDIATE, so a read-then-write never fails on a lock another
+    writer took in between. `readonly`: dry runs and read-only commands write nothing (not
     even the header of an empty file)."""
-    if readonly:
-        engine = sa.create_engine(f"sqlite:///{path.resolve().as_uri()}?mode=ro&uri=true",
-                                  connect_args={"timeout": 30})
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi: Any, _record: Any) -> None:
-        dbapi.isolation_level = None  # SQLAlchemy emits BEGIN below, the driver does not
-        if not readonly:
-            dbapi.execute("PRAGMA journal_mode=WAL")
-            dbapi.execute("PRAGMA synchronous=NORMAL")
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("ss_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    target = where if isinstance(where, StoreTarget) else StoreTarget.sqlite(where)
+    engine = make_engine(target, readonly=readonly)
+    if target.kind == "sqlite":
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("ss_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
 
-def store_failure(url: str, e: BaseException) -> StoreError:
-    """The driver's own error, told as the ledger tells it (damaged, read-only, full, busy),
-    so a broken ledger reads the same in every command."""
+def exists(target: StoreTarget) -> bool:
+    """Whether a read can find anything: a SQLite ledger that is not there yet has nothing
+    (and opening it read-only would fail); a PostgreSQL database is asked."""
+    path = target.sqlite_path
+    return path is None or path.exists()
+
+
+def peek(where: StoreTarget, read: Callable[[SelfService], T], empty: T) -> T:
+    """What `read` finds, through a read-only engine; `empty` when the ledger or these tables
+    do not exist yet (nothing is created: dry runs and read-only commands write nothing)."""
+    if not exists(where):
+        return empty
+    engine = engine_for(where, readonly=True)
+    try:
+        if not sa.inspect(engine).has_table(subscribers.name):
+            return empty
+        return read(SelfService(engine, where.label))
+    except sa.exc.SQLAlchemyError as e:
+        raise store_failure(where.label, e) from e
+    finally:
+        engine.dispose()
+
+
+def store_failure(label: str, e: BaseException) -> StoreError:
+    """The driver's own error, told as the ledger tells it (damaged, read-only, full, busy;
+    cannot connect), so a broken ledger reads the same in every command."""
     orig = getattr(e, "orig", None)
     if isinstance(orig, Exception):
-        from digest_mailer.store.db import store_error
-
-        path = url.removeprefix("sqlite:///").removeprefix("file:").split("?")[0]
-        return store_error(path, orig)
-    return StoreError(f"{url}: cannot use the subscriber store ({e})",
-                      hint="check [state] path, its folder's permissions and free space")
+        return store_error(label, orig)
+    return StoreError(f"{label}: cannot use the subscriber store ({e})",
+                      hint="check [state] path or url, permissions and free space")
 
 
 class SelfService:
     """The store's self-service tables over an Engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine, *, create: bool = True) -> None:
+    def __init__(self, engine: Engine, label: str) -> None:
         self.engine = engine
+        self.label = label  # the ledger's file or URL, for errors
         self._writer = engine.execution_options(ss_write=True)
-        if create:
-            try:
-                metadata.create_all(engine)
-            except sa.exc.SQLAlchemyError as e:
-                raise store_failure(str(engine.url), e) from e
 
     @classmethod
-    def at(cls, path: Path) -> SelfService:
-        return cls(sqlite_engine(path))
+    def at(cls, where: StoreTarget | Path) -> SelfService:
+        """Opens the ledger first, which creates or upgrades its tables (these included)."""
+        from digest_mailer.store.ledger import Ledger
+
+        with Ledger.open(where):
+            pass
+        target = where if isinstance(where, StoreTarget) else StoreTarget.sqlite(where)
+        return cls(engine_for(target), target.label)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -218,7 +181,7 @@ class SelfService:
             with self.engine.connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as e:
-            raise store_failure(str(self.engine.url), e) from e
+            raise store_failure(self.label, e) from e
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -226,7 +189,7 @@ class SelfService:
             with self._writer.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as e:
-            raise store_failure(str(self.engine.url), e) from e
+            raise store_failure(self.label, e) from e
 
     @staticmethod
     def _bump(conn: Connection) -> None:

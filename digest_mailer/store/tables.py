@@ -9,6 +9,7 @@ Times are ISO-8601 text (UTC offsets included), as the SQLite ledger has always 
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -134,4 +135,60 @@ suppressions = Table(
     Column("since", Text, nullable=False),
     Column("detail", Text, nullable=False, server_default=text("''")),
     sqlite_with_rowid=False,
+)
+
+# -- self-service subscribers (store/selfservice.py; revision 0003) ---------------------
+
+# One row per address the store knows as a subscriber. kind 'store': a subscriber who lives
+# here (signed up and confirmed, imported, or added with --store). kind 'override': a
+# subscriber of the config who changed their own preferences; its filter columns replace the
+# config's (see audience.py for the rule).
+ss_subscribers = sa.Table(
+    "ss_subscribers", METADATA,
+    sa.Column("email_key", sa.String(320), primary_key=True),  # the address, lower-cased
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),  # 'store' | 'override'
+    sa.Column("origin", sa.String(10), nullable=False),  # 'signup' | 'import' | 'cli' | 'web'
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("topics", sa.Text, nullable=False, server_default=""),  # one per line
+    sa.Column("exclude", sa.Text, nullable=False, server_default=""),
+    sa.Column("authors", sa.Text, nullable=False, server_default=""),
+    sa.Column("min_upvotes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_papers", sa.Integer, nullable=True),  # NULL: newsletter.max_papers
+    sa.Column("frequency", sa.String(10), nullable=False, server_default="daily"),
+    sa.Column("weekday", sa.Integer, nullable=False, server_default="0"),  # 0 = Monday
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A sign-up waiting for its confirmation click. `nonce` is in the link, so a newer sign-up for
+# the same address voids the older link; `confirmed_at` stays for the status counts.
+ss_signups = sa.Table(
+    "ss_signups", METADATA,
+    sa.Column("email_key", sa.String(320), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("prefs", sa.Text, nullable=False),  # JSON: topics, exclude, authors, frequency...
+    sa.Column("nonce", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("mailed_at", sa.DateTime(timezone=True), nullable=True),  # last confirmation email
+    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
+)
+sa.Index("ss_signups_created", ss_signups.c.created_at)
+
+# Fixed-window counters. `subject` is a keyed hash of the IP or address, never the value.
+ss_rate_limits = sa.Table(
+    "ss_rate_limits", METADATA,
+    sa.Column("bucket", sa.String(40), primary_key=True),
+    sa.Column("subject", sa.String(64), primary_key=True),
+    sa.Column("window_start", sa.BigInteger, nullable=False),  # epoch seconds
+    sa.Column("hits", sa.Integer, nullable=False),
+)
+
+# 'revision' grows with every change to ss_subscribers: the web service rebuilds its token
+# map, and a sender its view, only when it moved.
+ss_meta = sa.Table(
+    "ss_meta", METADATA,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
 )

@@ -1,76 +1,19 @@
-"""The store's self-service tables and queries on a real PostgreSQL (a throw-away cluster
-started for this module), the same calls the tests make on SQLite: nothing in them is
-SQLite's own. Skips when PostgreSQL's server programs are not installed (Debian's
-`postgresql` package; .ci/run can install it)."""
+"""The store's self-service tables and queries on both engines (a SQLite file, then a fresh
+database on the real PostgreSQL test server): nothing in them is SQLite's own."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
-
-from conftest import free_port
-
-INITDB = shutil.which("initdb") or next(
-    (str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
-psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (test extras)")
-pytestmark = pytest.mark.skipif(INITDB is None, reason="PostgreSQL is not installed")
+from typing import Any
 
 NOW = datetime(2025, 6, 2, 7, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    assert INITDB is not None
-    bindir = Path(INITDB).parent
-    folder = Path(tempfile.mkdtemp(prefix="dm-pg-"))
-    user = None
-    if os.geteuid() == 0:  # the server refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-    run_as = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
-    data = folder / "data"
-    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "digest", "--auth=trust",
-                    "--no-sync"], check=True, capture_output=True, **run_as)  # type: ignore[arg-type]
-    port = free_port()
-    server = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                               "-k", str(folder), "-h", "127.0.0.1", "-F"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              **run_as)  # type: ignore[call-overload]
-    url = f"postgresql+psycopg://digest@127.0.0.1:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                psycopg.connect(f"postgresql://digest@127.0.0.1:{port}/postgres").close()
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def test_the_self_service_store_on_postgresql(pg_url: str) -> None:
-    import sqlalchemy as sa
-
+def test_the_self_service_store_on_both_engines(store_target: Any) -> None:
     from digest_mailer.store.selfservice import SelfService, StoredSubscriber
     from digest_mailer.subscriber_csv import import_rows
 
-    engine = sa.create_engine(pg_url)
-    store = SelfService(engine)
+    store = SelfService.at(store_target)
     try:
         assert store.revision() == 0
         assert store.put(StoredSubscriber("Ada@example.org", "store", "cli",
