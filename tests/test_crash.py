@@ -77,6 +77,22 @@ def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: in
                   "--wait", "--date", "2025-06-02"]
 
 
+def kill_when_sending(proc: subprocess.Popen[bytes], smtp_server: SmtpServer, before: int,
+                      rng: random.Random) -> None:
+    """Picks the moment of a kill: a third of them at a random moment of the run's start
+    (reading, composing, or the first messages), the rest at a random moment once messages
+    flow. Waiting for the first message, not a fixed delay, keeps kills landing mid-send on a
+    loaded machine, where a run can take seconds to start sending."""
+    if rng.random() < 1 / 3:
+        time.sleep(rng.uniform(0.3, 2.0))
+        return
+    deadline = time.monotonic() + 30
+    while (len(smtp_server.handler.received) == before and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.8))
+
+
 @pytest.mark.parametrize("connections", [1, 2])
 def test_sigkill_at_random_points_loses_and_doubles_nothing(
         tmp_path: Path, smtp_server: SmtpServer, connections: int,
@@ -89,7 +105,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
         before = len(smtp_server.handler.received)
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 2.5))
+        kill_when_sending(proc, smtp_server, before, rng)
         proc.kill()
         proc.wait()
         if len(smtp_server.handler.received) > before and proc.returncode == -9:
