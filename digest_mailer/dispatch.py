@@ -31,6 +31,7 @@ from digest_mailer.errors import DeliveryError, DigestMailerError, StoreError
 from digest_mailer.lock import senders_lock_path
 from digest_mailer.message import DkimSigner, MessageTemplate
 from digest_mailer.models import OutgoingMessage
+from digest_mailer.recorder import Recorder
 from digest_mailer.store import Ledger, StoreTarget
 from digest_mailer.store.ledger import RunControl
 from digest_mailer.store.outbox import Entry
@@ -119,9 +120,9 @@ class _Flight:
 
 
 class Sender:
-    """One sender's loop over the queue. The connection works in a thread of its own, so the
-    next message is checked and built, and the last one's fate committed, while this one is on
-    the wire: a sender costs about what its connection costs."""
+    """One sender's loop over the queue. The connection works in a thread of its own, and so do
+    the fate commits (recorder.py): the next message is checked and built, and the last one's
+    fate committed, while this one is on the wire."""
 
     def __init__(self, spec: SenderSpec, name: str, stop: Flag, composed: Flag,
                  parent_alive: Callable[[], bool] = lambda: True) -> None:
@@ -131,26 +132,31 @@ class Sender:
         self._trouble = 0
         self._control: RunControl | None = None
         self._looked = 0.0
+        self._parent_seen = 0.0  # when the run's process was last seen alive
 
     def run(self) -> None:
         spec = self.spec
         ledger = Ledger.open(spec.store or Path(spec.ledger))
         backend = open_backend(spec.backend, spec.options)
         wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp")
+        recorder = Recorder(spec.store or Path(spec.ledger), spec.run_id)
         try:
             self._loop(ledger, backend, _Templates(ledger, spec.signer), Truth(spec.roster),
-                       wire)
+                       wire, recorder)
         finally:
             wire.shutdown(wait=True)  # a message on the wire ends within its deadline
             try:
-                ledger.outbox.release([e.id for e in self._hand])
+                try:
+                    recorder.close()
+                finally:
+                    ledger.outbox.release([e.id for e in self._hand])
             finally:
                 with contextlib.suppress(Exception):
                     backend.close()
                 ledger.close()
 
     def _loop(self, ledger: Ledger, backend: Backend, templates: _Templates, truth: Truth,
-              wire: ThreadPoolExecutor) -> None:
+              wire: ThreadPoolExecutor, recorder: Recorder) -> None:
         flight: _Flight | None = None
         while True:
             step = self._take(ledger, backend, templates, truth, may_wait=flight is None)
@@ -160,23 +166,41 @@ class Sender:
                 trouble = isinstance(error, DeliveryError) and (error.fatal or
                                                                 error.unavailable)
                 landed, flight = flight, None
+                recorder.settle()  # the message before `landed` is committed
                 if ready is not None and not trouble:
                     flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
                 elif ready is not None:
                     self._hand.insert(0, ready[0])  # untried: back in hand
-                self._record(landed, error, ledger, backend)
+                if error is None and not self._trouble:
+                    recorder.sent(landed.entry, now_utc(), landed.message.subject)
+                else:  # what follows a refusal reads and writes the ledger here, in order
+                    self._record(landed, error, ledger, backend)
                 continue
+            recorder.settle()
             if ready is not None:
                 flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
             elif step == _STOP:
                 return
+
+    def _going(self) -> bool:
+        """Not asked to stop, and the run's process alive. That is looked at every
+        CONTROL_EVERY seconds, not per message: each look is a poll of a pipe, which took a
+        quarter of a sender's own time at one look per message."""
+        if self._stop.is_set():
+            return False
+        now = time.monotonic()
+        if now - self._parent_seen > CONTROL_EVERY:
+            if not self._parent_alive():
+                return False
+            self._parent_seen = now
+        return True
 
     def _take(self, ledger: Ledger, backend: Backend, templates: _Templates, truth: Truth, *,
               may_wait: bool) -> tuple[Entry, OutgoingMessage] | str:
         """The next message to send, checked and built; or _STOP; or _IDLE when nothing is
         ready and `may_wait` is false (a message is on the wire to see to first)."""
         spec, outbox = self.spec, ledger.outbox
-        while not self._stop.is_set() and self._parent_alive():
+        while self._going():
             now = time.time()
             if self._control is None or self._trouble or now - self._looked > CONTROL_EVERY:
                 self._control = ledger.run_control(spec.run_id)  # what other senders met

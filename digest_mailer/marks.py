@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from digest_mailer.errors import RenderError
+from digest_mailer.inline import inline_css
 from digest_mailer.models import Digest
 from digest_mailer.text import CONTROL
 
@@ -23,26 +24,29 @@ def one_line(text: str, limit: int = SUBJECT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-_PLAIN = re.compile(r"[A-Za-z0-9@.+_-]*")
-# libxml2 writes an attribute holding `"` but no `'` in single quotes.
+# Characters that Jinja's escaping and the HTML serialiser write as they are in every context
+# (a test checks each against escaped()'s slow path): plain addresses and unsubscribe links
+# (https://host/path/token) skip it. Without ':' and '/' every link took it, a parse and a
+# serialisation per message in the senders.
+PLAIN_PUNCTUATION = "@.+_:/?=#%~,;-"
+_PLAIN = re.compile(f"[A-Za-z0-9{re.escape(PLAIN_PUNCTUATION)}]*")
+# The serialiser writes attributes in double quotes; single quotes kept for other writers.
 _ESCAPED = re.compile(r'<p title=(["\'])(.*)\1>(.*)</p><a href=(["\'])(.*)\4>x</a>', re.S)
 
 
 @functools.lru_cache(maxsize=4096)
 def escaped(value: str) -> tuple[str, str, str, str]:
     """A subscriber's value as the compiled HTML carries it, in each place a template can put
-    it: (text, attribute, URI attribute, raw text such as a comment). Jinja escapes it and lxml
-    (inside premailer) writes it out again, each context in its own way; the same two steps on
-    a small snippet give the same result, so the fast path equals rendering with the value."""
+    it: (text, attribute, URI attribute, raw text such as a comment). Jinja escapes it and the
+    CSS inliner (inline.py) writes it out again, each context in its own way; the same two
+    steps on a small snippet give the same result, so the fast path equals rendering with the
+    value."""
     if _PLAIN.fullmatch(value):
         return value, value, value, value
     import markupsafe
-    from lxml import etree
-    from lxml import html as lxml_html
 
     e = str(markupsafe.escape(value))
-    root = lxml_html.fromstring(f'<div><p title="{e}">{e}</p><a href="{e}">x</a></div>')
-    out = etree.tostring(root, method="html", encoding="utf-8").decode("utf-8")
+    out = inline_css(f'<div><p title="{e}">{e}</p><a href="{e}">x</a></div>')
     found = _ESCAPED.search(out)
     if found is None:  # cannot happen for a value the config accepts
         raise RenderError(f"{value!r}: cannot place this value in HTML")
@@ -79,7 +83,7 @@ def _context(html: str, at: int) -> int:
 @dataclass(frozen=True, slots=True)
 class Marks:
     """Stand-ins for the per-subscriber values while a digest renders. They carry a random
-    nonce, so nothing in a feed can forge one, and only letters and digits, so MJML, premailer
+    nonce, so nothing in a feed can forge one, and only letters and digits, so MJML, the inliner
     and escaping leave them as they are."""
 
     name: str

@@ -261,6 +261,8 @@ class MessageTemplate:
         marks = template.marks
         self._subject_static = not any(m in template.subject for m in marks.all())
         every = marks.every()
+        # One scan per line for all twelve marks (testing each took a third of this build).
+        marked = re.compile("|".join(map(re.escape, every))).search
         # The email package lays out the headers and the MIME frame around two stand-in
         # bodies; the real bodies are encoded line by line below, as it would encode them.
         stand_in = {"text": f"{marks.name}text", "html": f"{marks.name}html"}
@@ -290,7 +292,7 @@ class MessageTemplate:
             run: list[str] = []  # static lines, encoded together
             for line in text.encode("utf-8").splitlines():
                 source = line.decode("utf-8")
-                if any(m in source for m in every):
+                if marked(source):
                     if run:
                         self._static(_qp_lines(run))
                         run = []
@@ -346,7 +348,8 @@ class MessageTemplate:
         """The template with its splice points worked out: what the outbox stores, so a sender
         loads it instead of building it again (bytes kept as latin-1 text in JSON)."""
         return json.dumps({
-            "template": json.loads(self.to_bytes()), "subject_static": self._subject_static,
+            "template": template_fields(self.template, self.shared),
+            "subject_static": self._subject_static,
             "head": [[name, line.decode("latin-1")] for name, line in self._head],
             "pieces": [["", p.decode("latin-1")] if isinstance(p, bytes) else list(p)
                        for p in self._pieces]}).encode("utf-8")
@@ -383,11 +386,15 @@ class MessageTemplate:
         return cls(template, shared, set_id=set_id)
 
 
-def template_bytes(template: DigestTemplate, shared: Shared) -> bytes:
-    """What the outbox stores of a digest template; a sender builds the MessageTemplate."""
+def template_fields(template: DigestTemplate, shared: Shared) -> dict[str, Any]:
     t, s = template, shared
-    return json.dumps({
+    return {
         "subject": t.subject, "html": t.html, "text": t.text, "marks": list(t.marks.all()),
         "sender": s.sender, "envelope_from": s.envelope_from, "reply_to": s.reply_to,
         "list_id": s.list_id, "mailto": s.mailto, "when": s.when.isoformat(),
-        "run_date": s.run_date.isoformat()}).encode("utf-8")
+        "run_date": s.run_date.isoformat()}
+
+
+def template_bytes(template: DigestTemplate, shared: Shared) -> bytes:
+    """What the outbox stores of a digest template; a sender builds the MessageTemplate."""
+    return json.dumps(template_fields(template, shared)).encode("utf-8")

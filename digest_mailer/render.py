@@ -1,9 +1,8 @@
-"""Digest -> RenderedDigest: Jinja2 (autoescape on) into MJML, mjml-python, premailer, and a
+"""Digest -> RenderedDigest: Jinja2 (autoescape on) into MJML, mjml-python, css-inline, and a
 plain-text part from its own template with the same content."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import textwrap
@@ -22,6 +21,7 @@ from jinja2 import nodes
 
 from digest_mailer import card
 from digest_mailer.errors import RenderError
+from digest_mailer.inline import inline_css
 from digest_mailer.marks import DigestTemplate, Marks, one_line, rewritten
 from digest_mailer.models import Digest, Match, ReasonKind, RenderedDigest, Subscriber
 from digest_mailer.sandbox import Sandbox, TemplateLoader, alters_personal
@@ -280,7 +280,7 @@ class Renderer:
         """Once per renderer, on the first digest: a subscriber with awkward values (quotes,
         ampersands, angle brackets, accents) rendered both ways, with marks then filled, and
         with the values themselves. A template whose output differs (a value in CSS, which
-        premailer rewrites; anything the syntax check cannot see) is rendered per subscriber
+        the inliner rewrites; anything the syntax check cannot see) is rendered per subscriber
         from then on."""
         if self._verified or self.personal:
             return
@@ -374,40 +374,24 @@ def template_key(digest: Digest) -> tuple[object, ...]:
             following(sub), tuple((m.paper.id, m.reasons) for m in digest.matches))
 
 
-_PREMAILER = {"allow_network": False, "remove_classes": False, "strip_important": False,
-              "cssutils_logging_level": logging.CRITICAL, "disable_validation": True}
-
-
-@functools.lru_cache(maxsize=64)
-def _style_rules(css_body: str, index: int) -> tuple[list[Any], list[Any]]:
-    """premailer's reading of one <style> block. Every digest carries the same blocks, and
-    premailer re-serialises each property of them for every document (40% of its time);
-    the result only depends on the block, and premailer only reads it."""
-    from premailer import Premailer
-
-    return Premailer("", **_PREMAILER)._parse_style_rules(css_body, index)  # type: ignore
-
-
 def compile_mjml(source: str) -> str:
-    """MJML -> HTML with the CSS inlined; nothing is fetched from the network."""
+    """MJML -> HTML with the CSS inlined (inline.py); nothing is fetched from the network."""
     from mjml import mjml2html  # heavy imports stay out of `--help`
-    from premailer import Premailer
-
-    class Inliner(Premailer):  # type: ignore[misc]
-        def _parse_style_rules(self, css_body: str, ruleset_index: int) -> Any:
-            return _style_rules(css_body, ruleset_index)
 
     try:
         html = mjml2html(source, disable_comments=True, fonts={})
     except Exception as e:  # mjml-python raises a bare exception type of its own
         raise RenderError(f"MJML compile failed: {e}", hint="check digest.mjml.j2") from e
-    out = break_lines(Inliner(html, **_PREMAILER).transform(pretty_print=False))
-    # lxml drops the doctype; without it clients render in quirks mode.
+    out = break_lines(inline_css(html))
+    # Without a doctype clients render in quirks mode.
     return out if out.lstrip()[:9].lower() == "<!doctype" else "<!doctype html>\n" + out
 
 
-_TAG = re.compile(r"<[A-Za-z][^<>]*>")
-_ATTRIBUTE_GAP = re.compile(r"\s+(?=[\w:-]+=[\"'])")
+# The serialiser writes every attribute in double quotes, with `"` inside as &quot; but `<`
+# and `>` as they are: a tag runs to the first `>` outside quotes, and a gap between
+# attributes is one before `name="`, which cannot occur inside a value.
+_TAG = re.compile(r'<[A-Za-z](?:[^<>"]|"[^"]*")*>')
+_ATTRIBUTE_GAP = re.compile(r'\s+(?=[\w:-]+=")')
 
 
 def break_lines(html: str) -> str:

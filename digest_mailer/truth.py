@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 Stamp = tuple[int, int, int]  # inode, size, mtime_ns
 
 
-def stamp(path: Path) -> Stamp | None:
+def stamp(path: str | Path) -> Stamp | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -53,7 +53,7 @@ class Truth:
         r = self._roster
         if r.path is None:
             return
-        now = stamp(Path(r.path))
+        now = stamp(r.path)  # a stat before each message: no Path built for it
         if now == r.stamp or now is None:
             return
         from digest_mailer.config import load_config

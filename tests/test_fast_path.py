@@ -13,6 +13,7 @@ import pytest
 
 from conftest import capture
 from digest_mailer.compose import Composer
+from digest_mailer.marks import PLAIN_PUNCTUATION, escaped
 from digest_mailer.message import (
     MessageTemplate,
     Shared,
@@ -103,8 +104,10 @@ def custom_templates(tmp_path: Path, where: str) -> Path:
         "css": "",
     }[where]
     html = html.replace("<p>You receive", extra + "\n          <p>You receive")
-    # In CSS, which premailer parses and writes again: only a check by rendering sees it.
-    html = html.replace("<mj-head>", '<mj-head><mj-style>.ft::after { content: "{{ name }}"; }'
+    # In a CSS rule, which the inliner copies into style attributes, where a value is
+    # escaped as an attribute, not as the CSS text it was written in: only a check by
+    # rendering sees it.
+    html = html.replace("<mj-head>", '<mj-head><mj-style>.ft p { font-family: "{{ name }}"; }'
                         "</mj-style>") if where == "css" else html
     (folder / "digest.mjml.j2").write_text(html)
     (folder / "digest.txt.j2").write_text(text + ("{{ name|upper }}\n" if where == "filters"
@@ -183,3 +186,16 @@ def test_marks_in_a_feed_are_only_text(tmp_path: Path, papers: tuple[Paper, ...]
     sub = Subscriber(email="ada@example.org", name="Ada")
     message = composer.compose(composer.select(sub, ()), RUN, WHEN, want_html=True)
     assert "zq0123456789abcdefnm zq0123456789abcdefur" in message.html
+
+
+def test_values_escaped_without_the_serialiser_are_the_ones_it_leaves_alone() -> None:
+    """escaped() skips the parse and serialisation for values made of letters, digits and
+    PLAIN_PUNCTUATION (every unsubscribe link): each of those characters must come out of
+    the serialiser as it went in, in every context, or the fast path would differ."""
+    for c in PLAIN_PUNCTUATION:
+        value = f"a{c}b é"  # the space and the accent take the slow path
+        assert escaped(value) == (value, value, value, value), c
+    assert escaped("https://papers.example.org/unsubscribe/Ab_-9") == (
+        ("https://papers.example.org/unsubscribe/Ab_-9",) * 4)
+    # And a character it does change is not among them.
+    assert escaped("a&b é")[0] == "a&amp;b é" and "&" not in PLAIN_PUNCTUATION
