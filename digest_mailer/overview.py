@@ -93,4 +93,17 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         "schedule": f"{config.schedule.cron} ({tz})",
         "next_run": upcoming.isoformat() if upcoming else None,
         "last_runs": [r._asdict() for r in runs],
+        "run_lock": run_lock_holder(config),
     }
+
+
+def run_lock_holder(config: Config) -> str | None:
+    """Who holds the run lock now: on PostgreSQL as the server sees it (any host)."""
+    target = config.state_target
+    if target.kind == "postgresql":
+        from digest_mailer.pglock import holder
+
+        return holder(target)
+    from digest_mailer.lock import holder_of
+
+    return holder_of(config.state_path)
