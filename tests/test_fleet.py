@@ -303,3 +303,26 @@ def test_send_on_sqlite_sends_what_a_compose_only_run_queued_and_stops_on_sigter
         if w.poll() is None:
             os.killpg(w.pid, signal.SIGKILL)
     check_every_recipient(tmp_path, path, smtp_server, kills=0)
+
+
+# -- the shipped systemd unit ---------------------------------------------------------------
+
+def test_the_systemd_template_unit_runs_a_real_send_command() -> None:
+    import configparser
+    import shlex
+
+    from digest_mailer.cli import cli
+
+    unit = Path(__file__).resolve().parents[1] / "contrib" / "systemd" / \
+        "digest-mailer-send@.service"
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read_string(unit.read_text())
+    argv = shlex.split(parser["Service"]["ExecStart"])
+    assert Path(argv[0]).name == "digest-mailer"
+    command = cli.get_command(None, argv[1])  # type: ignore[arg-type]
+    assert command is not None and command.name == "send", argv
+    # Every option it passes is one `send` takes (click raises on an unknown one).
+    command.make_context("send", argv[2:])
+    # SIGTERM is a clean stop within the SMTP timeout plus ~5 s; systemd must wait longer.
+    assert parser["Service"]["KillSignal"] == "SIGTERM"
+    assert int(parser["Service"]["TimeoutStopSec"]) > 30 + 5
