@@ -18,7 +18,7 @@ from digest_mailer.compose import Composer, batch_key, decide
 from digest_mailer.config import Config
 from digest_mailer.config_values import DAY
 from digest_mailer.delivery import BackendOptions, open_backend
-from digest_mailer.dispatch import Policy, Senders, SenderSpec, sender_tag
+from digest_mailer.dispatch import Policy, SenderSpec
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.lease import holder_dead
 from digest_mailer.lock import wait_for_senders
@@ -40,6 +40,7 @@ from digest_mailer.models import (
 from digest_mailer.pglock import held_run_lock
 from digest_mailer.preflight import ensure_runnable
 from digest_mailer.render import Renderer
+from digest_mailer.senders import Senders, sender_tag
 from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from digest_mailer import credentials
 from digest_mailer.config import Config
-from digest_mailer.dispatch import Policy, Senders, SenderSpec
+from digest_mailer.dispatch import Policy, SenderSpec
 from digest_mailer.message import DkimSigner
 from digest_mailer.pipeline import backend_options
+from digest_mailer.senders import Senders
 from digest_mailer.store import Ledger
 from digest_mailer.truth import Roster
 
