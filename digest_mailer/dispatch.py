@@ -236,8 +236,9 @@ class Sender:
             if not self._keeper.holds(margin=min(spec.timeout, spec.lease / 2)):
                 # The lease could not be renewed for most of its length: the rows in hand
                 # may be another sender's by now. Never send what may be on its wire.
-                logger.warning("%s: the lease on %d message(s) may have run out; leaving "
-                               "them", self.name, len(self._hand))
+                logger.warning("%s: the lease on %d message(s) may have run out; putting "
+                               "back those still its own", self.name, len(self._hand))
+                outbox.release([e.id for e in self._hand], by=self.name)
                 self._hand = []
                 time.sleep(IDLE)
                 continue
