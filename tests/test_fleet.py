@@ -326,3 +326,30 @@ def test_the_systemd_template_unit_runs_a_real_send_command() -> None:
     # SIGTERM is a clean stop within the SMTP timeout plus ~5 s; systemd must wait longer.
     assert parser["Service"]["KillSignal"] == "SIGTERM"
     assert int(parser["Service"]["TimeoutStopSec"]) > 30 + 5
+
+
+def test_a_worker_stopped_mid_queue_releases_the_rest_and_exits_0(
+        tmp_path: Path, smtp_server: SmtpServer, pg_url: str) -> None:
+    smtp_server.handler.data_delay = 0.3  # slow: the stop lands with most still queued
+    path = write_config(tmp_path, smtp_server, readers=14, url=pg_url, lease="60s")
+    target = StoreTarget.parse(pg_url)
+    compose_only(path)
+    w = worker(path, "--connections", "1")
+    try:
+        wait_for(lambda: len(smtp_server.handler.received) >= 2, 60, "nothing was sent")
+        w.send_signal(signal.SIGTERM)
+        _, err = w.communicate(timeout=5 + 30)  # the SMTP timeout (5) plus a margin
+        assert w.returncode == 0 and "Stopped as asked" in err, err
+    finally:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+    with Ledger.open_readonly(target) as ledger:
+        counts = ledger.outbox.counts()
+    # Nothing left in its hands (a 60 s lease would otherwise hold it), the rest queued.
+    assert "sending" not in counts and counts.get("pending", 0) > 0, counts
+    smtp_server.handler.data_delay = 0
+    done = subprocess.run([*CLI, "send", "--config", str(path), "--until-empty",
+                           "--connections", "0"], env={**os.environ, **ENV},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    check_every_recipient(tmp_path, path, smtp_server, kills=0)
