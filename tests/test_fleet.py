@@ -271,6 +271,7 @@ def test_two_serve_processes_one_composes_per_scheduled_time(
         _, err2 = second.communicate(timeout=60)
         assert second.returncode == 0 and "Traceback" not in err2, err2
         assert "another serve leads" in err2 and "now leads" in err2
+        assert "sending from" in err2  # the follower sent all along (its own worker)
     finally:
         for p in procs:
             if p.poll() is None:
