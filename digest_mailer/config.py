@@ -237,6 +237,11 @@ class DeliverySettings(_Section):
     max_hard_failures: int = Field(3, ge=1, le=1000, description="permanent refusals in a "
                                                                  "row before an address is "
                                                                  "suppressed")
+    lease: Duration = Field(60.0, ge=2, le=DAY,
+                            description="how long a sender's claim on messages holds unless "
+                                        "renewed (every third of it, while the sender lives): "
+                                        "the messages of a dead sender or host go back to the "
+                                        "queue after it")
     smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="the SMTP server")
     dkim: DkimSettings | None = Field(None, description="DKIM signing; off when absent")
 

@@ -10,25 +10,18 @@ run's process is gone: no sender outlives its run, and no two runs send at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import multiprocessing
-import os
-import signal
-import socket
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from digest_mailer.delivery import Backend, BackendOptions, open_backend
-from digest_mailer.errors import DeliveryError, DigestMailerError, StoreError
-from digest_mailer.lock import senders_lock_path
+from digest_mailer.errors import DeliveryError
+from digest_mailer.lease import LeaseKeeper, LocalControl
 from digest_mailer.message import DkimSigner, MessageTemplate
 from digest_mailer.models import OutgoingMessage
 from digest_mailer.recorder import Recorder
@@ -41,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CLAIM = 32  # rows a sender takes at a time (of one digest): one claim commit for many
 IDLE = 0.01  # seconds between looks at an empty queue while the run still composes
+WORKER_IDLE = 0.25  # the same for a `send` worker, which may wait for hours
 CONTROL_EVERY = 0.05  # seconds between looks at the run's state while all goes well
 
 
@@ -70,6 +64,9 @@ class SenderSpec:
     timeout: float  # the backend's deadline for one message
     log_level: int = logging.WARNING
     store: StoreTarget | None = None  # where the ledger lives (default: the file `ledger`)
+    lease: float = 60.0  # seconds a claim holds its rows unless renewed (lease.py)
+    worker: bool = False  # a `send` worker: any run's rows, its own server-trouble count,
+    # no senders lock (runs may start while it works), a calmer look at an empty queue
 
 
 class Flag(Protocol):
@@ -133,13 +130,19 @@ class Sender:
         self._control: RunControl | None = None
         self._looked = 0.0
         self._parent_seen = 0.0  # when the run's process was last seen alive
+        self._ctl: Any = None  # the ledger (the run's control row) or a worker's LocalControl
+        self._keeper: LeaseKeeper | None = None
+        self.blocked: str | None = None  # why it stopped, when the server cannot be used
 
     def run(self) -> None:
         spec = self.spec
-        ledger = Ledger.open(spec.store or Path(spec.ledger))
+        where = spec.store or StoreTarget.sqlite(spec.ledger)
+        ledger = Ledger.open(where)
+        self._ctl = LocalControl() if spec.worker else ledger
         backend = open_backend(spec.backend, spec.options)
         wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp")
-        recorder = Recorder(spec.store or Path(spec.ledger), spec.run_id)
+        recorder = Recorder(where, None if spec.worker else spec.run_id)
+        self._keeper = LeaseKeeper(where, self.name, spec.lease)
         try:
             self._loop(ledger, backend, _Templates(ledger, spec.signer), Truth(spec.roster),
                        wire, recorder)
@@ -149,7 +152,8 @@ class Sender:
                 try:
                     recorder.close()
                 finally:
-                    ledger.outbox.release([e.id for e in self._hand])
+                    self._keeper.close()
+                    ledger.outbox.release([e.id for e in self._hand], by=self.name)
             finally:
                 with contextlib.suppress(Exception):
                     backend.close()
@@ -203,10 +207,11 @@ class Sender:
         while self._going():
             now = time.time()
             if self._control is None or self._trouble or now - self._looked > CONTROL_EVERY:
-                self._control = ledger.run_control(spec.run_id)  # what other senders met
+                self._control = self._ctl.run_control(spec.run_id)  # what others met
                 self._looked = now
             control = self._control
             if control.blocked:
+                self.blocked = control.cause or "the SMTP server cannot be used"
                 return _STOP
             self._trouble = control.trouble
             if control.hold_until > now:
@@ -214,18 +219,29 @@ class Sender:
                     return _IDLE
                 time.sleep(min(control.hold_until - now, 0.2))
                 continue
+            run = None if spec.worker else spec.run_id
             if not self._hand:
-                self._hand = outbox.claim(spec.run_id, self.name, CLAIM, now,
-                                          lease=spec.timeout * (CLAIM + 1) + 60)
+                self._hand = outbox.claim(run, self.name, CLAIM, now, lease=spec.lease)
                 if not self._hand:
                     if not may_wait:
                         return _IDLE
-                    left, due = outbox.due(spec.run_id)
+                    left, due = outbox.due(run)
                     if self._composed.is_set() and left == 0:
                         return _STOP
-                    pause = IDLE if due is None or due <= now else min(due - now, 0.2)
+                    idle = WORKER_IDLE if spec.worker else IDLE
+                    pause = idle if due is None or due <= now else min(due - now, idle)
                     time.sleep(max(pause, IDLE))
                     continue
+            assert self._keeper is not None
+            if not self._keeper.holds(margin=min(spec.timeout, spec.lease / 2)):
+                # The lease could not be renewed for most of its length: the rows in hand
+                # may be another sender's by now. Never send what may be on its wire.
+                logger.warning("%s: the lease on %d message(s) may have run out; putting "
+                               "back those still its own", self.name, len(self._hand))
+                outbox.release([e.id for e in self._hand], by=self.name)
+                self._hand = []
+                time.sleep(IDLE)
+                continue
             truth.refresh()  # a stat; the file is read again only when it changed
             entry = self._hand.pop(0)
             why = truth.forbidden(entry.recipient, ledger)
@@ -254,10 +270,10 @@ class Sender:
             outbox.failed(entry.id, now_utc(), f"unexpected error while sending: "
                                                f"{type(error).__name__}: {error}")
         else:
-            outbox.sent(entry.id, now_utc(), self.spec.run_id, subject=flight.message.subject,
-                        entry=entry)
+            outbox.sent(entry.id, now_utc(), None if self.spec.worker else self.spec.run_id,
+                        subject=flight.message.subject, entry=entry)
             if self._trouble:
-                ledger.server_fine(self.spec.run_id)
+                self._ctl.server_fine(self.spec.run_id)
                 self._trouble = 0
                 self._control = None
 
@@ -266,15 +282,15 @@ class Sender:
         now = now_utc()
         if e.fatal or e.unavailable:
             self._control = None  # look again before the next message
-            control = ledger.server_trouble(spec.run_id, e.message, time.time(),
-                                            policy.delays(), fatal=e.fatal)
+            control = self._ctl.server_trouble(spec.run_id, e.message, time.time(),
+                                               policy.delays(), fatal=e.fatal)
             logger.warning("%s%s", e.message, "; the run stops sending" if control.blocked
                            else f"; trying again in {control.hold_until - time.time():.0f}s")
             if e.tried:
                 outbox.deferred(entry.id, now, e.message,
                                 None if control.blocked else control.hold_until)
             else:
-                outbox.release([entry.id])
+                outbox.release([entry.id], by=self.name)
             return
         if not e.permanent:
             tries = entry.tries + 1
@@ -288,112 +304,3 @@ class Sender:
         if failures >= policy.max_hard_failures and ledger.suppress(
                 entry.recipient, "bounced", now, e.message):
             logger.warning("%s: suppressed after %d hard failures", entry.recipient, failures)
-
-
-def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any) -> None:
-    """A sender process. It holds the senders lock while it lives, stops when the run's
-    process is gone, and treats SIGTERM and SIGINT as "finish the message on the wire"."""
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=spec.log_level, format="%(levelname)s: %(message)s")
-    parent = multiprocessing.parent_process()
-    with open(senders_lock_path(spec.ledger), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        if parent is None or not parent.is_alive():
-            return
-        try:
-            Sender(spec, name, stop, composed, parent.is_alive).run()
-        except DigestMailerError as e:
-            logger.error("%s: %s", name, e)
-            raise SystemExit(1) from e
-
-
-@dataclass
-class _Worker:
-    name: str
-    handle: Any  # a Process or a Thread
-    settled: bool = False
-
-    @property
-    def exitcode(self) -> int | None:
-        if isinstance(self.handle, threading.Thread):
-            return None if self.handle.is_alive() else 0
-        return self.handle.exitcode  # type: ignore[no-any-return]
-
-
-class Senders:
-    """The run's senders: started, watched, stopped. `count` 0 is one thread in this process."""
-
-    def __init__(self, spec: SenderSpec, count: int) -> None:
-        self.spec = spec
-        self.died: list[str] = []
-        self._errors: list[BaseException] = []
-        tag = f"{socket.gethostname()}:{os.getpid()}:{spec.run_id}"
-        if count <= 0:
-            self._stop: Any = threading.Event()
-            self._composed: Any = threading.Event()
-            name = f"{tag}:t0"
-            thread = threading.Thread(target=self._thread_main, args=(name,),
-                                      name="sender", daemon=True)
-            self._workers = [_Worker(name, thread)]
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            self._stop, self._composed = ctx.Event(), ctx.Event()
-            self._workers = [
-                _Worker(f"{tag}:p{n}", ctx.Process(
-                    target=_process_main, name=f"sender-{n}", daemon=True,
-                    args=(spec, f"{tag}:p{n}", self._stop, self._composed)))
-                for n in range(count)]
-        for w in self._workers:
-            w.handle.start()
-
-    def _thread_main(self, name: str) -> None:
-        try:
-            Sender(self.spec, name, self._stop, self._composed).run()
-        except BaseException as e:  # the run reports it; the thread ends
-            logger.error("sender thread: %s", e)
-            self._errors.append(e)
-
-    def check(self, ledger: Ledger) -> int:
-        """Notices senders that ended; puts back what a dead one held. Returns how many live."""
-        live = 0
-        for w in self._workers:
-            code = w.exitcode
-            if code is None:
-                live += 1
-                continue
-            if not w.settled:
-                w.settled = True
-                back = ledger.outbox.return_claimed(w.name, "its sender died while it waited "
-                                                            "to go out; the next run sends it")
-                if code != 0 or back:
-                    self.died.append(f"{w.name} (exit {code})")
-                    logger.error("sender %s ended with exit code %s; %d message(s) it held "
-                                 "wait for the next run", w.name, code, back)
-        return live
-
-    def composed(self) -> None:
-        self._composed.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, ledger: Ledger, should_stop: Callable[[], bool]) -> None:
-        """Until every sender has ended: they end when the queue is empty, or at a stop after
-        the message each has on the wire (bounded by the message deadline)."""
-        stop_at: float | None = None
-        while self.check(ledger):
-            if stop_at is None and should_stop():
-                self.stop()
-            if stop_at is None and self._stop.is_set():
-                stop_at = time.monotonic() + self.spec.timeout + 5
-            if stop_at is not None and time.monotonic() > stop_at:
-                for w in self._workers:
-                    if isinstance(w.handle, multiprocessing.process.BaseProcess):
-                        w.handle.kill()
-                        w.handle.join(5)
-                self.check(ledger)
-                break
-            time.sleep(0.05)
-        if self._errors and isinstance(self._errors[0], StoreError):
-            raise self._errors[0]

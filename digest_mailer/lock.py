@@ -40,6 +40,13 @@ def _holder(info: Path) -> str:
         return "another process"
 
 
+def holder_of(state_path: Path) -> str | None:
+    """Who holds the run lock beside this SQLite ledger (as the holder noted it), or None."""
+    info = lock_path(state_path)
+    info = info.with_name(info.name + ".info")
+    return _holder(info) if info.exists() else None
+
+
 def senders_lock_path(ledger: str) -> Path:
     return Path(ledger + ".senders")
 

@@ -98,6 +98,7 @@ def status(config: Config, *, now: datetime, env: Mapping[str, str]) -> dict[str
         "schedule": f"{config.schedule.cron} ({tz})",
         "next_run": upcoming.isoformat() if upcoming else None,
         "last_runs": [r._asdict() for r in runs],
+        "run_lock": run_lock_holder(config),
     }
 
 
@@ -127,3 +128,15 @@ def signup_counts(config: Config, now: datetime) -> dict[str, int]:
                            "confirmed_last_day", "confirmed_last_week"), 0)
     return peek(config.state_target,
                 lambda store: store.signup_counts(now, timedelta(CONFIRM_DAYS)), empty)
+
+
+def run_lock_holder(config: Config) -> str | None:
+    """Who holds the run lock now: on PostgreSQL as the server sees it (any host)."""
+    target = config.state_target
+    if target.kind == "postgresql":
+        from digest_mailer.pglock import holder
+
+        return holder(target)
+    from digest_mailer.lock import holder_of
+
+    return holder_of(config.state_path)

@@ -19,9 +19,10 @@ from digest_mailer.compose import Composer, batch_key, decide
 from digest_mailer.config import Config
 from digest_mailer.config_values import DAY
 from digest_mailer.delivery import BackendOptions, open_backend
-from digest_mailer.dispatch import Policy, Senders, SenderSpec
+from digest_mailer.dispatch import Policy, SenderSpec
 from digest_mailer.errors import DigestMailerError
-from digest_mailer.lock import run_lock, wait_for_senders
+from digest_mailer.lease import holder_dead
+from digest_mailer.lock import wait_for_senders
 from digest_mailer.message import (
     DkimSigner,
     Shared,
@@ -37,8 +38,10 @@ from digest_mailer.models import (
     Subscriber,
     SubscriberOutcome,
 )
+from digest_mailer.pglock import held_run_lock
 from digest_mailer.preflight import ensure_runnable
 from digest_mailer.render import Renderer
+from digest_mailer.senders import Senders, sender_tag
 from digest_mailer.sources import Source, SourceSpec, open_source
 from digest_mailer.sources.http import HttpFetcher
 from digest_mailer.store import Ledger
@@ -64,6 +67,7 @@ class RunOptions:
     only: str | None = None  # one subscriber's address (preview)
     ignore_ledger: bool = False  # preview as if nothing had been sent yet
     wait: float | None = 0  # for the run lock: 0 fails at once, None waits as long as it takes
+    compose_only: bool = False  # leave the sending to `send` workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +185,7 @@ def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str,
     if options.dry_run:
         return _run(config, options, now=now, env=env, on_progress=on_progress,
                     should_stop=should_stop)
-    with run_lock(config.state_path, "digest-mailer run", wait=options.wait):
+    with held_run_lock(config.state_target, config.state_path, "run", wait=options.wait):
         wait_for_senders(config.state_path, config.delivery.smtp.timeout + 10)
         return _run(config, options, now=now, env=env, on_progress=on_progress,
                     should_stop=should_stop)
@@ -230,13 +234,14 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                                 options=bopts, policy=policy, signer=envelope.signer,
                                 roster=roster, timeout=d.smtp.timeout,
                                 log_level=logging.getLogger().getEffectiveLevel(),
-                                store=config.state_target)
+                                store=config.state_target, lease=d.lease)
             connections = d.smtp.connections if backend_name == "smtp" else 0
             return run_once(subscribers=subscribers, source=source, ledger=ledger,
                             sender=sender, connections=connections, renderer=renderer,
                             envelope=envelope, now=now, run_date=run_date,
                             on_progress=on_progress, should_stop=should_stop,
-                            retention=retention_of(config))
+                            retention=retention_of(config),
+                            compose_only=options.compose_only)
 
 
 def retention_of(config: Config) -> Retention:
@@ -263,12 +268,14 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
              now: datetime, run_date: date,
              on_progress: Callable[[SubscriberOutcome], None] | None = None,
              should_stop: Callable[[], bool] = lambda: False,
-             retention: Retention | None = None) -> RunReport:
+             retention: Retention | None = None, compose_only: bool = False) -> RunReport:
     """A real run. The composer writes each message into the outbox; the senders send from
-    it. The report reads every message's fate back from the outbox. At its end, what the
-    retention policy no longer keeps is pruned."""
+    it (`compose_only`: `send` workers do, and the report says what waits for them). The
+    report reads every message's fate back from the outbox. At its end, what the retention
+    policy no longer keeps is pruned."""
     run_id = ledger.start_run(now, run_date, source.origin)
     senders: Senders | None = None
+    own = sender_tag(replace(sender, run_id=run_id))  # how this run's senders are named
     try:
         try:
             fetched = source.fetch(run_date)
@@ -282,14 +289,16 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
         if fetched.papers:
             ledger.remember(fetched.papers, now)
         slots = [_Slot(e.recipient, message_id=e.message_id, note="left by an earlier run")
-                 for e in ledger.outbox.adopt(run_id)]
-        senders = Senders(replace(sender, run_id=run_id), connections)
+                 for e in ledger.outbox.adopt(run_id, dead=holder_dead)]
+        if not compose_only:
+            senders = Senders(replace(sender, run_id=run_id), connections)
         composer = envelope.composer(renderer, fetched.papers, run_date, ledger, now)
         stopped = _compose(subscribers, fetched, ledger=ledger, composer=composer,
                            senders=senders, slots=slots, run_id=run_id, now=now,
                            run_date=run_date, on_progress=on_progress, should_stop=should_stop)
-        senders.composed()
-        senders.wait(ledger, should_stop)
+        if senders is not None:
+            senders.composed()
+            senders.wait(ledger, should_stop)
         stopped = stopped or should_stop()
     except BaseException as e:
         if senders is not None:
@@ -298,21 +307,22 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                 senders.wait(ledger, lambda: True)
         if run_id:  # how it ended, whatever ended it (the ledger itself may be the trouble)
             with contextlib.suppress(BaseException):
-                ledger.outbox.park(run_id)
+                ledger.outbox.park(run_id, own)
                 ledger.finish_run(run_id, datetime.now(now.tzinfo), fetched=0, sent=0,
                                   failed=0, outcome=RunState.CRASHED,
                                   cause=f"{type(e).__name__}: {e}"[:500])
         raise
-    ledger.outbox.park(run_id)
+    if not compose_only:
+        ledger.outbox.park(run_id, own)
     control = ledger.run_control(run_id)
     fates = ledger.outbox.fates(run_id)
-    outcomes = tuple(_outcome(slot, fates) for slot in slots)
+    outcomes = tuple(_outcome(slot, fates, compose_only) for slot in slots)
     state, cause = RunState.OK, None
     if stopped:
         state, cause = RunState.STOPPED, "the run was asked to stop"
     elif control.blocked:
         state, cause = RunState.BLOCKED, control.cause
-    elif senders.died:
+    elif senders is not None and senders.died:
         state, cause = RunState.CRASHED, f"sender(s) died: {', '.join(senders.died)}"
     report = RunReport(run_date=run_date, started_at=now, finished_at=datetime.now(now.tzinfo),
                        origin=fetched.origin, fetched=len(fetched.papers),
@@ -320,6 +330,7 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                        outcomes=outcomes, run_id=run_id, stopped=cause,
                        state=RunState.FAILURES if state is RunState.OK and any(
                            o.status in (Status.FAILED, Status.DEFERRED, Status.PENDING)
+                           and not (compose_only and o.status is Status.PENDING)
                            for o in outcomes) else state)
     logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
                 composer.render_seconds)
@@ -341,7 +352,7 @@ BATCH_SECONDS = 0.05  # and never held longer than this, so senders are not kept
 
 
 def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledger: Ledger,
-             composer: Composer, senders: Senders, slots: list[_Slot], run_id: int,
+             composer: Composer, senders: Senders | None, slots: list[_Slot], run_id: int,
              now: datetime, run_date: date,
              on_progress: Callable[[SubscriberOutcome], None] | None,
              should_stop: Callable[[], bool]) -> bool:
@@ -356,7 +367,8 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
             ledger.outbox.add_many(batch, run_id=run_id, now=now)
             batch.clear()
         flushed = time.monotonic()
-        senders.check(ledger)
+        if senders is not None:
+            senders.check(ledger)
 
     # Subscribers who share filters go one after another, so each distinct digest is rendered
     # once while it is in the composer's bounded cache; the report keeps the config's order.
@@ -390,7 +402,8 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
     return stopped
 
 
-def _outcome(slot: _Slot, fates: dict[str, Fate]) -> SubscriberOutcome:
+def _outcome(slot: _Slot, fates: dict[str, Fate], for_workers: bool = False
+             ) -> SubscriberOutcome:
     if slot.outcome is not None:
         return slot.outcome
     fate = fates.get(slot.message_id)
@@ -410,6 +423,6 @@ def _outcome(slot: _Slot, fates: dict[str, Fate]) -> SubscriberOutcome:
     if fate.state is MessageState.DEFERRED:
         return SubscriberOutcome(slot.email, Status.DEFERRED, fate.papers,
                                  f"{fate.error}; the next run tries again{note}", mid)
+    waits = "queued for the send workers" if for_workers else "wait in the outbox for the next run"
     return SubscriberOutcome(slot.email, Status.PENDING, fate.papers,
-                             f"{fate.papers} paper(s) wait in the outbox for the next "
-                             f"run{note}", mid)
+                             f"{fate.papers} paper(s) {waits}{note}", mid)

@@ -19,7 +19,7 @@ from digest_mailer.store.outbox import Entry
 
 
 class Recorder:
-    def __init__(self, where: StoreTarget | Path, run_id: int) -> None:
+    def __init__(self, where: StoreTarget | Path, run_id: int | None) -> None:
         self._where, self._run_id = where, run_id
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
         self._pending: Future[None] | None = None

@@ -41,6 +41,7 @@ class Daemon:
     now: Callable[[], datetime]
     stop: threading.Event
     on_report: Callable[[RunReport], None] = lambda report: None
+    lead: Callable[[], bool] = lambda: True  # whether this instance composes (serving.py)
 
     def load(self) -> Config | None:
         from digest_mailer.preflight import load_runnable
@@ -60,6 +61,9 @@ class Daemon:
     def job(self) -> RunReport | None:
         """One scheduled run: a fresh config, and a few tries while the source is down or
         empty. Nothing here raises: a failed run is logged and the schedule goes on."""
+        if not self.lead():
+            logger.info("another serve leads: it composes this run; this one only sends")
+            return None
         config = self.load()
         if config is None:
             return None

@@ -32,7 +32,7 @@ class _Cli(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None) -> None:
     """Trending ML papers from the Hugging Face Daily Papers feed, one digest per subscriber."""
-    level = log_level or ("info" if ctx.invoked_subcommand == "serve" else "warning")
+    level = log_level or ("info" if ctx.invoked_subcommand in ("serve", "send") else "warning")
     detailed = level in ("debug", "info")
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if detailed
@@ -50,8 +50,9 @@ from digest_mailer.cli import (  # noqa: E402  (they register commands)
     db,
     ledger,
     runs,
+    send,
     subscribers,
     web,
 )
 
-__all__ = ["check", "cli", "db", "ledger", "main", "runs", "subscribers", "web"]
+__all__ = ["check", "cli", "db", "ledger", "main", "runs", "send", "subscribers", "web"]

@@ -136,6 +136,8 @@ def status(config_path: str | None, as_json: bool) -> None:
         for p in info["problems"]:
             click.echo(f"  {p['at'][:19]}  {p['state']:<9}  {p['to']}: {p['why']}")
     click.echo(f"Schedule: {info['schedule']} -> next run {info['next_run']}")
+    lock = info.get("run_lock")
+    click.echo(f"Run lock: held by {lock}" if lock else "Run lock: free")
     click.echo("Last runs:")
     for r in info["last_runs"]:
         click.echo(f"  #{r['id']:<4} {r['started_at'][:19]}  for {r['run_date']}  "

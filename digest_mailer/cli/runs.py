@@ -88,20 +88,29 @@ def _run(config_path: str | None, options: RunOptions, as_json: bool = False) ->
 @kind_option
 @date_option
 @click.option("--wait", is_flag=True, help="wait for another run to finish instead of failing")
+@click.option("--compose-only", is_flag=True,
+              help="compose into the outbox and leave the sending to `send` workers")
 @json_option
 def run(config_path: str | None, dry_run: bool, out_dir: Path | None, source: str | None,
-        source_kind: str | None, run_date: date | None, wait: bool, as_json: bool) -> None:
+        source_kind: str | None, run_date: date | None, wait: bool, compose_only: bool,
+        as_json: bool) -> None:
     """Run the digest once, now."""
+    from digest_mailer.models import Status
     from digest_mailer.pipeline import RunOptions
 
     options = RunOptions(dry_run=dry_run, out_dir=out_dir, source=source,
                          source_kind=source_kind, run_date=run_date,
-                         wait=None if wait else 0)
+                         wait=None if wait else 0, compose_only=compose_only)
     report = _run(config_path, options, as_json)
     if report.state is RunState.STOPPED:
         click.echo(f"Stopped as asked: {report.failed} subscriber(s) wait for the next run",
                    err=True)
         return  # a stop that was asked for is not an error (systemd expects 0)
+    if compose_only and not dry_run:
+        queued = report.count(Status.PENDING)
+        click.echo(f"Composed: {queued} message(s) queued for the send workers", err=True)
+        if not report.count(Status.FAILED, Status.NOT_ATTEMPTED, Status.DEFERRED):
+            return
     if report.failed:
         raise DigestMailerError(
             f"{report.failed} of {len(report.outcomes)} subscriber(s) did not get their email",
@@ -138,6 +147,7 @@ def serve(config_path: str | None, once_now: bool) -> None:
     from digest_mailer.pipeline import run as run_pipeline
     from digest_mailer.report import report_lines
     from digest_mailer.scheduler import Daemon, install_signal_handlers
+    from digest_mailer.serving import Fleet
 
     stop = threading.Event()
 
@@ -151,7 +161,10 @@ def serve(config_path: str | None, once_now: bool) -> None:
         for line in report_lines(report):
             logger.info("%s", line)
 
-    daemon = Daemon(config_path=config_file(config_path), run=scheduled_run,
-                    now=now, stop=stop, on_report=log_report)
     install_signal_handlers(stop)
-    daemon.serve(once_now=once_now)
+    # On PostgreSQL several `serve` may run: one leads (composes at each scheduled time), all
+    # send (a `send` worker inside each). On SQLite: one host, the run lock, as before.
+    with Fleet(load(config_path), os.environ, stop) as fleet:
+        daemon = Daemon(config_path=config_file(config_path), run=scheduled_run,
+                        now=now, stop=stop, on_report=log_report, lead=fleet.lead)
+        daemon.serve(once_now=once_now)

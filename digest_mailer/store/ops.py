@@ -26,6 +26,8 @@ def size_bytes(ledger: Ledger) -> int | None:
     if path is not None:
         files = [path, path.with_name(path.name + "-wal")]
         return sum(f.stat().st_size for f in files if f.exists()) if path.exists() else None
+    if ledger.conn.dialect != "postgresql":  # an empty database, read as an empty ledger
+        return None
     return int(ledger.conn.execute(text("SELECT pg_database_size(current_database())"))
                .scalar())
 

@@ -11,13 +11,14 @@ never wait for each other nor take the same row."""
 from __future__ import annotations
 
 import logging
+import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Executable, and_, bindparam, case, delete, func, select, update
+from sqlalchemy import Executable, and_, bindparam, case, delete, func, or_, select, update
 
 from digest_mailer.models import MessageState, OutgoingMessage
 from digest_mailer.store.sql import insert_for
@@ -39,13 +40,29 @@ _COLUMNS = (x.id, x.set_id, x.recipient, x.name, x.unsubscribe_url, x.token, x.m
 # The hot statements, built once (SQLAlchemy caches their SQL per dialect).
 _ADD = outbox.insert()
 _LOAD_SET = select(outbox_sets.c.template).where(outbox_sets.c.id == bindparam("i"))
-_DUE = and_(x.owner_run == bindparam("run"), x.state.in_([State.PENDING.value,
-                                                          State.DEFERRED.value]),
-            x.next_try <= bindparam("now"))
-_FIRST_DUE = select(x.set_id).where(_DUE).order_by(x.id).limit(1).scalar_subquery()
-_CLAIM = (select(*_COLUMNS).where(_DUE, x.set_id.is_not_distinct_from(_FIRST_DUE))
-          .order_by(x.id).limit(bindparam("limit")))
-_CLAIM_LOCKING = _CLAIM.with_for_update(skip_locked=True, of=outbox)
+# Due: waiting and its time has come, or in the hands of a claimer whose lease ran out (it
+# died, or lost the ledger for a whole lease): the same row, the same Message-ID.
+_EXPIRED = and_(x.state == State.SENDING.value, x.lease_until < bindparam("now"))
+_WAITING = and_(x.state.in_([State.PENDING.value, State.DEFERRED.value]),
+                x.next_try <= bindparam("now"))
+_DUE = and_(x.owner_run == bindparam("run"), or_(_WAITING, _EXPIRED))
+# A `send` worker takes any run's rows, and also what an ended run left pending (parked).
+# Deferred rows a run gave up on (parked) wait for the next run, as they always did.
+_ANY_DUE = or_(_WAITING, _EXPIRED, and_(x.state == State.PENDING.value, x.next_try.is_(None)))
+
+
+def _claim_of(due: Any) -> tuple[Any, Any]:
+    first = select(x.set_id).where(due).order_by(x.id).limit(1).scalar_subquery()
+    stmt = (select(*_COLUMNS).where(due, x.set_id.is_not_distinct_from(first))
+            .order_by(x.id).limit(bindparam("limit")))
+    return stmt, stmt.with_for_update(skip_locked=True, of=outbox)
+
+
+_CLAIM, _CLAIM_LOCKING = _claim_of(_DUE)
+_CLAIM_ANY, _CLAIM_ANY_LOCKING = _claim_of(_ANY_DUE)
+_RENEW = update(outbox).where(x.claimed_by == bindparam("by"),
+                              x.state == State.SENDING.value).values(
+    lease_until=bindparam("until"))
 _TAKE = update(outbox).where(x.id.in_(bindparam("ids", expanding=True))).values(
     state=State.SENDING.value, claimed_by=bindparam("by"), lease_until=bindparam("until"))
 _CLOSE = update(outbox).where(x.id == bindparam("i")).values(
@@ -55,7 +72,6 @@ _CLOSE = update(outbox).where(x.id == bindparam("i")).values(
     next_try=bindparam("next"), claimed_by=None)
 _ROW = select(x.subscriber, x.message_id, x.subject, x.included, x.offered).where(
     x.id == bindparam("i"))
-_DELIVERY = deliveries.insert()
 _SENT = update(outbox).where(x.id == bindparam("i")).values(
     state=State.SENT.value, updated_at=bindparam("at"), attempts=x.attempts + 1,
     tries=x.tries + 1, claimed_by=None, next_try=None, subject=bindparam("subj"))
@@ -151,37 +167,63 @@ class Outbox:
             db.hot_many(_ADD, [self._row(q, run_id, q.included, q.offered, stamp)
                                   for q in rows])
 
-    def adopt(self, run_id: int) -> list[Entry]:
+    def adopt(self, run_id: int, now: float | None = None,
+              dead: Callable[[str], bool] = lambda holder: True) -> list[Entry]:
         """What earlier runs left open becomes this run's to send, first. The caller holds the
-        run lock and no sender of an earlier run is alive, so "sending" means it died."""
+        run lock and no sender of an earlier run is alive. A row in the hands of a `send`
+        worker that lives (`dead` says no) and whose lease runs is left to it."""
+        now = time.time() if now is None else now
         with self._ledger.transaction() as db:
-            db.execute(update(outbox).where(x.state.in_(_OPEN)).values(
+            holders = [h for (h,) in db.execute(select(x.claimed_by).distinct().where(
+                x.state == State.SENDING.value, x.claimed_by.is_not(None),
+                x.lease_until >= now))]
+            live = [h for h in holders if not dead(h)]
+            db.execute(update(outbox).where(x.state.in_(_OPEN), or_(
+                x.state != State.SENDING.value, x.claimed_by.is_(None),
+                x.claimed_by.not_in(live))).values(
                 owner_run=run_id, next_try=0, tries=0, claimed_by=None,
                 state=case((x.state == State.SENDING.value, State.PENDING.value),
                            else_=x.state)))
-            rows = db.execute(select(*_COLUMNS).where(x.owner_run == run_id,
-                                                      x.state.in_(_OPEN)).order_by(x.id))
+            rows = db.execute(select(*_COLUMNS).where(
+                x.owner_run == run_id, x.state.in_(_OPEN), or_(
+                    x.state != State.SENDING.value, x.claimed_by.is_(None),
+                    x.claimed_by.not_in(live))).order_by(x.id))
         return [_entry(r) for r in rows]
 
-    def claim(self, run_id: int, sender: str, limit: int, now: float, lease: float
+    def claim(self, run_id: int | None, sender: str, limit: int, now: float, lease: float
               ) -> list[Entry]:
-        """Up to `limit` of this run's rows that are due, now in this sender's hands: the first
-        due and those after it of the same digest, so a sender builds each digest's template
-        once and senders seldom build the same one."""
+        """Up to `limit` of this run's rows (`run_id` None: any run's, for a `send` worker)
+        that are due, now in this sender's hands until `now + lease` unless it renews: the
+        first due and those after it of the same digest, so a sender builds each digest's
+        template once and senders seldom build the same one."""
         with self._ledger.transaction() as db:
-            stmt = _CLAIM if db.dialect == "sqlite" else _CLAIM_LOCKING
-            rows = db.hot(stmt, {"run": run_id, "now": now, "limit": limit}).fetchall()
+            if run_id is None:
+                stmt = _CLAIM_ANY if db.dialect == "sqlite" else _CLAIM_ANY_LOCKING
+                params: dict[str, Any] = {"now": now, "limit": limit}
+            else:
+                stmt = _CLAIM if db.dialect == "sqlite" else _CLAIM_LOCKING
+                params = {"run": run_id, "now": now, "limit": limit}
+            rows = db.hot(stmt, params).fetchall()
             if rows:
                 db.execute(_TAKE, {"ids": [r[0] for r in rows], "by": sender,
                                    "until": now + lease})
         return [_entry(r) for r in rows]
 
-    def due(self, run_id: int) -> tuple[int, float | None]:
-        """This run's rows in hand or due later, and the earliest time one is due."""
+    def renew(self, sender: str, until: float) -> int:
+        """The sender's lease on the rows it holds, pushed to `until`; how many it holds."""
+        with self._ledger.transaction() as db:
+            return int(db.execute(_RENEW, {"by": sender, "until": until}).rowcount)
+
+    def due(self, run_id: int | None) -> tuple[int, float | None]:
+        """This run's rows (None: any run's, or left pending by one) in hand or due later,
+        and the earliest time one is due."""
+        live = or_(x.state == State.SENDING.value, x.next_try.is_not(None))
+        if run_id is None:
+            where = [x.state.in_(_OPEN), or_(live, x.state == State.PENDING.value)]
+        else:
+            where = [x.owner_run == run_id, x.state.in_(_OPEN), live]
         row = self._ledger.conn.execute(
-            select(func.count(), func.min(x.next_try)).where(
-                x.owner_run == run_id, x.state.in_(_OPEN),
-                (x.state == State.SENDING.value) | x.next_try.is_not(None))).fetchone()
+            select(func.count(), func.min(x.next_try)).where(*where)).fetchone()
         return int(row[0]), row[1]
 
     def _close(self, entry_id: int, state: State, now: datetime, error: str | None, *,
@@ -202,12 +244,15 @@ class Outbox:
     def cancelled(self, entry_id: int, now: datetime, reason: str) -> None:
         self._close(entry_id, State.CANCELLED, now, reason, attempt=False)
 
-    def release(self, entry_ids: Sequence[int], *, park: bool = False) -> None:
-        """Back to the queue untried: due at once, or (`park`) left for the next run."""
+    def release(self, entry_ids: Sequence[int], *, park: bool = False,
+                by: str | None = None) -> None:
+        """Back to the queue untried: due at once, or (`park`) left for the next run. `by`:
+        only while that sender still holds them (after a lease ran out, another may)."""
         if entry_ids:
+            mine = x.claimed_by == by if by is not None else x.id.is_not(None)
             with self._ledger.transaction() as db:
                 db.execute(update(outbox).where(
-                    x.state == State.SENDING.value, x.id.in_(list(entry_ids))).values(
+                    x.state == State.SENDING.value, mine, x.id.in_(list(entry_ids))).values(
                     state=case((x.attempts > 0, State.DEFERRED.value),
                                else_=State.PENDING.value),
                     claimed_by=None, next_try=None if park else 0))
@@ -220,12 +265,16 @@ class Outbox:
                 state=State.PENDING.value, claimed_by=None, next_try=None,
                 last_error=why)).rowcount
 
-    def park(self, run_id: int) -> int:
-        """The end of a run: whatever it did not send waits for the next one; nothing stays
-        "sending" (its senders are gone)."""
+    def park(self, run_id: int, senders: str | None = None) -> int:
+        """The end of a run: whatever it did not send waits for the next one; nothing its own
+        senders (names starting `senders`) held stays "sending" (they are gone). Rows a `send`
+        worker holds stay in its hands."""
+        own = or_(x.state != State.SENDING.value, x.claimed_by.is_(None),
+                  x.claimed_by.startswith(senders, autoescape=True)) \
+            if senders is not None else x.id.is_not(None)
         with self._ledger.transaction() as db:
             return db.execute(update(outbox).where(
-                x.owner_run == run_id, x.state.in_(_OPEN)).values(
+                x.owner_run == run_id, x.state.in_(_OPEN), own).values(
                 next_try=None, claimed_by=None,
                 state=case((x.state == State.SENDING.value, State.PENDING.value),
                            else_=x.state))).rowcount
@@ -252,10 +301,16 @@ class Outbox:
             subscriber, message_id, stored, included, offered = row
             subject = subject or stored
             chosen = set(included.split())
-            delivery = db.hot(_delivery(db.dialect), {
+            added = db.hot(_delivery(db.dialect), {
                 "run_id": run_id, "subscriber": subscriber, "message_id": message_id,
                 "subject": subject, "sent_at": stamp, "papers": len(chosen),
-                "included": " ".join(sorted(chosen))}).inserted
+                "included": " ".join(sorted(chosen))})
+            delivery = added.inserted
+            if added.rowcount == 0:
+                # Already recorded under this Message-ID: a second sender sent it again after
+                # the first one's lease ran out. One delivery, the same Message-ID.
+                db.hot(_SENT, {"i": entry_id, "at": stamp, "subj": subject})
+                return
             db.hot_many(
                 _offer_insert(db.dialect),
                 [{"subscriber": subscriber, "paper_id": pid, "delivery_id": delivery,
@@ -306,7 +361,9 @@ _OFFER_INSERTS = {d: insert_for(d, offers).on_conflict_do_nothing()
                   for d in ("sqlite", "postgresql")}
 
 
-_DELIVERIES = {"sqlite": _DELIVERY, "postgresql": _DELIVERY.returning(deliveries.c.id)}
+_DELIVERIES = {d: insert_for(d, deliveries).on_conflict_do_nothing(
+    index_elements=[deliveries.c.message_id]) for d in ("sqlite", "postgresql")}
+_DELIVERIES["postgresql"] = _DELIVERIES["postgresql"].returning(deliveries.c.id)
 
 
 def _offer_insert(dialect: str) -> Executable:
@@ -314,4 +371,4 @@ def _offer_insert(dialect: str) -> Executable:
 
 
 def _delivery(dialect: str) -> Executable:
-    return _DELIVERIES[dialect]
+    return _DELIVERIES[dialect]  # type: ignore[no-any-return]

@@ -1,0 +1,152 @@
+"""The run's senders, started, watched and stopped: threads, or processes started with `spawn`
+(never forked: the run has threads). A sender process of a run holds a shared lock beside the
+ledger while it lives, which a new run must take exclusively before it starts, and stops by
+itself when the run's process is gone: no sender outlives its run, and no two runs send at
+once. A `send` worker's senders (worker.py) take no such lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from digest_mailer.dispatch import Sender, SenderSpec
+from digest_mailer.errors import DeliveryError, DigestMailerError, StoreError
+from digest_mailer.lock import senders_lock_path
+from digest_mailer.store import Ledger
+
+logger = logging.getLogger(__name__)
+
+
+def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any) -> None:
+    """A sender process. It holds the senders lock while it lives, stops when the run's
+    process is gone, and treats SIGTERM and SIGINT as "finish the message on the wire"."""
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=spec.log_level, format="%(levelname)s: %(message)s")
+    parent = multiprocessing.parent_process()
+    with contextlib.ExitStack() as held:
+        if not spec.worker:
+            lock = held.enter_context(open(senders_lock_path(spec.ledger), "a"))
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        if parent is None or not parent.is_alive():
+            return
+        sender = Sender(spec, name, stop, composed, parent.is_alive)
+        try:
+            sender.run()
+        except DigestMailerError as e:
+            logger.error("%s: %s", name, e)
+            raise SystemExit(1) from e
+        if spec.worker and sender.blocked:
+            logger.error("%s: stopped: %s", name, sender.blocked)
+            raise SystemExit(1)
+
+
+def sender_tag(spec: SenderSpec) -> str:
+    """How this process's senders name themselves in the outbox's `claimed_by`: host and pid
+    first (lease.holder_dead reads them), then the run, or `w` for a `send` worker."""
+    return f"{socket.gethostname()}:{os.getpid()}:{'w' if spec.worker else spec.run_id}:"
+
+
+@dataclass
+class _Worker:
+    name: str
+    handle: Any  # a Process or a Thread
+    settled: bool = False
+
+    @property
+    def exitcode(self) -> int | None:
+        if isinstance(self.handle, threading.Thread):
+            return None if self.handle.is_alive() else 0
+        return self.handle.exitcode  # type: ignore[no-any-return]
+
+
+class Senders:
+    """The run's senders: started, watched, stopped. `count` 0 is one thread in this process."""
+
+    def __init__(self, spec: SenderSpec, count: int) -> None:
+        self.spec = spec
+        self.died: list[str] = []
+        self._errors: list[BaseException] = []
+        tag = sender_tag(spec)
+        self.tag = tag
+        if count <= 0:
+            self._stop: Any = threading.Event()
+            self._composed: Any = threading.Event()
+            name = f"{tag}t0"
+            thread = threading.Thread(target=self._thread_main, args=(name,),
+                                      name="sender", daemon=True)
+            self._workers = [_Worker(name, thread)]
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            self._stop, self._composed = ctx.Event(), ctx.Event()
+            self._workers = [
+                _Worker(f"{tag}p{n}", ctx.Process(
+                    target=_process_main, name=f"sender-{n}", daemon=True,
+                    args=(spec, f"{tag}p{n}", self._stop, self._composed)))
+                for n in range(count)]
+        for w in self._workers:
+            w.handle.start()
+
+    def _thread_main(self, name: str) -> None:
+        try:
+            sender = Sender(self.spec, name, self._stop, self._composed)
+            sender.run()
+            if self.spec.worker and sender.blocked:
+                raise DeliveryError(sender.blocked, fatal=True)
+        except BaseException as e:  # the run reports it; the thread ends
+            logger.error("sender thread: %s", e)
+            self._errors.append(e)
+
+    def check(self, ledger: Ledger) -> int:
+        """Notices senders that ended; puts back what a dead one held. Returns how many live."""
+        live = 0
+        for w in self._workers:
+            code = w.exitcode
+            if code is None:
+                live += 1
+                continue
+            if not w.settled:
+                w.settled = True
+                back = ledger.outbox.return_claimed(w.name, "its sender died while it waited "
+                                                            "to go out; the next run sends it")
+                if code != 0 or back:
+                    self.died.append(f"{w.name} (exit {code})")
+                    logger.error("sender %s ended with exit code %s; %d message(s) it held "
+                                 "wait for the next run", w.name, code, back)
+        return live
+
+    def composed(self) -> None:
+        self._composed.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, ledger: Ledger, should_stop: Callable[[], bool]) -> None:
+        """Until every sender has ended: they end when the queue is empty, or at a stop after
+        the message each has on the wire (bounded by the message deadline)."""
+        stop_at: float | None = None
+        while self.check(ledger):
+            if stop_at is None and should_stop():
+                self.stop()
+            if stop_at is None and self._stop.is_set():
+                stop_at = time.monotonic() + self.spec.timeout + 5
+            if stop_at is not None and time.monotonic() > stop_at:
+                for w in self._workers:
+                    if isinstance(w.handle, multiprocessing.process.BaseProcess):
+                        w.handle.kill()
+                        w.handle.join(5)
+                self.check(ledger)
+                break
+            time.sleep(0.05)
+        if self._errors and isinstance(self._errors[0], StoreError | DeliveryError):
+            raise self._errors[0]
