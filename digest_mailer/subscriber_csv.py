@@ -36,9 +36,24 @@ class ImportResult:
     skipped: tuple[tuple[int, str, str], ...] = field(default=())  # (line, email, why)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...),
+# =cmd|...): an export writes such a cell with a leading apostrophe, which spreadsheets show
+# as text, and an import takes that apostrophe off again, so a round trip changes nothing.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(row: dict[str, Any], name: str) -> str:
     value = row.get(name)
-    return value.strip() if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    if value.startswith("'") and value[1:2] in FORMULA_START and value[1:2]:
+        value = value[1:]
+    return value.strip()
+
+
+def _inert(value: object) -> object:
+    text = str(value)
+    return f"'{text}" if text[:1] in FORMULA_START and text[:1] else value
 
 
 def _parse_row(row: dict[str, Any]) -> StoredSubscriber:
@@ -172,9 +187,9 @@ def write_rows(subs: Iterable[StoredSubscriber], out: io.TextIOBase | Any) -> in
     writer.writerow(COLUMNS)
     n = 0
     for s in subs:
-        writer.writerow([s.email, s.name, ";".join(s.topics), ";".join(s.exclude),
-                         ";".join(s.authors), s.min_upvotes,
-                         "" if s.max_papers is None else s.max_papers, s.frequency,
-                         WEEKDAYS[s.weekday], "true" if s.paused else "false"])
+        writer.writerow([_inert(v) for v in (
+            s.email, s.name, ";".join(s.topics), ";".join(s.exclude), ";".join(s.authors),
+            s.min_upvotes, "" if s.max_papers is None else s.max_papers, s.frequency,
+            WEEKDAYS[s.weekday], "true" if s.paused else "false")])
         n += 1
     return n

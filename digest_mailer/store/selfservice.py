@@ -366,20 +366,18 @@ class SelfService:
     def confirm(self, email: str, nonce: str, now: datetime, *, in_config: bool
                 ) -> StoredSubscriber | None:
         """Turn a pending sign-up into a subscriber (or, for an address the config has, into
-        its override); None when the link's nonce is not the sign-up's latest."""
+        its override); None when the link's nonce is not the sign-up's latest, or when it
+        was confirmed already (a link works once)."""
         key = email.lower()
         with self._write() as conn:
             r = conn.execute(sa.select(signups).where(signups.c.email_key == key)).first()
-            if r is None or r.nonce != nonce:
-                return None
+            if r is None or r.nonce != nonce or r.confirmed_at is not None:
+                return None  # a link works once: never again after an unsubscribe or removal
             prefs = json.loads(r.prefs)
-            if r.confirmed_at is None:
-                conn.execute(sa.update(signups).where(signups.c.email_key == key)
-                             .values(confirmed_at=now))
+            conn.execute(sa.update(signups).where(signups.c.email_key == key)
+                         .values(confirmed_at=now))
             old = conn.execute(sa.select(subscribers).where(
                 subscribers.c.email_key == key)).first()
-            if r.confirmed_at is not None and old is not None:
-                return _row(old)  # a second click: already done
             sub = StoredSubscriber(
                 email=r.email, kind="override" if in_config else "store", origin="signup",
                 name=prefs.get("name", ""), topics=tuple(prefs.get("topics", ())),

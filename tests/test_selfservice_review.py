@@ -1,0 +1,86 @@
+"""A second look at self-service, as a hostile user: links replayed after an unsubscribe or a
+removal, one mailbox signed up under many spellings, an IPv6 client's many addresses, and
+spreadsheet formulas in an export. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from conftest import SECRET
+from digest_mailer.config import load_config
+from digest_mailer.message import unsubscribe_token
+from digest_mailer.store import Ledger
+from digest_mailer.store.selfservice import SelfService, StoredSubscriber
+from digest_mailer.subscriber_csv import read_rows, write_rows
+from test_signup import LIST_ID, Site, sign_up, site, stored_emails  # noqa: F401
+
+__all__ = ["site"]
+
+
+def suppressed(site: Site, email: str) -> str | None:
+    with Ledger.open_readonly(load_config(site.path).state_path) as ledger:
+        return ledger.suppressed(email)
+
+
+def test_an_old_confirmation_link_never_undoes_an_unsubscribe(site: Site) -> None:
+    sign_up(site, "gone@example.org")
+    (link,) = site.confirmations()
+    path = link.removeprefix(site.base)
+    assert "You are subscribed" in site.client.get(path).text
+    token = unsubscribe_token(SECRET.encode(), "gone@example.org", LIST_ID)
+    site.client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert suppressed(site, "gone@example.org") == "unsubscribed"
+    # A scanner re-checking the old email (no cookie, no Fetch Metadata), and the person's
+    # own browser opening it again: neither subscribes them again.
+    with httpx.Client(base_url=site.base) as scanner:
+        again = scanner.get(path)
+    assert again.status_code == 200 and "You are subscribed" not in again.text
+    assert "You are subscribed" not in site.client.get(path).text
+    assert suppressed(site, "gone@example.org") == "unsubscribed"
+
+
+def test_an_old_confirmation_link_never_brings_back_a_removed_subscriber(site: Site) -> None:
+    sign_up(site, "removed@example.org")
+    (link,) = site.confirmations()
+    path = link.removeprefix(site.base)
+    site.client.get(path)
+    with SelfService.at(load_config(site.path).state_path) as store:
+        assert store.remove("removed@example.org")  # the operator's `remove --store`
+    site.client.get(path)
+    assert stored_emails(site) == set()
+
+
+def test_one_mailbox_under_many_spellings_is_one_address_for_the_limits(site: Site) -> None:
+    spellings = [f"victim+{n}@example.org" for n in range(8)] + [
+        "VICTIM@example.org", "Victim+x@EXAMPLE.ORG"]
+    for n, email in enumerate(spellings):
+        sign_up(site, email, headers={"X-Forwarded-For": f"198.51.100.{n}"})
+    assert len(site.confirmations()) <= 5  # the per-address limit, whatever the tag or case
+
+
+def test_an_ipv6_client_cannot_spread_sign_ups_over_its_own_prefix(site: Site) -> None:
+    for n in range(15):
+        sign_up(site, f"v6-{n}@example.org", headers={"X-Forwarded-For": f"2001:db8::{n:x}"})
+    assert len(site.confirmations()) == 10  # one /64 is one network for the per-IP limit
+
+
+def test_an_export_holds_no_spreadsheet_formula_and_reads_back_the_same(tmp_path: Path
+                                                                         ) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    hostile = StoredSubscriber("=cmd@example.org", "store", "import",
+                               name='=HYPERLINK("http://evil.example","x")',
+                               topics=("+rag", "-free", "@home", "\tTab"), created_at=now)
+    out = io.StringIO()
+    write_rows([hostile], out)
+    cells = [c for row in csv.reader(io.StringIO(out.getvalue())) for c in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
+    path = tmp_path / "export.csv"
+    path.write_text(out.getvalue(), encoding="utf-8")
+    ((_line, back),) = read_rows(path)
+    assert (back.email, back.name, back.topics) == (hostile.email, hostile.name,
+                                                    ("+rag", "-free", "@home", "Tab"))
