@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from test_signup import LIST_ID, Site, sign_up, site, stored_emails
 
 from conftest import SECRET
 from digest_mailer.config import load_config
@@ -17,7 +18,6 @@ from digest_mailer.message import unsubscribe_token
 from digest_mailer.store import Ledger
 from digest_mailer.store.selfservice import SelfService, StoredSubscriber
 from digest_mailer.subscriber_csv import read_rows, write_rows
-from test_signup import LIST_ID, Site, sign_up, site, stored_emails  # noqa: F401
 
 __all__ = ["site"]
 
