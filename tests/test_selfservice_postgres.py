@@ -109,3 +109,19 @@ def test_the_self_service_store_on_postgresql(pg_url: str) -> None:
         assert store.remove("r0@example.org") and not store.remove("r0@example.org")
     finally:
         store.close()
+
+
+
+def test_concurrent_first_writes_for_one_key_never_fail_nor_lose_counts(pg_url: str) -> None:
+    """READ COMMITTED: two first writes for one key both insert, and one failed on the
+    primary key (a 503); counts read then written back lost hits. See race_first_writes."""
+    import sqlalchemy as sa
+    from test_selfservice_review import race_first_writes
+
+    from digest_mailer.store.selfservice import SelfService
+
+    store = SelfService(sa.create_engine(pg_url, pool_size=10))
+    try:
+        race_first_writes(store)
+    finally:
+        store.close()

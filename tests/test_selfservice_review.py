@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -84,3 +85,42 @@ def test_an_export_holds_no_spreadsheet_formula_and_reads_back_the_same(tmp_path
     ((_line, back),) = read_rows(path)
     assert (back.email, back.name, back.topics) == (hostile.email, hostile.name,
                                                     ("+rag", "-free", "@home", "Tab"))
+
+
+def race_first_writes(store: SelfService, workers: int = 8, rounds: int = 5) -> None:
+    """Many connections writing the same new key at once (a subscriber, a sign-up, a rate
+    limit counter): none fails, one confirmation email per address, no hit or revision lost."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    errors: list[BaseException] = []
+    mails: list[bool] = []
+    allowed: list[bool] = []
+    before = store.revision()
+    for round_ in range(rounds):
+        barrier = threading.Barrier(workers)
+
+        def one(n: int, round_: int = round_, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait(30)
+                store.put(StoredSubscriber(f"race{round_}@example.org", "store", "cli",
+                                           topics=(f"t{n}",)), now)
+                mails.append(store.request(f"pending{round_}@example.org", {}, f"n{n}", now,
+                                           timedelta(hours=1))[1])
+                allowed.append(store.hit("race", f"subject{round_}", limit=3, window=3600,
+                                         now=1000.0))
+            except BaseException as e:  # every failure is the finding
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert errors == []
+    assert mails.count(True) == rounds  # one confirmation email per address
+    assert allowed.count(True) == rounds * 3  # the limit holds: no hit lost
+    assert store.revision() - before == rounds * workers  # no bump lost either
+
+
+def test_concurrent_first_writes_on_sqlite(tmp_path: Path) -> None:
+    with SelfService.at(tmp_path / "ledger.db") as store:
+        race_first_writes(store)
