@@ -104,8 +104,12 @@ def read_rows(path: Path) -> list[tuple[int, StoredSubscriber]]:
     except UnicodeDecodeError as e:
         raise DigestMailerError(f"{name}: not UTF-8 text (byte {e.start})",
                                 hint="save the file as UTF-8 CSV") from e
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip().lower() for h in reader.fieldnames or ()]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+    except csv.Error as e:
+        raise DigestMailerError(f"{name}: line 1: {e}", hint="the first row names the "
+                                f"columns: {', '.join(COLUMNS)}") from e
     if "email" not in header:
         raise DigestMailerError(f"{name}: line 1: no 'email' column in the header row",
                                 hint=f"the first row names the columns: {', '.join(COLUMNS)}")
@@ -113,16 +117,20 @@ def read_rows(path: Path) -> list[tuple[int, StoredSubscriber]]:
     if unknown:
         raise DigestMailerError(f"{name}: line 1: unknown column(s) {', '.join(unknown)}",
                                 hint=f"the columns are: {', '.join(COLUMNS)}")
-    reader.fieldnames = header
     rows: list[tuple[int, StoredSubscriber]] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
     try:
-        for row in reader:
-            line = reader.line_num
-            if None in row:
+        ended = reader.line_num  # the header's last line
+        for cells in reader:
+            # A quoted cell may span lines: a row is named by the line it starts on.
+            line, ended = ended + 1, reader.line_num
+            if not cells:
+                continue  # a blank line
+            if len(cells) > len(header):
                 problems.append(f"{name}: line {line}: more cells than the header has")
                 continue
+            row = dict(zip(header, cells, strict=False))
             try:
                 sub = _parse_row(row)
             except ValueError as e:

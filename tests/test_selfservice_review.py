@@ -124,3 +124,32 @@ def race_first_writes(store: SelfService, workers: int = 8, rounds: int = 5) -> 
 def test_concurrent_first_writes_on_sqlite(tmp_path: Path) -> None:
     with SelfService.at(tmp_path / "ledger.db") as store:
         race_first_writes(store)
+
+
+def test_a_csv_row_is_named_by_the_line_it_starts_on(tmp_path: Path) -> None:
+    """A quoted cell may hold line breaks (a spreadsheet's multi-line cell): the row is the
+    line it starts on, as an editor shows it, and the rows after it are counted right."""
+    import pytest
+
+    from digest_mailer.errors import DigestMailerError
+
+    data = tmp_path / "hostile.csv"
+    data.write_bytes(b'\xef\xbb\xbfemail,name\r\nok@example.org,Ok\r\nb@example.org,"two\r\n'
+                     b'lines"\r\nok@example.org,again\r\n')
+    with pytest.raises(DigestMailerError) as caught:
+        read_rows(data)
+    problems = getattr(caught.value, "problems", ())
+    assert problems[0].startswith(f"{data}: line 3: name: ")
+    assert problems[1] == f"{data}: line 5: ok@example.org is already on line 2"
+
+
+def test_blank_lines_do_not_shift_the_line_numbers(tmp_path: Path) -> None:
+    import pytest
+
+    from digest_mailer.errors import DigestMailerError
+
+    data = tmp_path / "blank.csv"
+    data.write_text("email\n\nok@example.org\n\n\nnot-an-address\n", encoding="utf-8")
+    with pytest.raises(DigestMailerError) as caught:
+        read_rows(data)
+    assert getattr(caught.value, "problems", ())[0].startswith(f"{data}: line 6: email: ")
