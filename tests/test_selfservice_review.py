@@ -153,3 +153,15 @@ def test_blank_lines_do_not_shift_the_line_numbers(tmp_path: Path) -> None:
     with pytest.raises(DigestMailerError) as caught:
         read_rows(data)
     assert getattr(caught.value, "problems", ())[0].startswith(f"{data}: line 6: email: ")
+
+
+def test_a_spoofed_forwarded_for_does_not_escape_the_per_ip_limit(site: Site) -> None:
+    """Behind a proxy that appends the client's address (nginx's
+    $proxy_add_x_forwarded_for), a client's own X-Forwarded-For comes first: the address
+    used is the last one not of a trusted proxy, so a new spoofed value each time changes
+    nothing."""
+    answers = [sign_up(site, f"spoof{n}@example.org",
+                       headers={"X-Forwarded-For": f"203.0.113.{n}, 198.51.100.77"})
+               for n in range(11)]
+    assert [a.status_code for a in answers] == [200] * 10 + [429]
+    assert len(site.confirmations()) == 10
