@@ -139,6 +139,7 @@ def test_sign_up_confirm_receive_change_topics_in_a_browser(
         browser.type_into("#topics", "speech recognition")
         browser.click("button[value=save]")
         browser.wait_for("document.body.innerText.indexOf('Saved') >= 0")
+        assert browser.js("document.getElementById('topics').value") == "speech recognition"
         taken += shots(browser, "7-preferences-saved")
     finally:
         browser.close()
