@@ -165,3 +165,17 @@ def test_a_spoofed_forwarded_for_does_not_escape_the_per_ip_limit(site: Site) ->
                for n in range(11)]
     assert [a.status_code for a in answers] == [200] * 10 + [429]
     assert len(site.confirmations()) == 10
+
+
+def test_old_rate_limit_windows_are_cleared(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from digest_mailer.store.selfservice import rate_limits
+
+    with SelfService.at(tmp_path / "ledger.db") as store:
+        for n in range(3):
+            assert store.hit("b", f"old{n}", limit=5, window=60, now=1000.0)
+        assert store.hit("b", "new", limit=5, window=60, now=1000.0 + 120)
+        with store.engine.connect() as conn:
+            left = {r.subject for r in conn.execute(sa.select(rate_limits.c.subject))}
+    assert left == {"new"}
