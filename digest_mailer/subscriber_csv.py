@@ -36,9 +36,24 @@ class ImportResult:
     skipped: tuple[tuple[int, str, str], ...] = field(default=())  # (line, email, why)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...),
+# =cmd|...): an export writes such a cell with a leading apostrophe, which spreadsheets show
+# as text, and an import takes that apostrophe off again, so a round trip changes nothing.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(row: dict[str, Any], name: str) -> str:
     value = row.get(name)
-    return value.strip() if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    if value.startswith("'") and value[1:2] in FORMULA_START and value[1:2]:
+        value = value[1:]
+    return value.strip()
+
+
+def _inert(value: object) -> object:
+    text = str(value)
+    return f"'{text}" if text[:1] in FORMULA_START and text[:1] else value
 
 
 def _parse_row(row: dict[str, Any]) -> StoredSubscriber:
@@ -89,8 +104,12 @@ def read_rows(path: Path) -> list[tuple[int, StoredSubscriber]]:
     except UnicodeDecodeError as e:
         raise DigestMailerError(f"{name}: not UTF-8 text (byte {e.start})",
                                 hint="save the file as UTF-8 CSV") from e
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip().lower() for h in reader.fieldnames or ()]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+    except csv.Error as e:
+        raise DigestMailerError(f"{name}: line 1: {e}", hint="the first row names the "
+                                f"columns: {', '.join(COLUMNS)}") from e
     if "email" not in header:
         raise DigestMailerError(f"{name}: line 1: no 'email' column in the header row",
                                 hint=f"the first row names the columns: {', '.join(COLUMNS)}")
@@ -98,16 +117,20 @@ def read_rows(path: Path) -> list[tuple[int, StoredSubscriber]]:
     if unknown:
         raise DigestMailerError(f"{name}: line 1: unknown column(s) {', '.join(unknown)}",
                                 hint=f"the columns are: {', '.join(COLUMNS)}")
-    reader.fieldnames = header
     rows: list[tuple[int, StoredSubscriber]] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
     try:
-        for row in reader:
-            line = reader.line_num
-            if None in row:
+        ended = reader.line_num  # the header's last line
+        for cells in reader:
+            # A quoted cell may span lines: a row is named by the line it starts on.
+            line, ended = ended + 1, reader.line_num
+            if not cells:
+                continue  # a blank line
+            if len(cells) > len(header):
                 problems.append(f"{name}: line {line}: more cells than the header has")
                 continue
+            row = dict(zip(header, cells, strict=False))
             try:
                 sub = _parse_row(row)
             except ValueError as e:
@@ -172,9 +195,9 @@ def write_rows(subs: Iterable[StoredSubscriber], out: io.TextIOBase | Any) -> in
     writer.writerow(COLUMNS)
     n = 0
     for s in subs:
-        writer.writerow([s.email, s.name, ";".join(s.topics), ";".join(s.exclude),
-                         ";".join(s.authors), s.min_upvotes,
-                         "" if s.max_papers is None else s.max_papers, s.frequency,
-                         WEEKDAYS[s.weekday], "true" if s.paused else "false"])
+        writer.writerow([_inert(v) for v in (
+            s.email, s.name, ";".join(s.topics), ";".join(s.exclude), ";".join(s.authors),
+            s.min_upvotes, "" if s.max_papers is None else s.max_papers, s.frequency,
+            WEEKDAYS[s.weekday], "true" if s.paused else "false")])
         n += 1
     return n

@@ -179,20 +179,30 @@ async def confirm(site: Site, request: Request) -> Response:
                             "address. Sign up again to get a new one.", status=404,
                             link="/" if config.web.signup else "", link_text="Sign up")
     email, nonce = found
+    used = site.message(snap, "Already confirmed", "This link has been used. Your topics "
+                        "and the way to unsubscribe are in every email; to subscribe again "
+                        "after unsubscribing, sign up again.", link="/" if
+                        config.web.signup else "", link_text="Sign up")
+    if pending.confirmed_at is not None:
+        # A link works once: opened again later (by a scanner re-checking old mail, or by the
+        # person) it must not undo an unsubscribe or bring back a removed subscriber.
+        return used
     if request.method == "POST":
         form = await site.form_of(request)
         if isinstance(form, Response):
             return form
         if not signer.csrf_ok(token, su.one(form, "csrf")):
             return site.forbidden(snap)
-    elif pending.confirmed_at is None and not _a_person(site, request, signer, pending, email,
+    elif not _a_person(site, request, signer, pending, email,
                                                         nonce):
         return site.message(snap, "Confirm your subscription",
                             f"One click to start receiving {config.newsletter.name}.",
                             form_action=f"/confirm/{token}", form_csrf=signer.csrf(token),
                             form_button="Confirm my subscription")
     in_config = any(s.key == email.lower() for s in config.subscribers_view())
-    await run_in_threadpool(store.confirm, email, nonce, site.now(), in_config=in_config)
+    if await run_in_threadpool(store.confirm, email, nonce, site.now(),
+                               in_config=in_config) is None:
+        return used  # another click took it a moment ago
     await run_in_threadpool(site.tokens.poll)  # their links work from the first email on
 
     def welcome() -> None:

@@ -3,10 +3,12 @@ message rendering, the CSRF cookie, form reading, rate limits, the settings they
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -104,6 +106,8 @@ class Site:
 
     def allowed(self, config: Config, signer: su.Tokens, bucket: str, value: str) -> bool:
         limit, window = LIMITS[bucket]
+        if bucket.endswith("-address"):
+            value = mailbox(value)
         return self.store(config).hit(bucket, signer.blind(value), limit=limit, window=window,
                                       now=time.time())
 
@@ -176,7 +180,27 @@ def _values(form: Mapping[str, list[str]] | None = None, prefs: su.Prefs | None 
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The network a request comes from, for the per-IP limits: an IPv4 address, or an IPv6
+    address's /64 (one host usually holds a whole /64, so counting its addresses one by one
+    would let it sign up without limit)."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def mailbox(email: str) -> str:
+    """One mailbox however it is spelled, for the per-address limits: case, compatibility
+    forms (fullwidth letters) and a +tag do not make another address (a+1@, a+2@ ... reach
+    the same inbox; counting them apart would let one inbox be mailed without limit)."""
+    local, _, domain = unicodedata.normalize("NFKC", email).casefold().rpartition("@")
+    return f"{local.split('+', 1)[0] or local}@{domain}"
 
 
 def _save(store: SelfService, member: Member, prefs: su.Prefs, now: datetime) -> None:

@@ -13,12 +13,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from test_signup import site
 
 from conftest import ENV, REPO, SmtpServer, base_config, free_port, go, local_smtp, toml_text
+from digest_mailer.web_site import CONFIRM_QUIET_SECONDS
+
+__all__ = ["site"]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts" / "selfservice"
@@ -133,6 +139,7 @@ def test_sign_up_confirm_receive_change_topics_in_a_browser(
         browser.type_into("#topics", "speech recognition")
         browser.click("button[value=save]")
         browser.wait_for("document.body.innerText.indexOf('Saved') >= 0")
+        assert browser.js("document.getElementById('topics').value") == "speech recognition"
         taken += shots(browser, "7-preferences-saved")
     finally:
         browser.close()
@@ -143,3 +150,55 @@ def test_sign_up_confirm_receive_change_topics_in_a_browser(
     assert "Multilingual Speech Recognition" in body and "Diffusion" not in body
     print("screenshots:\n" + "\n".join(f"  {p}" for p in taken))
     assert all(p.stat().st_size > 1000 for p in taken)
+
+
+def test_a_persons_click_in_another_browser_confirms_and_a_headless_scanner_does_not(
+        site: Any, tmp_path: Path) -> None:
+    """The sign-up made in one browser (httpx here), the email read elsewhere: a webmail in
+    another browser (the link clicked in a page of another site), and a mail app handing the
+    link to the default browser (Chromium started with the URL, as the OS does). Both are a
+    real Chromium's own requests, with no sign-up cookie. A scanner driving a headless
+    Chromium the moment the mail arrives sends the very same Fetch Metadata (DevTools
+    navigations count as user-activated), which is why the first seconds get the button."""
+    from cdp import FLAGS, Browser
+    from test_signup import sign_up, stored_emails
+
+    assert CHROMIUM is not None
+    for n, email in enumerate(("webmail@example.org", "mailapp@example.org")):
+        sign_up(site, email, headers={"X-Forwarded-For": f"192.0.2.{n}"})
+    links = {email: site.confirmations(email)[0]
+             for email in ("webmail@example.org", "mailapp@example.org")}
+
+    scanner = Browser(CHROMIUM, tmp_path / "scanner")
+    try:  # at once after mailing, as a link scanner's browser opens it
+        scanner.go(links["webmail@example.org"])
+        scanner.wait_for("document.body.innerText.indexOf('Confirm my subscription') >= 0")
+    finally:
+        scanner.close()
+    assert stored_emails(site) == set()
+
+    site.clock[0] += timedelta(seconds=CONFIRM_QUIET_SECONDS + 1)
+    mail = tmp_path / "webmail.html"  # another site's page holding the link
+    mail.write_text(f'<p>Your mail</p><a href="{links["webmail@example.org"]}">Confirm</a>',
+                    encoding="utf-8")
+    person = Browser(CHROMIUM, tmp_path / "person")
+    try:
+        person.go(mail.as_uri())
+        person.click("a")
+        person.wait_for("document.body.innerText.indexOf('You are subscribed') >= 0")
+    finally:
+        person.close()
+    assert stored_emails(site) == {"webmail@example.org"}
+
+    opened = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'default'}",
+                               links["mailapp@example.org"]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while stored_emails(site) != {"webmail@example.org", "mailapp@example.org"} and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        opened.terminate()
+        opened.wait(15)
+    assert stored_emails(site) == {"webmail@example.org", "mailapp@example.org"}

@@ -52,3 +52,16 @@ def test_the_self_service_store_on_both_engines(store_target: Any) -> None:
         assert store.remove("r0@example.org") and not store.remove("r0@example.org")
     finally:
         store.close()
+
+
+def test_concurrent_first_writes_for_one_key_never_fail_nor_lose_counts(
+        store_target: Any) -> None:
+    """On PostgreSQL (READ COMMITTED) two first writes for one key both inserted, and one
+    failed on the primary key (a 503); counts read then written back lost hits. SQLite
+    serialises writers, and must stay right too. See race_first_writes."""
+    from test_selfservice_review import race_first_writes
+
+    from digest_mailer.store.selfservice import SelfService
+
+    with SelfService.at(store_target) as store:
+        race_first_writes(store)

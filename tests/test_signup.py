@@ -132,8 +132,10 @@ def test_sign_up_confirm_by_the_same_browser(site: Site) -> None:
     sub = next(m.subscriber for m in members(load_config(site.path))
                if m.subscriber.key == "new@example.org")
     assert sub.topics == ("diffusion", "world models")
-    # A second click is harmless.
-    assert "You are subscribed" in site.client.get(link.removeprefix(site.base)).text
+    # A second click is harmless: it says so, and changes nothing.
+    again = site.client.get(link.removeprefix(site.base))
+    assert again.status_code == 200 and "Already confirmed" in again.text
+    assert stored_emails(site) == {"new@example.org"}
 
 
 def test_a_link_scanner_does_not_confirm_but_a_persons_click_does(site: Site) -> None:

@@ -98,6 +98,23 @@ def _values(s: StoredSubscriber, now: datetime) -> dict[str, Any]:
             "paused": s.paused, "created_at": s.created_at or now, "updated_at": now}
 
 
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """INSERT with ON CONFLICT, in the dialect's own construct: both SQLite and PostgreSQL
+    have it, and it is what makes a first write for a key safe when two arrive at once (a
+    read then an insert lets both insert, and one fails on the primary key)."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise StoreError(f"the subscriber store does not support {name!r} databases",
+                     hint="use SQLite (the default) or PostgreSQL")
+
+
 def engine_for(where: StoreTarget | Path, *, readonly: bool = False) -> Engine:
     """The store's engine for the ledger (store/engines.py), with transactions this module
     can use: the SQLite driver runs in autocommit, so a transaction here is an explicit BEGIN,
@@ -193,10 +210,18 @@ class SelfService:
 
     @staticmethod
     def _bump(conn: Connection) -> None:
-        done = conn.execute(sa.update(meta).where(meta.c.name == "revision")
-                            .values(value=meta.c.value + 1)).rowcount
-        if not done:
-            conn.execute(sa.insert(meta).values(name="revision", value=1))
+        stmt = _insert(conn, meta).values(name="revision", value=1)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.name],
+                                                set_={"value": meta.c.value + 1}))
+
+    @staticmethod
+    def _upsert(conn: Connection, values: dict[str, Any]) -> None:
+        """One subscriber row written whole; an existing row keeps its created_at."""
+        stmt = _insert(conn, subscribers).values(**values)
+        kept = {"email_key", "created_at"}
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[subscribers.c.email_key],
+            set_={k: stmt.excluded[k] for k in values if k not in kept}))
 
     # -- subscribers ---------------------------------------------------------------------
 
@@ -245,12 +270,7 @@ class SelfService:
         with self._write() as conn:
             old = conn.execute(sa.select(subscribers.c.created_at).where(
                 subscribers.c.email_key == s.key)).first()
-            if old is None:
-                conn.execute(sa.insert(subscribers).values(**values))
-            else:
-                values.pop("created_at")
-                conn.execute(sa.update(subscribers).where(subscribers.c.email_key == s.key)
-                             .values(**values))
+            self._upsert(conn, values)
             self._bump(conn)
         return old is None
 
@@ -272,7 +292,9 @@ class SelfService:
             u.pop("email_key")
         with self._write() as conn:
             if inserts:
-                conn.execute(sa.insert(subscribers), inserts)
+                # An address that signed up while the file was read keeps its own row.
+                conn.execute(_insert(conn, subscribers).on_conflict_do_nothing(
+                    index_elements=[subscribers.c.email_key]), inserts)
             if updates:
                 cols: dict[str, Any] = {c: sa.bindparam(c) for c in updates[0] if c != "k"}
                 conn.execute(sa.update(subscribers)
@@ -303,22 +325,28 @@ class SelfService:
             # someone's who did not ask to be kept.
             conn.execute(sa.delete(signups).where(signups.c.confirmed_at.is_(None),
                                                   signups.c.created_at < now - FORGET_AFTER))
-            old = conn.execute(sa.select(signups.c.mailed_at, signups.c.nonce).where(
-                signups.c.email_key == key)).first()
-            mailed = _utc(old.mailed_at) if old is not None else None
-            quiet = mailed is not None and now - mailed < mail_every
             values = {"email": email, "prefs": json.dumps(prefs), "created_at": now,
                       "confirmed_at": None}
-            if old is None:
-                conn.execute(sa.insert(signups).values(email_key=key, nonce=nonce,
-                                                       mailed_at=now, **values))
-            elif quiet:
+            # The first sign-up for an address inserts; of two at once, one does, and the
+            # other, like every later one, finds the row (locked on PostgreSQL until this
+            # transaction ends, so two requests never both decide to mail).
+            new = conn.execute(_insert(conn, signups).values(
+                email_key=key, nonce=nonce, mailed_at=now, **values
+            ).on_conflict_do_nothing(index_elements=[signups.c.email_key]
+                                     ).returning(signups.c.email_key)).first()
+            if new is not None:
+                return nonce, True
+            old = conn.execute(sa.select(signups.c.mailed_at, signups.c.nonce).where(
+                signups.c.email_key == key).with_for_update()).one()
+            mailed = _utc(old.mailed_at)
+            quiet = mailed is not None and now - mailed < mail_every
+            if quiet:
                 conn.execute(sa.update(signups).where(signups.c.email_key == key)
                              .values(**values))
             else:
                 conn.execute(sa.update(signups).where(signups.c.email_key == key)
                              .values(nonce=nonce, mailed_at=now, **values))
-        return (old.nonce, False) if quiet and old is not None else (nonce, True)
+        return (old.nonce, False) if quiet else (nonce, True)
 
     def unmail(self, email: str) -> None:
         """The confirmation email could not be sent: the next sign-up may mail again."""
@@ -329,33 +357,26 @@ class SelfService:
     def confirm(self, email: str, nonce: str, now: datetime, *, in_config: bool
                 ) -> StoredSubscriber | None:
         """Turn a pending sign-up into a subscriber (or, for an address the config has, into
-        its override); None when the link's nonce is not the sign-up's latest."""
+        its override); None when the link's nonce is not the sign-up's latest, or when it
+        was confirmed already (a link works once)."""
         key = email.lower()
         with self._write() as conn:
-            r = conn.execute(sa.select(signups).where(signups.c.email_key == key)).first()
-            if r is None or r.nonce != nonce:
-                return None
+            r = conn.execute(sa.select(signups).where(signups.c.email_key == key)
+                             .with_for_update()).first()
+            if r is None or r.nonce != nonce or r.confirmed_at is not None:
+                return None  # a link works once: never again after an unsubscribe or removal
             prefs = json.loads(r.prefs)
-            if r.confirmed_at is None:
-                conn.execute(sa.update(signups).where(signups.c.email_key == key)
-                             .values(confirmed_at=now))
+            conn.execute(sa.update(signups).where(signups.c.email_key == key)
+                         .values(confirmed_at=now))
             old = conn.execute(sa.select(subscribers).where(
                 subscribers.c.email_key == key)).first()
-            if r.confirmed_at is not None and old is not None:
-                return _row(old)  # a second click: already done
             sub = StoredSubscriber(
                 email=r.email, kind="override" if in_config else "store", origin="signup",
                 name=prefs.get("name", ""), topics=tuple(prefs.get("topics", ())),
                 exclude=tuple(prefs.get("exclude", ())), authors=tuple(prefs.get("authors", ())),
                 frequency=prefs.get("frequency", "daily"), weekday=int(prefs.get("weekday", 0)),
                 created_at=_utc(old.created_at) if old is not None else now)
-            values = _values(sub, now)
-            if old is None:
-                conn.execute(sa.insert(subscribers).values(**values))
-            else:
-                values.pop("created_at")
-                conn.execute(sa.update(subscribers).where(subscribers.c.email_key == key)
-                             .values(**values))
+            self._upsert(conn, _values(sub, now))
             self._bump(conn)
         return sub
 
@@ -381,18 +402,26 @@ class SelfService:
         (the refused ones count too, so hammering does not reopen the window)."""
         start = int(now // window * window)
         r = rate_limits.c
-        where = sa.and_(r.bucket == bucket, r.subject == subject)
         with self._write() as conn:
-            row = conn.execute(sa.select(r.window_start, r.hits).where(where)).first()
-            if row is None:
-                # New subjects come with new windows: what is left of old ones goes now, so
-                # the table holds about one window's visitors.
-                conn.execute(sa.delete(rate_limits).where(r.bucket == bucket,
-                                                          r.window_start < start))
-                conn.execute(sa.insert(rate_limits).values(bucket=bucket, subject=subject,
-                                                           window_start=start, hits=1))
-                return limit >= 1
-            hits = 1 if row.window_start != start else row.hits + 1
-            conn.execute(sa.update(rate_limits).where(where).values(window_start=start,
-                                                                    hits=hits))
+            # One statement counts: the database adds one to what is there (a count read
+            # here and written back would lose the hits of requests racing this one).
+            stmt = _insert(conn, rate_limits).values(bucket=bucket, subject=subject,
+                                                     window_start=start, hits=1)
+            same = rate_limits.c.window_start == start
+            hits = int(conn.execute(stmt.on_conflict_do_update(
+                index_elements=[r.bucket, r.subject],
+                set_={"window_start": start,
+                      "hits": sa.case((same, rate_limits.c.hits + 1), else_=1)},
+            ).returning(r.hits)).scalar_one())
+        if hits == 1:
+            # A new subject or a new window: what is left of old windows goes now, so the
+            # table holds about one window's visitors. In its own transaction: one that held
+            # the counted row while deleting others could deadlock with a request doing the
+            # same the other way round (PostgreSQL), and a cleanup that fails costs nothing.
+            try:
+                with self._write() as conn:
+                    conn.execute(sa.delete(rate_limits).where(r.bucket == bucket,
+                                                              r.window_start < start))
+            except StoreError as e:
+                logger.debug("rate limits: old windows left for the next cleanup: %s", e)
         return hits <= limit
