@@ -310,6 +310,15 @@ def slow(seconds: float, reply: Reply) -> Callable[[Request], Reply]:
     return route
 
 
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What a test recorded as its `log` property (figures such as the judged set's), shown
+    in the summary: the one place a pytest-xdist worker's output reaches."""
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "log":
+                terminalreporter.write_line(f"{report.nodeid}:\n{value}")
+
 # -- the ledger on both engines -----------------------------------------------------------
 
 PG_ENV = "DIGEST_MAILER_TEST_PG"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,13 @@ def measure() -> tuple[float, float, list[str]]:
     return hits / relevant, (hits / kept if kept else 0.0), lines
 
 
-def test_recall_and_precision_on_the_judged_set(capsys: pytest.CaptureFixture[str]) -> None:
+def test_recall_and_precision_on_the_judged_set(
+        record_property: Callable[[str, object], None]) -> None:
     recall, precision, lines = measure()
-    with capsys.disabled():  # the figures belong in every test log, CI's included
-        print("\n" + "\n".join(lines))
-        print(f"judged set: recall {recall:.2f}, precision {precision:.2f}")
+    # The figures belong in every test log, CI's included: conftest prints this property in
+    # the summary (a print from a test would stay in a pytest-xdist worker).
+    record_property("log", "\n".join(
+        [*lines, f"judged set: recall {recall:.2f}, precision {precision:.2f}"]))
     assert recall >= RECALL_FLOOR and precision >= PRECISION_FLOOR, (recall, precision)
 
 

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,8 @@ def shots(browser: object, name: str) -> list[Path]:
 
 
 def test_sign_up_confirm_receive_change_topics_in_a_browser(
-        served: tuple[Path, str], smtp_server: SmtpServer, tmp_path: Path) -> None:
+        served: tuple[Path, str], smtp_server: SmtpServer, tmp_path: Path,
+        record_property: Callable[[str, object], None]) -> None:
     from cdp import Browser
 
     path, base = served
@@ -148,7 +149,7 @@ def test_sign_up_confirm_receive_change_topics_in_a_browser(
     (digest,) = smtp_server.handler.to("reader@example.org")
     body = digest.message.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert "Multilingual Speech Recognition" in body and "Diffusion" not in body
-    print("screenshots:\n" + "\n".join(f"  {p}" for p in taken))
+    record_property("log", "screenshots:\n" + "\n".join(f"  {p}" for p in taken))
     assert all(p.stat().st_size > 1000 for p in taken)
 
 
