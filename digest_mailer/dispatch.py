@@ -222,6 +222,8 @@ class Sender:
             run = None if spec.worker else spec.run_id
             if not self._hand:
                 self._hand = outbox.claim(run, self.name, CLAIM, now, lease=spec.lease)
+                if self._hand and self._keeper is not None:
+                    self._keeper.claimed(now)
                 if not self._hand:
                     if not may_wait:
                         return _IDLE
