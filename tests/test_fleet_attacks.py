@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from test_fleet import queue
+import pgcluster
+import pytest
+from test_fleet import CLI, compose_only, queue, wait_for, worker, write_config
 
+from conftest import ENV, SmtpHandler, SmtpServer, start_smtp
 from digest_mailer.lease import LeaseKeeper
 from digest_mailer.store import Ledger, StoreTarget
 
@@ -41,3 +47,65 @@ def test_a_keeper_frozen_past_its_lease_does_not_take_the_rows_back(
             assert keeper.holds()
         finally:
             keeper.close()
+
+
+def pg_ctl(root: Path, *args: str) -> None:
+    bins = pgcluster.bindir()
+    assert bins is not None
+    subprocess.run(pgcluster._as_owner([str(bins / "pg_ctl"), "-D", str(root / "data"), "-w",
+                                        "-t", "60", *args]),
+                   check=True, capture_output=True, timeout=90)
+
+
+@pytest.fixture
+def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A cluster of this test's own, to stop and start again."""
+    if pgcluster.bindir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb)")  # pg_server's rule applies
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="digest-pg-gone-"))
+    try:
+        yield root, pgcluster.start(root)
+    finally:
+        pgcluster.stop(root)
+
+
+def test_a_worker_whose_postgresql_goes_away_stops_with_one_error_and_loses_nothing(
+        tmp_path: Path, own_pg: tuple[Path, str]) -> None:
+    root, url = own_pg
+    handler = SmtpHandler(data_delay=0.3)
+    controller, port = start_smtp(handler)
+    try:
+        smtp = SmtpServer(handler, port)
+        path = write_config(tmp_path, smtp, readers=8, url=url, lease="2s")
+        compose_only(path)
+        w = worker(path, "--until-empty", "--connections", "0")
+        wait_for(lambda: handler.received, 60, "the worker never sent")
+        pg_ctl(root, "-m", "fast", "stop")  # immediate would lose async commits
+        gone = time.monotonic()
+        try:
+            out, err = w.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            pytest.fail("the worker did not end after its ledger went away")
+        took = time.monotonic() - gone
+        assert w.returncode != 0 and "Traceback" not in err, err
+        errors = [line for line in (out + err).splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, err
+        assert took < 60
+        pg_ctl(root, "-o", f"-p {url.rsplit(':', 1)[1].split('/')[0]} -k {root} "
+               "-c listen_addresses=127.0.0.1 -c fsync=off", "-l", str(root / "log"), "start")
+        time.sleep(2.5)  # the lease of what it held runs out
+        done = subprocess.run([*CLI, "send", "--config", str(path), "--until-empty",
+                               "--connections", "0"], env={**os.environ, **ENV},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        got = [(r.rcpt_tos[0], r.message["Message-ID"]) for r in handler.received]
+        assert {to for to, _ in got} == {f"reader{n:02d}@example.org" for n in range(8)}
+        # Resent at most: the message on the wire and the one whose fate commit was under
+        # way (the crash promise, per connection), each under its own Message-ID again.
+        assert len(got) - len({to for to, _ in got}) <= 2, (got, err)
+        assert len(set(got)) == len({to for to, _ in got})
+    finally:
+        controller.stop()
