@@ -9,13 +9,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pgcluster
 import pytest
 from test_fleet import CLI, compose_only, queue, wait_for, worker, write_config
 
-from conftest import ENV, SmtpHandler, SmtpServer, start_smtp
+from conftest import ENV, NOW, SmtpHandler, SmtpServer, fresh_pg_database, start_smtp
 from digest_mailer.lease import LeaseKeeper
 from digest_mailer.store import Ledger, StoreTarget
 
@@ -109,3 +110,36 @@ def test_a_worker_whose_postgresql_goes_away_stops_with_one_error_and_loses_noth
         assert len(set(got)) == len({to for to, _ in got})
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def pg_target(pg_server: str) -> Iterator[StoreTarget]:
+    with fresh_pg_database(pg_server) as url:
+        yield StoreTarget.parse(url)
+
+
+def test_a_run_adopting_leaves_rows_a_worker_claims_meanwhile_to_it(
+        pg_target: StoreTarget) -> None:
+    """A run starts while workers send: on PostgreSQL a worker may claim rows between the
+    run's look at the live holders and its adoption. (SQLite's one writer rules it out.)"""
+    alive = f"{socket.gethostname()}:{os.getpid()}:w:t0"
+    late = "elsewhere:9:w:t0"
+    with Ledger.open(pg_target) as one, Ledger.open(pg_target) as two:
+        queue(one, 6)
+        t = time.time()
+        assert len(one.outbox.claim(None, alive, 2, t, lease=60)) == 2
+        taken: list[int] = []
+
+        def dead(holder: str) -> bool:
+            # Called between the look and the update: a worker on another host claims now.
+            taken.extend(e.id for e in two.outbox.claim(None, late, 2, time.time(), 60))
+            return False
+
+        run = one.start_run(NOW, date(2025, 6, 3), "y")
+        adopted = one.outbox.adopt(run, dead=dead)
+        assert len(taken) == 2
+        assert {e.id for e in adopted}.isdisjoint(taken)
+        assert len(adopted) == 2  # the rows nobody held
+        # Both workers still hold theirs: their renewals find them.
+        assert two.outbox.renew(late, time.time() + 60) == 2
+        assert one.outbox.renew(alive, time.time() + 60) == 2
