@@ -5,6 +5,7 @@ gone mid-run. Real SQLite/PostgreSQL, real aiosmtpd, real processes."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pgcluster
 import pytest
+from sqlalchemy import func, select
 from test_fleet import CLI, compose_only, queue, wait_for, worker, write_config
 
 from conftest import ENV, NOW, SmtpHandler, SmtpServer, fresh_pg_database, start_smtp
 from digest_mailer.lease import LeaseKeeper
 from digest_mailer.store import Ledger, StoreTarget
+from digest_mailer.store.tables import outbox
 
 
 def test_a_keeper_frozen_past_its_lease_does_not_take_the_rows_back(
@@ -143,3 +146,33 @@ def test_a_run_adopting_leaves_rows_a_worker_claims_meanwhile_to_it(
         # Both workers still hold theirs: their renewals find them.
         assert two.outbox.renew(late, time.time() + 60) == 2
         assert one.outbox.renew(alive, time.time() + 60) == 2
+
+
+def test_an_unsubscribe_while_a_worker_holds_the_batch_stops_the_rest_of_it(
+        tmp_path: Path, pg_target: StoreTarget) -> None:
+    handler = SmtpHandler(data_delay=1.0)
+    controller, port = start_smtp(handler)
+    try:
+        path = write_config(tmp_path, SmtpServer(handler, port), readers=8,
+                            url=str(pg_target.url), lease="30s")
+        # One digest for all: one claim holds every row.
+        path.write_text(re.sub(r"topics = \[[^\]]*\]", 'topics = ["diffusion"]',
+                               path.read_text()))
+        compose_only(path)
+        w = worker(path, "--until-empty", "--connections", "0")
+        wait_for(lambda: handler.received, 60, "the worker never sent")
+        with Ledger.open(pg_target) as ledger:
+            held = ledger.conn.execute(select(func.count()).where(
+                outbox.c.state == "sending")).scalar()
+            assert held and held >= 5, "the batch is not in the worker's hands"
+            before = len(handler.received)
+            for n in range(8):
+                ledger.suppress(f"reader{n:02d}@example.org", "unsubscribed", NOW)
+        _, err = w.communicate(timeout=90)
+        assert w.returncode == 0, err
+        # The one on the wire when they left, and the one checked while it was, go out.
+        assert len(handler.received) - before <= 2, err
+        with Ledger.open_readonly(pg_target) as ledger:
+            assert ledger.outbox.counts().get("cancelled", 0) >= 8 - len(handler.received)
+    finally:
+        controller.stop()
