@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pgcluster
 import pytest
@@ -174,5 +177,53 @@ def test_an_unsubscribe_while_a_worker_holds_the_batch_stops_the_rest_of_it(
         assert len(handler.received) - before <= 2, err
         with Ledger.open_readonly(pg_target) as ledger:
             assert ledger.outbox.counts().get("cancelled", 0) >= 8 - len(handler.received)
+    finally:
+        controller.stop()
+
+
+@dataclass
+class SeenHandler(SmtpHandler):
+    """Notes when each DATA begins: the whole message has been written by then."""
+
+    began: list[float] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.began.append(time.monotonic())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_worker_stopped_past_its_lease_and_resumed_sends_nothing_more(
+        tmp_path: Path, pg_target: StoreTarget) -> None:
+    handler = SeenHandler(data_delay=1.0)
+    controller, port = start_smtp(handler)
+    try:
+        path = write_config(tmp_path, SmtpServer(handler, port), readers=5,
+                            url=str(pg_target.url), lease="2s")
+        path.write_text(re.sub(r"topics = \[[^\]]*\]", 'topics = ["diffusion"]',
+                               path.read_text()))
+        compose_only(path)
+        a = worker(path, "--until-empty", "--connections", "0")
+        # Frozen while its second message is on the wire, the third already checked.
+        wait_for(lambda: len(handler.began) >= 2, 60, "the worker never sent")
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            time.sleep(3)  # past its lease
+            done = subprocess.run([*CLI, "send", "--config", str(path), "--until-empty",
+                                   "--connections", "0"], env={**os.environ, **ENV},
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            time.sleep(0.5)  # the frozen one's message on the wire has landed by now
+            before = len(handler.received)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        _, err = a.communicate(timeout=60)
+        assert a.returncode == 0, err
+        assert len(handler.received) == before, err  # nothing more from the thawed worker
+        got = [(r.rcpt_tos[0], r.message["Message-ID"]) for r in handler.received]
+        assert {to for to, _ in got} == {f"reader{n:02d}@example.org" for n in range(5)}
+        # Twice only what was on its wire (or accepted, its fate not yet committed) when it
+        # froze, under the same Message-ID.
+        assert len(got) - len({to for to, _ in got}) <= 2, (got, err)
+        assert len(set(got)) == len({to for to, _ in got})
     finally:
         controller.stop()
