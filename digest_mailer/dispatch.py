@@ -171,7 +171,9 @@ class Sender:
                                                                 error.unavailable)
                 landed, flight = flight, None
                 recorder.settle()  # the message before `landed` is committed
-                if ready is not None and not trouble:
+                # `ready` was checked before the wait for the last reply: a process frozen
+                # meanwhile (SIGSTOP) may have lost it to another sender.
+                if ready is not None and not trouble and self._holds():
                     flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
                 elif ready is not None:
                     self._hand.insert(0, ready[0])  # untried: back in hand
@@ -185,6 +187,11 @@ class Sender:
                 flight = _Flight(ready[0], ready[1], wire.submit(backend.send, ready[1]))
             elif step == _STOP:
                 return
+
+    def _holds(self) -> bool:
+        """The rows in hand are surely still this sender's for the next message's deadline."""
+        assert self._keeper is not None
+        return self._keeper.holds(margin=min(self.spec.timeout, self.spec.lease / 2))
 
     def _going(self) -> bool:
         """Not asked to stop, and the run's process alive. That is looked at every
@@ -222,6 +229,8 @@ class Sender:
             run = None if spec.worker else spec.run_id
             if not self._hand:
                 self._hand = outbox.claim(run, self.name, CLAIM, now, lease=spec.lease)
+                if self._hand and self._keeper is not None:
+                    self._keeper.claimed(now)
                 if not self._hand:
                     if not may_wait:
                         return _IDLE
@@ -232,8 +241,7 @@ class Sender:
                     pause = idle if due is None or due <= now else min(due - now, idle)
                     time.sleep(max(pause, IDLE))
                     continue
-            assert self._keeper is not None
-            if not self._keeper.holds(margin=min(spec.timeout, spec.lease / 2)):
+            if not self._holds():
                 # The lease could not be renewed for most of its length: the rows in hand
                 # may be another sender's by now. Never send what may be on its wire.
                 logger.warning("%s: the lease on %d message(s) may have run out; putting "

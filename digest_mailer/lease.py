@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.store import Ledger, StoreTarget
@@ -42,9 +42,10 @@ class LeaseKeeper:
     """Renews `sender`'s lease every lease/RENEWALS seconds on a ledger connection of its own.
     `valid_until`: until when the rows it holds are surely still its own."""
 
-    def __init__(self, where: StoreTarget, sender: str, lease: float) -> None:
-        self._where, self._sender, self.lease = where, sender, lease
-        self.valid_until = time.time() + lease
+    def __init__(self, where: StoreTarget, sender: str, lease: float, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._where, self._sender, self.lease, self._clock = where, sender, lease, clock
+        self.valid_until = clock() + lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="lease", daemon=True)
         self._thread.start()
@@ -53,12 +54,19 @@ class LeaseKeeper:
         ledger: Ledger | None = None
         try:
             while not self._stop.wait(self.lease / RENEWALS):
-                now = time.time()
+                now = self._clock()
                 try:
                     if ledger is None:
                         ledger = Ledger.open(self._where)
                     ledger.outbox.renew(self._sender, now + self.lease)
-                    self.valid_until = now + self.lease
+                    # Renewed too late (the process was frozen, the ledger slow): another
+                    # sender may have taken the rows meanwhile, and the renewal then matched
+                    # none of them. They stay lost until the sender claims afresh (claimed).
+                    if self._clock() < self.valid_until:
+                        self.valid_until = now + self.lease
+                    else:
+                        logger.warning("%s: the lease ran out before it was renewed",
+                                       self._sender)
                 except DigestMailerError as e:  # tried again at the next turn
                     logger.warning("%s: cannot renew the lease (%s)", self._sender, e)
                     if ledger is not None:
@@ -69,7 +77,11 @@ class LeaseKeeper:
                 ledger.close()
 
     def holds(self, margin: float = 0.0) -> bool:
-        return time.time() + margin < self.valid_until
+        return self._clock() + margin < self.valid_until
+
+    def claimed(self, at: float) -> None:
+        """The sender, its hand empty, has just claimed rows until `at + lease`."""
+        self.valid_until = at + self.lease
 
     def close(self) -> None:
         self._stop.set()

@@ -36,7 +36,8 @@ def worker_spec(config: Config, env: Mapping[str, str]) -> SenderSpec:
     signer = DkimSigner(dk.domain, dk.selector, credentials.read_private_file(
         config.resolve(dk.key_file), "DKIM key")) if dk else None
     roster = Roster.of(Path(config.path) if config.path else None,
-                       [(s.email, s.paused) for s in config.subscribers_view()])
+                       [(s.email, s.paused) for s in config.subscribers_view()],
+                       store=config.state_target)  # self-service subscribers are members too
     return SenderSpec(ledger=str(config.state_path), run_id=0, backend=d.backend,
                       options=backend_options(config, env, None),
                       policy=Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,

@@ -78,6 +78,10 @@ def _postgresql_engine(target: StoreTarget, readonly: bool) -> Engine:
     url: URL = make_url(str(target.url)).set(drivername="postgresql+psycopg",
                                             password=_password(target))
     engine = create_engine(url, poolclass=NullPool,
+                           # A returned connection is closed at once (NullPool), which ends
+                           # its transaction on the server; a rollback first would only add a
+                           # round trip, and a traceback in the log when the server is gone.
+                           pool_reset_on_return=None,
                            # Every wait has a deadline: 10 s to connect, and 30 s for a
                            # lock, as SQLite's busy timeout (a lock wait past it is the
                            # "stayed locked" error).

@@ -177,17 +177,17 @@ class Outbox:
             holders = [h for (h,) in db.execute(select(x.claimed_by).distinct().where(
                 x.state == State.SENDING.value, x.claimed_by.is_not(None),
                 x.lease_until >= now))]
-            live = [h for h in holders if not dead(h)]
+            gone = [h for h in holders if dead(h)]
+            # The lease is judged in the UPDATE itself: on PostgreSQL a worker may claim rows
+            # between the look above and this statement, and those are its own.
             db.execute(update(outbox).where(x.state.in_(_OPEN), or_(
                 x.state != State.SENDING.value, x.claimed_by.is_(None),
-                x.claimed_by.not_in(live))).values(
+                x.lease_until.is_(None), x.lease_until < now, x.claimed_by.in_(gone))).values(
                 owner_run=run_id, next_try=0, tries=0, claimed_by=None,
                 state=case((x.state == State.SENDING.value, State.PENDING.value),
                            else_=x.state)))
             rows = db.execute(select(*_COLUMNS).where(
-                x.owner_run == run_id, x.state.in_(_OPEN), or_(
-                    x.state != State.SENDING.value, x.claimed_by.is_(None),
-                    x.claimed_by.not_in(live))).order_by(x.id))
+                x.owner_run == run_id, x.state.in_(_OPEN)).order_by(x.id))
         return [_entry(r) for r in rows]
 
     def claim(self, run_id: int | None, sender: str, limit: int, now: float, lease: float
