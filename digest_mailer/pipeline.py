@@ -195,9 +195,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
          on_progress: Callable[[SubscriberOutcome], None] | None,
          should_stop: Callable[[], bool]) -> RunReport:
     dry = options.dry_run
-    roster = None if dry else Roster.of(Path(config.path) if config.path else None,
-                                        [(s.email, s.paused) for s in config.subscribers_view()],
-                                        store=config.state_target)
+    roster = None if dry else Roster.of_config(config)
     secret = unsubscribe_secret(config, env, dry_run=dry)
     backend_name = "file" if dry else config.delivery.backend
     bopts = backend_options(config, env, options.out_dir)

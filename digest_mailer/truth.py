@@ -11,11 +11,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digest_mailer.errors import DigestMailerError
 from digest_mailer.store import Ledger
 from digest_mailer.store.selfservice import SelfService, engine_for, exists
 from digest_mailer.store_target import StoreTarget
+
+if TYPE_CHECKING:
+    from digest_mailer.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ class Roster:
         return cls(str(path) if path else None, stamp(path) if path else None,
                    frozenset(a.lower() for a, p in pairs if not p),
                    frozenset(a.lower() for a, p in pairs if p), store)
+
+    @classmethod
+    def of_config(cls, config: Config) -> Roster:
+        """Who a sender of this config may mail: its subscribers, and the store's (the one
+        place a run and a `send` worker both build it, so neither forgets the store)."""
+        return cls.of(Path(config.path) if config.path else None,
+                      [(s.email, s.paused) for s in config.subscribers_view()],
+                      store=config.state_target)
 
 
 STORE_LOOK_SECONDS = 1.0  # how stale the store's list of addresses may be

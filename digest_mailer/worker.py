@@ -10,7 +10,6 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from digest_mailer import credentials
 from digest_mailer.config import Config
@@ -35,9 +34,7 @@ def worker_spec(config: Config, env: Mapping[str, str]) -> SenderSpec:
     dk = d.dkim
     signer = DkimSigner(dk.domain, dk.selector, credentials.read_private_file(
         config.resolve(dk.key_file), "DKIM key")) if dk else None
-    roster = Roster.of(Path(config.path) if config.path else None,
-                       [(s.email, s.paused) for s in config.subscribers_view()],
-                       store=config.state_target)  # self-service subscribers are members too
+    roster = Roster.of_config(config)
     return SenderSpec(ledger=str(config.state_path), run_id=0, backend=d.backend,
                       options=backend_options(config, env, None),
                       policy=Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
