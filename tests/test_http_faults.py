@@ -194,7 +194,7 @@ def test_a_declared_length_over_max_bytes_is_refused_before_reading(length: str)
 
 
 def test_a_gzip_bomb_stops_at_max_bytes_once_decoded() -> None:
-    bomb = gzip.compress(b"[" + b" " * 50_000_000 + b"]")
+    bomb = gzip.compress(b"[" + b" " * 50_000_000 + b"]", mtime=0)
     assert len(bomb) < 100_000
 
     def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
@@ -208,7 +208,7 @@ def test_a_gzip_bomb_stops_at_max_bytes_once_decoded() -> None:
 # -- lies and loops ------------------------------------------------------------------------
 
 def test_gzip_that_is_gzip_is_read() -> None:
-    body = gzip.compress(FEED)
+    body = gzip.compress(FEED, mtime=0)
 
     def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
         conn.sendall(head(Content_Encoding="gzip", Content_Length=str(len(body))) + body)
@@ -223,15 +223,18 @@ def _raw_deflate(data: bytes) -> bytes:
     return packer.compress(data) + packer.flush()
 
 
+# mtime=0 everywhere: a gzip header carries the time it was written, and these bytes are in
+# the tests' ids, which every pytest-xdist worker must collect the same.
 @pytest.mark.parametrize(("encoding", "body"), [
     # Several gzip members one after the other are one gzip stream (RFC 1952 2.2); only the
     # first was read, silently cutting the feed.
-    ("gzip", gzip.compress(FEED[:10]) + gzip.compress(FEED[10:30]) + gzip.compress(FEED[30:])),
+    ("gzip", b"".join(gzip.compress(part, mtime=0)
+                      for part in (FEED[:10], FEED[10:30], FEED[30:]))),
     # "deflate" without the zlib wrapper, as some servers send it (browsers read both).
     ("deflate", _raw_deflate(FEED)),
     ("deflate", zlib.compress(FEED)),
     # Bytes after the last member are ignored, as gzip(1) does.
-    ("gzip", gzip.compress(FEED) + b"\x00\x00trailing"),
+    ("gzip", gzip.compress(FEED, mtime=0) + b"\x00\x00trailing"),
 ])
 def test_every_valid_encoding_of_the_body_is_read_whole(encoding: str, body: bytes) -> None:
     def behave(conn: socket.socket, _: bytes, stop: threading.Event) -> None:
@@ -245,7 +248,7 @@ def test_every_valid_encoding_of_the_body_is_read_whole(encoding: str, body: byt
 @pytest.mark.parametrize(("encoding", "body", "expected"), [
     ("gzip", b"this is not gzip at all", "the body is not valid gzip"),
     ("deflate", b"\x00\x01\x02 nor deflate", "the body is not valid deflate"),
-    ("gzip", gzip.compress(FEED)[:-12], "the gzip body is cut short"),
+    ("gzip", gzip.compress(FEED, mtime=0)[:-12], "the gzip body is cut short"),
     ("br", b"whatever", "Content-Encoding 'br', which was not asked for"),
 ])
 def test_a_body_that_lies_about_its_encoding(encoding: str, body: bytes, expected: str) -> None:
@@ -326,8 +329,8 @@ headers = st.lists(st.tuples(st.sampled_from(["Content-Length", "Content-Encodin
                                               "Transfer-Encoding", "Location", "Retry-After",
                                               "Content-Type", "X-Junk"]), header_values),
                    max_size=5)
-bodies = st.one_of(st.binary(max_size=200), st.just(gzip.compress(FEED)),
-                   st.just(gzip.compress(FEED)[:20]), st.just(b"0\r\n\r\n"))
+bodies = st.one_of(st.binary(max_size=200), st.just(gzip.compress(FEED, mtime=0)),
+                   st.just(gzip.compress(FEED, mtime=0)[:20]), st.just(b"0\r\n\r\n"))
 
 
 def _framed(body: bytes, framing: str) -> tuple[str, bytes]:
