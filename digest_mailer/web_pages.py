@@ -54,12 +54,10 @@ async def from_digest(site: Site, request: Request) -> Response:
 
 
 async def preferences(site: Site, request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, signer = got
-    config = snap.config
-    assert config is not None
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    snap, signer, config = got
     token = request.path_params["token"]
     found = signer.read("preferences", token, su.PREFERENCES_SECONDS, site.now())
     member = await run_in_threadpool(site.member, config, found[0]) if found else None
@@ -114,12 +112,10 @@ async def preferences(site: Site, request: Request) -> Response:
 
 
 async def resubscribe(site: Site, request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, signer = got
-    config = snap.config
-    assert config is not None
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    snap, signer, config = got
     token = request.path_params["token"]
     found = signer.read("resubscribe", token, su.RESUBSCRIBE_SECONDS, site.now())
     form = await site.form_of(request)
@@ -143,12 +139,11 @@ async def resubscribe(site: Site, request: Request) -> Response:
 
 
 async def privacy(site: Site, _request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, _ = got
-    assert snap.config is not None
-    return site.message(snap, "Privacy", *privacy_text(snap.config))
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    snap, _, config = got
+    return site.message(snap, "Privacy", *privacy_text(config))
 
 
 def after_unsubscribe(snap: Snapshot, email: str) -> str:

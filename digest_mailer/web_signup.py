@@ -39,27 +39,24 @@ logger = logging.getLogger(__name__)
 
 
 async def signup_page(site: Site, request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, _ = got
-    assert snap.config is not None
-    if not snap.config.web.signup:
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    snap, signer, config = got
+    if not config.web.signup:
         return site.message(snap, "Sign-up is closed", "This newsletter takes no new "
                             "subscribers here.", status=404)
     value, new = site.cookie_of(request)
     return site.with_cookie(site.page("signup.html.j2", snap, title="Subscribe", error="",
-                            csrf=got[1].csrf(value), values=_values(), preview=None),
+                            csrf=signer.csrf(value), values=_values(), preview=None),
                        request, value, new)
 
 
 async def signup(site: Site, request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, signer = got
-    config = snap.config
-    assert config is not None
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    snap, signer, config = got
     if not config.web.signup:
         return site.message(snap, "Sign-up is closed", "This newsletter takes no new "
                             "subscribers here.", status=404)
@@ -113,17 +110,16 @@ async def signup(site: Site, request: Request) -> Response:
 
 
 async def preview(site: Site, request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, signer = got
-    assert snap.config is not None
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    _, signer, config = got
     form = await site.form_of(request)
     if isinstance(form, Response):
         return form
     if not signer.csrf_ok(request.cookies.get(CSRF_COOKIE, ""), su.one(form, "csrf")):
         return Response("expired form", 403, headers=PAGE_HEADERS)
-    if not await run_in_threadpool(site.allowed, snap.config, signer, "preview-ip",
+    if not await run_in_threadpool(site.allowed, config, signer, "preview-ip",
                                    _client(request)):
         return Response("too many previews", 429, headers=PAGE_HEADERS)
     try:
@@ -131,7 +127,7 @@ async def preview(site: Site, request: Request) -> Response:
     except su.FormError as e:
         return HTMLResponse(f"<p class=\"warning\">{render_escape(str(e))}</p>",
                             headers=PAGE_HEADERS)
-    html = render_page("preview.html.j2", preview=await site.preview_of(snap.config, prefs))
+    html = render_page("preview.html.j2", preview=await site.preview_of(config, prefs))
     return HTMLResponse(html, headers=PAGE_HEADERS)
 
 
@@ -163,12 +159,10 @@ def _a_person(site: Site, request: Request, signer: su.Tokens, pending: Any, ema
 
 
 async def confirm(site: Site, request: Request) -> Response:
-    got = site.snapshot()
-    if got is None:
-        return site.unavailable()
-    snap, signer = got
-    config = snap.config
-    assert config is not None
+    got = site.ready()
+    if isinstance(got, Response):
+        return got
+    snap, signer, config = got
     token = request.path_params["token"]
     found = signer.read("confirm", token, su.CONFIRM_DAYS * 86400, site.now())
     store = site.store(config)

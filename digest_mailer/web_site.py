@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -67,6 +67,12 @@ def base_url(config: Config) -> str:
         parts = urlsplit(url)
         return f"{parts.scheme}://{parts.netloc}"
     return url[:at]
+
+
+class Ready(NamedTuple):
+    snap: Snapshot
+    signer: su.Tokens
+    config: Config
 
 
 @dataclass
@@ -149,11 +155,13 @@ class Site:
             return Response("request too large", 413, headers=PAGE_HEADERS)
         return form_fields(request.headers.get("content-type", ""), body)
 
-    def snapshot(self) -> tuple[Snapshot, su.Tokens] | None:
+    def ready(self) -> Ready | Response:
+        """What every page starts from: the config as last read, its token signer, and the
+        config itself; or the 503 page while the config cannot be read."""
         snap = self.tokens.snapshot
         if snap.config is None:
-            return None
-        return snap, su.Tokens(snap.secret, snap.list_id)
+            return self.unavailable()
+        return Ready(snap, su.Tokens(snap.secret, snap.list_id), snap.config)
 
     def forbidden(self, snap: Snapshot) -> HTMLResponse:
         return self.message(snap, "This form has expired",
