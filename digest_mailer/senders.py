@@ -62,11 +62,12 @@ class _Worker:
     name: str
     handle: Any  # a Process or a Thread
     settled: bool = False
+    error: BaseException | None = None  # what ended a thread
 
     @property
     def exitcode(self) -> int | None:
         if isinstance(self.handle, threading.Thread):
-            return None if self.handle.is_alive() else 0
+            return None if self.handle.is_alive() else 1 if self.error else 0
         return self.handle.exitcode  # type: ignore[no-any-return]
 
 
@@ -83,9 +84,10 @@ class Senders:
             self._stop: Any = threading.Event()
             self._composed: Any = threading.Event()
             name = f"{tag}t0"
-            thread = threading.Thread(target=self._thread_main, args=(name,),
-                                      name="sender", daemon=True)
-            self._workers = [_Worker(name, thread)]
+            worker = _Worker(name, None)
+            worker.handle = threading.Thread(target=self._thread_main, args=(worker,),
+                                             name="sender", daemon=True)
+            self._workers = [worker]
         else:
             ctx = multiprocessing.get_context("spawn")
             self._stop, self._composed = ctx.Event(), ctx.Event()
@@ -97,14 +99,18 @@ class Senders:
         for w in self._workers:
             w.handle.start()
 
-    def _thread_main(self, name: str) -> None:
+    def _thread_main(self, worker: _Worker) -> None:
         try:
-            sender = Sender(self.spec, name, self._stop, self._composed)
+            sender = Sender(self.spec, worker.name, self._stop, self._composed)
             sender.run()
             if self.spec.worker and sender.blocked:
                 raise DeliveryError(sender.blocked, fatal=True)
-        except BaseException as e:  # the run reports it; the thread ends
-            logger.error("sender thread: %s", e)
+        except BaseException as e:  # the run reports it as a sender that died; the thread ends
+            if isinstance(e, DigestMailerError):
+                logger.error("sender thread: %s", e)
+            else:
+                logger.exception("sender thread: unexpected %s", type(e).__name__)
+            worker.error = e
             self._errors.append(e)
 
     def check(self, ledger: Ledger) -> int:
@@ -120,7 +126,9 @@ class Senders:
                 back = ledger.outbox.return_claimed(w.name, "its sender died while it waited "
                                                             "to go out; the next run sends it")
                 if code != 0 or back:
-                    self.died.append(f"{w.name} (exit {code})")
+                    why = f"{type(w.error).__name__}: {w.error}"[:300] if w.error else \
+                        f"exit {code}"
+                    self.died.append(f"{w.name} ({why})")
                     logger.error("sender %s ended with exit code %s; %d message(s) it held "
                                  "wait for the next run", w.name, code, back)
         return live

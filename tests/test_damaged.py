@@ -44,8 +44,8 @@ def damage(ledger: Path) -> None:
 def test_a_damaged_ledger_is_one_error_line_with_a_restoring_hint(
         tmp_path: Path, smtp_server: SmtpServer, command: list[str]) -> None:
     path = config(tmp_path, smtp_server)
-    code, _, err = invoke("run", "--config", str(path), "--date", "2025-06-02")
-    assert code == 0, err
+    code, out, err = invoke("run", "--config", str(path), "--date", "2025-06-02")
+    assert code == 0, (out, err)
     damage(tmp_path / "state.sqlite3")
     code, out, err = invoke(*command, "--config", str(path))
     assert code == 1, (out, err)

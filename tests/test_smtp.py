@@ -176,7 +176,7 @@ def test_lines_starting_with_dots_arrive_intact(smtp_server: Any) -> None:
 
 
 def test_bare_line_ends_take_smtplibs_own_path(smtp_server: Any) -> None:
-    from digest_mailer.delivery.smtp import transmit
+    from digest_mailer.delivery.client import transmit
 
     conn = __import__("smtplib").SMTP("127.0.0.1", smtp_server.port, timeout=5)
     conn.ehlo()

@@ -20,14 +20,37 @@ class Receipt:
 
 class Backend(Protocol):
     """Accepts messages one by one. `send` raises DeliveryError when a message was not
-    accepted; `close` releases the connection (and writes any index)."""
+    accepted; `close` releases the connection (and writes any index). `begin` and `finish`
+    are `send` in two halves, for a sender that builds the next message while the server
+    takes this one: `begin` puts it on the wire, `finish` waits for the verdict; either
+    raises what `send` would."""
 
     name: str
     dry_run: bool
 
     def send(self, message: OutgoingMessage) -> Receipt: ...
 
+    def begin(self, message: OutgoingMessage) -> None: ...
+
+    def finish(self) -> Receipt: ...
+
     def close(self) -> None: ...
+
+
+class Immediate:
+    """`begin` and `finish` for a backend whose `send` is done when it returns."""
+
+    send: Callable[[OutgoingMessage], Receipt]  # the backend's own
+    _receipt: Receipt | None = None
+
+    def begin(self, message: OutgoingMessage) -> None:
+        self._receipt = None
+        self._receipt = self.send(message)
+
+    def finish(self) -> Receipt:
+        receipt, self._receipt = self._receipt, None
+        assert receipt is not None, "finish() without a begin() that succeeded"
+        return receipt
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,16 +173,24 @@ def _refused(conn: smtplib.SMTP, code: int) -> None:
 
 def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
              utf8: bool = False) -> None:
-    """MAIL, RCPT and DATA for one message, raising what smtplib's sendmail raises. Our
-    messages are already CRLF throughout, so the body only needs its dots stuffed: a byte
-    replace instead of sendmail's two regular expressions over the whole message. With
+    """MAIL, RCPT and DATA for one message, raising what smtplib's sendmail raises."""
+    if hand_over(conn, sender, recipient, data, utf8=utf8):
+        accepted(conn)
+
+
+def hand_over(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
+              utf8: bool = False) -> bool:
+    """A message up to its last line on the wire; True when the server's verdict on it is
+    still to be read (`accepted`), so the caller can do other work while the server takes
+    it. Our messages are already CRLF throughout, so the body only needs its dots stuffed: a
+    byte replace instead of sendmail's two regular expressions over the whole message. With
     PIPELINING the three commands go in one write and their replies are read after."""
     options = ["SMTPUTF8"] if utf8 else []
     if utf8 and conn.has_extn("8bitmime"):
         options.append("BODY=8BITMIME")
     if data.count(b"\n") != data.count(b"\r\n"):
         conn.sendmail(sender, [recipient], data, mail_options=options)  # not our own bytes
-        return
+        return False
     conn.ehlo_or_helo_if_needed()
     if utf8:
         conn.command_encoding = "utf-8"
@@ -221,6 +229,11 @@ def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
         raise smtplib.SMTPDataError(dcode, dmsg)
     body = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
     conn.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+    return True
+
+
+def accepted(conn: smtplib.SMTP) -> None:
+    """The server's verdict on the message `hand_over` put on the wire."""
     code, reply = conn.getreply()
     if code != 250:
         _refused(conn, code)

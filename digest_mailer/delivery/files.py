@@ -12,7 +12,7 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
 
-from digest_mailer.delivery import Receipt
+from digest_mailer.delivery import Immediate, Receipt
 from digest_mailer.errors import DeliveryError
 from digest_mailer.models import OutgoingMessage
 
@@ -30,7 +30,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class FileBackend:
+class FileBackend(Immediate):
     name = "file"
     dry_run = True
 

@@ -9,7 +9,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from digest_mailer.delivery import Receipt
@@ -18,9 +18,10 @@ from digest_mailer.delivery.client import (
     SmtpMisbehaved,
     SmtpTimeout,
     SslClient,
+    accepted,
     envelope_address,
+    hand_over,
     local_hostname,
-    transmit,
 )
 from digest_mailer.errors import DeliveryError
 from digest_mailer.models import OutgoingMessage
@@ -69,6 +70,7 @@ class SmtpBackend:
         self._interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
         self._clock, self._sleep = clock, sleep
         self._next_send = 0.0
+        self._on_wire: OutgoingMessage | None = None  # begun, its verdict not read yet
 
     @property
     def where(self) -> str:
@@ -158,6 +160,12 @@ class SmtpBackend:
 
     def send(self, message: OutgoingMessage) -> Receipt:
         """One message, within `timeout` seconds from here to the server's last reply."""
+        self.begin(message)
+        return self.finish()
+
+    def begin(self, message: OutgoingMessage) -> None:
+        """The message up to its last line on the wire; `finish` reads the server's verdict.
+        The deadline of `timeout` seconds runs from here to that verdict."""
         self._pace()
         deadline = time.monotonic() + self.timeout
         try:
@@ -179,8 +187,36 @@ class SmtpBackend:
             raise DeliveryError(f"{message.recipient}: {self.where} does not offer SMTPUTF8, "
                                 "which an address with non-ASCII letters before the @ needs "
                                 "(RFC 6531)", permanent=True, tried=False)
+        self._on_wire = message
         try:
-            transmit(conn, sender, recipient, message.data, utf8=utf8)
+            with self._mapped(message):
+                if not hand_over(conn, sender, recipient, message.data, utf8=utf8):
+                    self._on_wire = None  # smtplib's sendmail read the verdict already
+        except BaseException:
+            self._on_wire = None
+            self._no_deadline()
+            raise
+
+    def finish(self) -> Receipt:
+        """The server's verdict on the message `begin` put on the wire."""
+        message, self._on_wire = self._on_wire, None
+        try:
+            if message is not None and self._conn is not None:
+                with self._mapped(message):
+                    accepted(self._conn)
+        finally:
+            self._no_deadline()
+        return Receipt(location=self.where)
+
+    def _no_deadline(self) -> None:
+        if self._conn is not None:
+            self._conn.deadline = math.inf  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _mapped(self, message: OutgoingMessage) -> Iterator[None]:
+        """What smtplib raises for one message, as the DeliveryError the senders act on."""
+        try:
+            yield
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()))
             self._closing(code)
@@ -212,10 +248,6 @@ class SmtpBackend:
             raise DeliveryError(f"{message.recipient}: {self.where} answered "
                                 f"{_reply(e.smtp_code, e.smtp_error)}",
                                 permanent=e.smtp_code >= 500) from e
-        finally:
-            if self._conn is not None:
-                self._conn.deadline = math.inf  # type: ignore[attr-defined]
-        return Receipt(location=self.where)
 
     def _lost(self) -> None:
         _drop(self._conn)

@@ -127,6 +127,10 @@ Index("outbox_open", outbox.c.state, outbox.c.subscriber, sqlite_where=_OPEN,
       postgresql_where=_OPEN)
 Index("outbox_subscriber", outbox.c.subscriber, outbox.c.id)
 Index("outbox_claim", outbox.c.owner_run, outbox.c.state, outbox.c.id)
+# A claim's first due row of any run (a `send` worker's), and the rows of its digest, in id
+# order (revision 0004).
+Index("outbox_due", outbox.c.state, outbox.c.id)
+Index("outbox_set", outbox.c.set_id, outbox.c.id)
 
 suppressions = Table(
     "suppressions", METADATA,

@@ -1,0 +1,75 @@
+"""A sender's claim: the first due row and the due rows of its digest after it, whatever way
+they are due (waiting, retried, a lease run out), read by index, never by reading the queue."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy.dialects import sqlite
+
+from conftest import NOW
+from digest_mailer.models import MessageState
+from digest_mailer.store import Ledger, StoreTarget
+from digest_mailer.store import outbox as box
+from digest_mailer.store.outbox import Queued
+
+T = NOW.timestamp()
+
+
+def queued(n: int, set_id: int) -> Queued:
+    return Queued(set_id=set_id, recipient=f"r{n}@example.org", name="", unsubscribe_url="u",
+                  token="t", message_id=f"<m{n}@example.org>", subject="",
+                  envelope_from="papers@example.org", included=("1",), offered=("1",))
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["run", "send worker"])
+def test_a_claim_takes_the_first_due_row_and_its_digests_rows_after_it(
+        store_target: StoreTarget, worker: bool) -> None:
+    with Ledger.open(store_target) as ledger:
+        run = ledger.start_run(NOW, date(2025, 6, 2), "x")
+        a, b = ledger.outbox.add_set(b"a", NOW), ledger.outbox.add_set(b"b", NOW)
+        # ids 1-8 alternate between the two digests
+        ledger.outbox.add_many([queued(n, a if n % 2 else b) for n in range(1, 9)],
+                               run_id=run, now=NOW)
+        ids = sorted(ledger.outbox.fates(run))
+        assert len(ids) == 8
+        claim = (lambda limit, t: ledger.outbox.claim(None if worker else run, "s", limit, t,
+                                                      lease=60))
+        first = claim(3, T)
+        assert [e.recipient for e in first] == ["r1@example.org", "r3@example.org",
+                                                "r5@example.org"]
+        # r1 refused for now, due again in 100 s; r3 and r5 stay in hand past their lease
+        ledger.outbox.deferred(first[0].id, NOW, "451 later", next_try=T + 100)
+        second = claim(8, T)
+        assert [e.recipient for e in second] == ["r2@example.org", "r4@example.org",
+                                                 "r6@example.org", "r8@example.org"]
+        assert [e.recipient for e in claim(8, T)] == ["r7@example.org"]
+        assert claim(8, T) == []
+        # 200 s later: r1 is due again and every lease has run out (60 s)
+        later = claim(8, T + 200)
+        assert [e.recipient for e in later] == ["r1@example.org", "r3@example.org",
+                                                "r5@example.org", "r7@example.org"]
+        assert later[0].state == MessageState.DEFERRED and later[0].attempts == 1
+
+
+def test_the_claim_reads_index_ranges_not_the_queue(tmp_path: Path) -> None:
+    """On today's main the claim sorted every due row of the run twice (a `send` worker's:
+    read every row of the outbox, sent ones included): quadratic in the queue."""
+    path = tmp_path / "state.sqlite3"
+    with Ledger.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    for name in ("_FIRST", "_CLAIM", "_FIRST_ANY", "_CLAIM_ANY"):
+        compiled = getattr(box, name).compile(dialect=sqlite.dialect())
+        sql = str(compiled).replace("__[POSTCOMPILE_state_1]", "'pending', 'deferred'")
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql,
+                                               [1] * sql.count("?"))]
+        reads = [step for step in plan if step.startswith(("SCAN outbox", "SEARCH outbox"))]
+        assert reads and all(step.startswith("SEARCH outbox USING INDEX") for step in reads), \
+            (name, plan)
+        # the only sorts allowed: the merge of the probes' single rows
+        assert all("TEMP B-TREE" not in step for step in plan) or name.startswith("_FIRST"), \
+            (name, plan)
