@@ -107,17 +107,11 @@ class _Templates:
 _STOP, _IDLE = "stop", "idle"
 
 
-def _begin(backend: Backend, entry: Entry, message: OutgoingMessage) -> _Flight:
+def _step(step: Callable[..., object], *args: object) -> BaseException | None:
+    """One step of a message through the backend; what went wrong is its fate, recorded like
+    a refusal (anything unexpected fails that message alone)."""
     try:
-        backend.begin(message)
-    except Exception as e:  # its fate is recorded like a refusal after it was on the wire
-        return _Flight(entry, message, e)
-    return _Flight(entry, message)
-
-
-def _verdict(backend: Backend) -> BaseException | None:
-    try:
-        backend.finish()
+        step(*args)
     except Exception as e:
         return e
     return None
@@ -139,9 +133,9 @@ class Sender:
     threads waits for the GIL, which the sampling profiler showed as 16% of the sender's
     time in ThreadPoolExecutor.submit alone.)
 
-    The crash promise: a message goes on the wire only once the fate of the one two before it
-    is committed, so at most one accepted message is unrecorded at any moment besides the one
-    on the wire; both are resent under their own Message-IDs after a crash."""
+    The crash promise: a message's content goes on the wire only once the fate of the one
+    before it is committed, so at any moment at most the message on the wire is accepted and
+    unrecorded; it is resent under its own Message-ID after a crash."""
 
     def __init__(self, spec: SenderSpec, name: str, stop: Flag, composed: Flag,
                  parent_alive: Callable[[], bool] = lambda: True) -> None:
@@ -178,24 +172,31 @@ class Sender:
               truth: Truth) -> None:
         flight: _Flight | None = None
         while True:
-            # The next message is checked and built while the server takes `flight`.
+            # The next message is checked and built while the server reads `flight`.
             step = self._take(ledger, backend, templates, truth, may_wait=flight is None)
             ready = step if isinstance(step, tuple) else None
             if flight is not None:
-                error = flight.error or _verdict(backend)
+                error = flight.error or _step(backend.finish)
                 trouble = isinstance(error, DeliveryError) and (error.fatal or
                                                                 error.unavailable)
                 landed, flight = flight, None
                 # `ready` was checked before the wait for the verdict: a process frozen
                 # meanwhile (SIGSTOP) may have lost it to another sender.
                 if ready is not None and not trouble and self._holds():
-                    flight = _begin(backend, *ready)
+                    flight = _Flight(*ready, _step(backend.begin, ready[1]))
                 elif ready is not None:
                     self._hand.insert(0, ready[0])  # untried: back in hand
+                # The last one's fate is committed while the server reads the next one's
+                # envelope, and before its content goes: at any moment, at most the message
+                # on the wire is accepted and unrecorded.
                 self._record(landed, error, ledger, backend)
+                if flight is not None and flight.error is None:
+                    flight.error = _step(backend.transfer)
                 continue
             if ready is not None:
-                flight = _begin(backend, *ready)
+                flight = _Flight(*ready, _step(backend.begin, ready[1]))
+                if flight.error is None:
+                    flight.error = _step(backend.transfer)
             elif step == _STOP:
                 return
 

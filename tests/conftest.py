@@ -189,11 +189,16 @@ class SmtpHandler:
     data_delay: float = 0.0  # seconds each DATA takes: a slow server
     sessions: set[int] = field(default_factory=set)
     logins: list[str] = field(default_factory=list)
+    # Offer PIPELINING (RFC 2920), as Postfix and smtp-sink do: aiosmtpd reads commands a line
+    # at a time, so commands that arrive together are answered in order.
+    pipelining: bool = False
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
         self.sessions.add(id(session))
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,

@@ -20,10 +20,10 @@ class Receipt:
 
 class Backend(Protocol):
     """Accepts messages one by one. `send` raises DeliveryError when a message was not
-    accepted; `close` releases the connection (and writes any index). `begin` and `finish`
-    are `send` in two halves, for a sender that builds the next message while the server
-    takes this one: `begin` puts it on the wire, `finish` waits for the verdict; either
-    raises what `send` would."""
+    accepted; `close` releases the connection (and writes any index). `begin`, `transfer`
+    and `finish` are `send` in three steps, for a sender that works between them while the
+    server reads and answers: `begin` writes the envelope, `transfer` the content, `finish`
+    reads the verdict; each raises what `send` would."""
 
     name: str
     dry_run: bool
@@ -31,6 +31,8 @@ class Backend(Protocol):
     def send(self, message: OutgoingMessage) -> Receipt: ...
 
     def begin(self, message: OutgoingMessage) -> None: ...
+
+    def transfer(self) -> None: ...
 
     def finish(self) -> Receipt: ...
 
@@ -46,6 +48,9 @@ class Immediate:
     def begin(self, message: OutgoingMessage) -> None:
         self._receipt = None
         self._receipt = self.send(message)
+
+    def transfer(self) -> None:
+        pass  # `begin` sent it whole
 
     def finish(self) -> Receipt:
         receipt, self._receipt = self._receipt, None

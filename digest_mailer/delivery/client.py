@@ -14,6 +14,7 @@ import math
 import smtplib
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import idna
@@ -174,30 +175,65 @@ def _refused(conn: smtplib.SMTP, code: int) -> None:
 def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
              utf8: bool = False) -> None:
     """MAIL, RCPT and DATA for one message, raising what smtplib's sendmail raises."""
-    if hand_over(conn, sender, recipient, data, utf8=utf8):
-        accepted(conn)
+    t = Transfer(sender, recipient, data, utf8, crlf_throughout(data))
+    offer(conn, t)
+    hand_over(conn, t)
+    accepted(conn, t)
 
 
-def hand_over(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
-              utf8: bool = False) -> bool:
-    """A message up to its last line on the wire; True when the server's verdict on it is
-    still to be read (`accepted`), so the caller can do other work while the server takes
-    it. Our messages are already CRLF throughout, so the body only needs its dots stuffed: a
-    byte replace instead of sendmail's two regular expressions over the whole message. With
-    PIPELINING the three commands go in one write and their replies are read after."""
-    options = ["SMTPUTF8"] if utf8 else []
-    if utf8 and conn.has_extn("8bitmime"):
-        options.append("BODY=8BITMIME")
-    if data.count(b"\n") != data.count(b"\r\n"):
-        conn.sendmail(sender, [recipient], data, mail_options=options)  # not our own bytes
-        return False
+@dataclass(slots=True)
+class Transfer:
+    """One message on its way through a connection: `offer` writes its envelope, `hand_over`
+    its content, `accepted` reads the verdict. Between the three the caller is free to do
+    other work while the server reads and answers (the replies wait in the socket)."""
+
+    sender: str
+    recipient: str
+    data: bytes
+    utf8: bool = False
+    ours: bool = True  # CRLF throughout, as every message we build is (else smtplib's path)
+    offered: bool = False  # MAIL, RCPT and DATA written, their replies not read yet
+    pending: bool = False  # the content written, the verdict not read yet
+
+    @property
+    def options(self) -> list[str]:
+        return ["SMTPUTF8"] if self.utf8 else []
+
+    def commands(self, conn: smtplib.SMTP) -> tuple[str, str]:
+        options = self.options
+        if self.utf8 and conn.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        return (f"MAIL FROM:<{self.sender}>{''.join(' ' + o for o in options)}\r\n",
+                f"RCPT TO:<{self.recipient}>\r\n")
+
+
+def crlf_throughout(data: bytes) -> bool:
+    return data.count(b"\n") == data.count(b"\r\n")
+
+
+def offer(conn: smtplib.SMTP, t: Transfer) -> None:
+    """With PIPELINING (RFC 2920), the envelope in one write; its replies are read by
+    `hand_over`. Without, nothing yet."""
+    if not conn.has_extn("pipelining") or not t.ours:
+        return
     conn.ehlo_or_helo_if_needed()
-    if utf8:
+    if t.utf8:
         conn.command_encoding = "utf-8"
-    mail = f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}\r\n"
-    rcpt = f"RCPT TO:<{recipient}>\r\n"
-    if conn.has_extn("pipelining"):
-        conn.send(mail + rcpt + "DATA\r\n")
+    mail, rcpt = t.commands(conn)
+    conn.send(mail + rcpt + "DATA\r\n")
+    t.offered = True
+
+
+def hand_over(conn: smtplib.SMTP, t: Transfer) -> None:
+    """The envelope's replies, then the content up to its last line; the verdict is left
+    for `accepted`. Our messages are already CRLF throughout, so the content only needs its
+    dots stuffed: a byte replace instead of sendmail's two regular expressions over the
+    whole message."""
+    sender, recipient, data = t.sender, t.recipient, t.data
+    if not t.ours:
+        conn.sendmail(sender, [recipient], data, mail_options=t.options)  # not our bytes
+        return
+    if t.offered:
         replies = []
         for _ in range(3):
             try:
@@ -212,6 +248,10 @@ def hand_over(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
             conn.send(b".\r\n")  # RFC 2920: the server opened DATA anyway; close it empty
             conn.getreply()
     else:
+        conn.ehlo_or_helo_if_needed()
+        if t.utf8:
+            conn.command_encoding = "utf-8"
+        mail, rcpt = t.commands(conn)
         mcode, mmsg = conn.docmd(mail[:-2])
         rcode = dcode = -2
         if mcode == 250:
@@ -229,11 +269,15 @@ def hand_over(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
         raise smtplib.SMTPDataError(dcode, dmsg)
     body = (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..")
     conn.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
-    return True
+    t.pending = True
 
 
-def accepted(conn: smtplib.SMTP) -> None:
-    """The server's verdict on the message `hand_over` put on the wire."""
+def accepted(conn: smtplib.SMTP, t: Transfer) -> None:
+    """The server's verdict on the content `hand_over` wrote (smtplib's sendmail, for bytes
+    not our own, read it already)."""
+    if not t.pending:
+        return
+    t.pending = False
     code, reply = conn.getreply()
     if code != 250:
         _refused(conn, code)

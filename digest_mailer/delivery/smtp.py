@@ -18,10 +18,13 @@ from digest_mailer.delivery.client import (
     SmtpMisbehaved,
     SmtpTimeout,
     SslClient,
+    Transfer,
     accepted,
+    crlf_throughout,
     envelope_address,
     hand_over,
     local_hostname,
+    offer,
 )
 from digest_mailer.errors import DeliveryError
 from digest_mailer.models import OutgoingMessage
@@ -70,7 +73,7 @@ class SmtpBackend:
         self._interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
         self._clock, self._sleep = clock, sleep
         self._next_send = 0.0
-        self._on_wire: OutgoingMessage | None = None  # begun, its verdict not read yet
+        self._on_wire: tuple[OutgoingMessage, Transfer] | None = None  # begun, unsettled
 
     @property
     def where(self) -> str:
@@ -161,11 +164,12 @@ class SmtpBackend:
     def send(self, message: OutgoingMessage) -> Receipt:
         """One message, within `timeout` seconds from here to the server's last reply."""
         self.begin(message)
+        self.transfer()
         return self.finish()
 
     def begin(self, message: OutgoingMessage) -> None:
-        """The message up to its last line on the wire; `finish` reads the server's verdict.
-        The deadline of `timeout` seconds runs from here to that verdict."""
+        """The message's envelope on the wire (with PIPELINING; else nothing yet). The
+        deadline of `timeout` seconds runs from here to the server's verdict."""
         self._pace()
         deadline = time.monotonic() + self.timeout
         try:
@@ -187,26 +191,37 @@ class SmtpBackend:
             raise DeliveryError(f"{message.recipient}: {self.where} does not offer SMTPUTF8, "
                                 "which an address with non-ASCII letters before the @ needs "
                                 "(RFC 6531)", permanent=True, tried=False)
-        self._on_wire = message
+        self._on_wire = (message, Transfer(sender, recipient, message.data, utf8,
+                                           crlf_throughout(message.data)))
+        self._step(offer)
+
+    def transfer(self) -> None:
+        """The envelope's replies and the content: the verdict is left for `finish`."""
+        self._step(hand_over)
+
+    def finish(self) -> Receipt:
+        """The server's verdict on the message."""
+        try:
+            self._step(accepted)
+        finally:
+            self._on_wire = None
+            self._no_deadline()
+        return Receipt(location=self.where)
+
+    def _step(self, step: Callable[[smtplib.SMTP, Transfer], None]) -> None:
+        assert self._on_wire is not None, "transfer() or finish() without a begin()"
+        message, t = self._on_wire
+        if self._conn is None:  # dropped meanwhile (drop(), after another message's trouble)
+            self._on_wire = None
+            raise DeliveryError(f"{message.recipient}: the connection to {self.where} was "
+                                "dropped before the message went out", tried=False)
         try:
             with self._mapped(message):
-                if not hand_over(conn, sender, recipient, message.data, utf8=utf8):
-                    self._on_wire = None  # smtplib's sendmail read the verdict already
+                step(self._conn, t)
         except BaseException:
             self._on_wire = None
             self._no_deadline()
             raise
-
-    def finish(self) -> Receipt:
-        """The server's verdict on the message `begin` put on the wire."""
-        message, self._on_wire = self._on_wire, None
-        try:
-            if message is not None and self._conn is not None:
-                with self._mapped(message):
-                    accepted(self._conn)
-        finally:
-            self._no_deadline()
-        return Receipt(location=self.where)
 
     def _no_deadline(self) -> None:
         if self._conn is not None:
@@ -273,6 +288,12 @@ class SmtpBackend:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
+            return
+        if self._on_wire is not None:
+            # A message half-way (its envelope or content written, the replies unread): a
+            # QUIT now would be read as part of it. Dropping the line leaves it undelivered.
+            self._on_wire = None
+            _drop(conn)
             return
         try:
             conn.deadline = time.monotonic() + min(self.timeout, 5.0)  # type: ignore[attr-defined]

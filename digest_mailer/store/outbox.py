@@ -25,6 +25,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal_column,
     or_,
     select,
     union_all,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 
 from digest_mailer.models import MessageState, OutgoingMessage
 from digest_mailer.store.sql import insert_for
-from digest_mailer.store.tables import deliveries, offers, outbox, outbox_sets
+from digest_mailer.store.tables import OPEN_ROWS, deliveries, offers, outbox, outbox_sets
 
 if TYPE_CHECKING:
     from digest_mailer.store.ledger import Ledger
@@ -64,7 +65,7 @@ _ANY_DUE = or_(_WAITING, _EXPIRED, and_(x.state == State.PENDING.value, x.next_t
 
 def _probe(state: State, *where: Any) -> Any:
     """The first row of one way of being due: an index range read in id order."""
-    first = (select(x.id, x.set_id).where(x.state == state.value, *where)
+    first = (select(x.id, x.set_id).where(x.state == literal_column(f"'{state.value}'"), *where)
              .order_by(x.id).limit(1).subquery())
     return select(first.c.id, first.c.set_id)
 
@@ -73,13 +74,19 @@ def _claim_of(run: bool) -> tuple[Any, Any, Any]:
     """A claim in two index reads (quadratic in the queue when one statement sorted every
     due row: revision 0004): the first due row, one probe per way of being due; then from
     it, the due rows of its digest. The second takes its rows FOR UPDATE SKIP LOCKED on
-    PostgreSQL."""
+    PostgreSQL.
+
+    A run's probes read outbox_claim (its rows by state, in id order). A `send` worker's
+    read the partial indexes of pending rows and of open rows (deferred and sending ones,
+    few, sorted). The states are written into the SQL, not bound, and the open-rows term is
+    the index's own: SQLite and PostgreSQL use a partial index only for a query whose WHERE
+    implies the index's when the statement is planned."""
     now: Any = bindparam("now")
-    owner = [x.owner_run == bindparam("run")] if run else []
+    owner = [x.owner_run == bindparam("run")] if run else [OPEN_ROWS]
     # A `send` worker also takes what an ended run left pending (next_try NULL: parked).
     waiting = [or_(x.next_try <= now, x.next_try.is_(None))] if not run else [x.next_try <= now]
     probes = union_all(
-        _probe(State.PENDING, *owner, *waiting),
+        _probe(State.PENDING, *([x.owner_run == bindparam("run")] if run else []), *waiting),
         _probe(State.DEFERRED, *owner, x.next_try <= now),
         _probe(State.SENDING, *owner, x.lease_until < now)).subquery()
     first = select(probes.c.id, probes.c.set_id).order_by(probes.c.id).limit(1)

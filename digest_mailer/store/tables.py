@@ -122,14 +122,15 @@ outbox = Table(
     Column("claimed_by", Text),
     Column("lease_until", Double),
 )
-_OPEN = text("state IN ('pending', 'sending', 'deferred')")
-Index("outbox_open", outbox.c.state, outbox.c.subscriber, sqlite_where=_OPEN,
-      postgresql_where=_OPEN)
+OPEN_ROWS = text("state IN ('pending', 'sending', 'deferred')")
+Index("outbox_open", outbox.c.state, outbox.c.subscriber, sqlite_where=OPEN_ROWS,
+      postgresql_where=OPEN_ROWS)
 Index("outbox_subscriber", outbox.c.subscriber, outbox.c.id)
 Index("outbox_claim", outbox.c.owner_run, outbox.c.state, outbox.c.id)
-# A claim's first due row of any run (a `send` worker's), and the rows of its digest, in id
-# order (revision 0004).
-Index("outbox_due", outbox.c.state, outbox.c.id)
+# A claim's first pending row of any run (a `send` worker's), and the rows of its digest, in
+# id order (revision 0004). Pending rows only: a sent message's commit leaves it alone.
+PENDING = text("state = 'pending'")
+Index("outbox_pending", outbox.c.id, sqlite_where=PENDING, postgresql_where=PENDING)
 Index("outbox_set", outbox.c.set_id, outbox.c.id)
 
 suppressions = Table(
