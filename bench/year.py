@@ -109,7 +109,10 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
         if key not in ranked:
             ranked[key] = ranked_matches(sub, feed)
         phases.lap("select")
-        offered = ledger.offered_ids(sub.email, check_outbox=False)
+        # As compose.decide asks: the offers of the subscriber's matches only.
+        matched = ranked[key]
+        offered = ledger.offered_ids(sub.email, among=[m.paper.id for m in matched],
+                                     check_outbox=False) if matched else frozenset()
         phases.lap("offered")
         chosen = select_ranked(sub, ranked[key], offered)
         if not chosen.matches:

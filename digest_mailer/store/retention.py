@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 
 from digest_mailer.models import MessageState
 from digest_mailer.store.tables import deliveries, offers, outbox, papers
@@ -57,34 +57,54 @@ class Pruned:
         return self.offers + self.deliveries + self.messages + self.papers
 
 
-def _last_before(ledger: Ledger, cutoff: str) -> int | None:
-    """The last delivery sent before `cutoff`, found by bisecting the ids (they grow with
-    time, give or take the microseconds between two senders' commits): some twenty look-ups
-    by primary key, where an index on sent_at would cost every message a sender records."""
-    d = deliveries.c
+def _last_below(ledger: Ledger, ident: ColumnElement[int], key: ColumnElement[Any],
+                bound: object) -> int | None:
+    """The id of the last row whose `key` is below `bound`, for a key that grows with the id
+    (give or take the microseconds between two senders' commits), found by bisecting the ids:
+    some twenty look-ups by primary key, where an index on the key would cost every message
+    a sender records. None when the first row is not below it."""
     conn = ledger.conn
-    lo, hi = conn.execute(select(func.min(d.id), func.max(d.id))).fetchone()
+    lo, hi = conn.execute(select(func.min(ident), func.max(ident))).fetchone()
     if lo is None:
         return None
 
-    def at_or_after(n: int) -> tuple[int, str]:
-        found = conn.execute(select(d.id, d.sent_at).where(d.id >= n).order_by(d.id)
+    def at_or_after(n: int) -> tuple[int, Any]:
+        found = conn.execute(select(ident, key).where(ident >= n).order_by(ident)
                              .limit(1)).fetchone()
-        return int(found[0]), str(found[1])
+        return int(found[0]), found[1]
 
-    if at_or_after(lo)[1] >= cutoff:
+    if at_or_after(lo)[1] >= bound:
         return None
-    if at_or_after(hi)[1] < cutoff:
+    if at_or_after(hi)[1] < bound:
         return int(hi)
-    # Invariant: the row at or after lo is older than the cutoff; the one at hi is not.
+    # Invariant: the row at or after lo is below the bound; the one at hi is not.
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        found, stamp = at_or_after(mid)
-        if found >= hi or stamp >= cutoff:
+        found, value = at_or_after(mid)
+        if found >= hi or value >= bound:
             hi = mid if found >= hi else found
         else:
             lo = found
     return int(lo)
+
+
+def _last_before(ledger: Ledger, cutoff: str) -> int | None:
+    """The last delivery sent before `cutoff`."""
+    return _last_below(ledger, deliveries.c.id, deliveries.c.sent_at, cutoff)
+
+
+def _last_offer_before(ledger: Ledger, cutoff: str) -> int | None:
+    """The last offer recorded before `cutoff`: by its delivery, the last sent before it (or,
+    when the history kept is shorter than the window, those already pruned). Offers are
+    numbered as they are recorded, each with its delivery, in one transaction."""
+    d = deliveries.c
+    last = _last_before(ledger, cutoff)
+    if last is None:
+        first = ledger.conn.execute(select(func.min(d.id))).scalar()
+        if first is None:  # no history at all: every offer's delivery is gone
+            return ledger.conn.execute(select(func.max(offers.c.id))).scalar()  # type: ignore
+        last = int(first) - 1
+    return _last_below(ledger, offers.c.id, offers.c.delivery_id, last + 1)
 
 
 def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
@@ -94,9 +114,16 @@ def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
     p, o, d, x = papers.c, offers.c, deliveries.c, outbox.c
     # Every offer but those of papers seen in a feed within the window (a paper the ledger
     # never saw cannot come back either).
+    # Only the offers recorded before the window are read: a range of ids, about a day's
+    # worth, whatever the history (an offer of a stale paper recorded later, by a message
+    # that waited, goes in a later run).
     recent = select(p.id).where(p.last_seen >= window)
-    with ledger.transaction() as db:
-        n_offers = db.execute(delete(offers).where(o.paper_id.not_in(recent))).rowcount
+    old = _last_offer_before(ledger, window)
+    n_offers = 0
+    if old is not None:
+        with ledger.transaction() as db:
+            n_offers = db.execute(delete(offers).where(o.id <= old, o.paper_id.not_in(recent))
+                                  ).rowcount
     # An offer left (a paper in the feeds for longer than the history is kept) still holds
     # its delivery: only papers first seen before the cut can have one that old. Usually
     # none; looked up first, so the offers are read only for those.
