@@ -64,8 +64,11 @@ def _last_below(ledger: Ledger, ident: ColumnElement[int], key: ColumnElement[An
     some twenty look-ups by primary key, where an index on the key would cost every message
     a sender records. None when the first row is not below it."""
     conn = ledger.conn
-    lo, hi = conn.execute(select(func.min(ident), func.max(ident))).fetchone()
-    if lo is None:
+    # Apart: SQLite reads both ends of the key in one look-up each only for a lone min()
+    # or max(); together they made it read the whole table (every delivery, every offer).
+    lo = conn.execute(select(func.min(ident))).scalar()
+    hi = conn.execute(select(func.max(ident))).scalar()
+    if lo is None or hi is None:
         return None
 
     def at_or_after(n: int) -> tuple[int, Any]:
