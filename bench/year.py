@@ -169,6 +169,8 @@ def main() -> None:
                         help="the feed window plus the margin (a week + 14 days by default)")
     parser.add_argument("--every", type=int, default=1, help="print every Nth day")
     parser.add_argument("--url", default=None, help="a PostgreSQL URL (default: SQLite)")
+    parser.add_argument("--ledger", type=Path, default=None,
+                        help="a SQLite file to write and keep (default: a temporary one)")
     args = parser.parse_args()
     rng = random.Random(2026)
     profiles = make_profiles(args.profiles, make_feed(200, rng), rng)
@@ -176,7 +178,8 @@ def main() -> None:
     policy = Retention(offer_days=args.offer_days, history_days=args.keep_history)
     days: list[dict[str, Any]] = []
     yesterday: list[Paper] = []
-    with open_ledger(args.url) as ledger:
+    opened = Ledger.open(args.ledger) if args.ledger else open_ledger(args.url)
+    with opened as ledger:
         for day in range(args.days):
             today = day_papers(day, args.papers, rng)
             row = one_day(ledger, day, yesterday + today, subs, policy)

@@ -218,3 +218,29 @@ def test_the_prune_deletes_a_range_of_ids_on_sqlite(tmp_path: Path) -> None:
         assert any(p.startswith("SEARCH offers USING INTEGER PRIMARY KEY (rowid<")
                    for p in plan), plan
         assert not any(p.startswith("SCAN offers") for p in plan), plan
+
+
+def test_a_delivery_whose_offer_is_still_kept_stays_past_its_history(
+        store_target: StoreTarget) -> None:
+    """History shorter than the offer window: emails past keep_history go, except those
+    whose offers the window still keeps (their papers are still in the feeds), which name
+    them."""
+    short = Retention(offer_days=21, history_days=10)
+    with Ledger.open(store_target) as ledger:
+        ledger.remember([Paper(id="2506.00001", title="Lasting", upvotes=1),
+                         Paper(id="2506.00002", title="Gone", upvotes=1)], day(0))
+        send(ledger, "ada@x.org", ["2506.00001"], ["2506.00001"], day(0), "<lasting@x>")
+        send(ledger, "bob@x.org", ["2506.00002"], ["2506.00002"], day(0), "<gone@x>")
+        for n in range(1, 16):  # each day's email offers that day's paper
+            pid = f"2506.{10_000 + n}"
+            ledger.remember([Paper(id=pid, title="Daily", upvotes=1),
+                             Paper(id="2506.00001", title="Lasting", upvotes=1)], day(n))
+            send(ledger, f"r{n}@x.org", [pid], [pid], day(n), f"<{n}@x>")
+        # Day 30: offers of papers last in a feed before day 9 go (bob's, days 1-8), and
+        # then their emails, all older than day 20; the others' offers still name theirs.
+        done = prune(ledger, short, day(30))
+        assert (done.offers, done.deliveries) == (9, 9)
+        assert [r.message_id for r in ledger.history()] == [
+            "<lasting@x>", *(f"<{n}@x>" for n in range(9, 16))]
+        assert ledger.offer_log("ada@x.org") == {"2506.00001": (day(0).isoformat(), True)}
+        assert ledger.offered_ids("bob@x.org") == frozenset()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _DONE = [MessageState.FAILED.value, MessageState.CANCELLED.value]
+_SLACK = 1000  # deliveries: more than the senders of any fleet commit at one time
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +97,22 @@ def _last_before(ledger: Ledger, cutoff: str) -> int | None:
     return _last_below(ledger, deliveries.c.id, deliveries.c.sent_at, cutoff)
 
 
+def _last_offer_of(ledger: Ledger, delivery: int) -> int | None:
+    """The last offer recorded with a delivery up to this one. Offers are numbered as they are
+    recorded, each with its delivery, in one transaction."""
+    return _last_below(ledger, offers.c.id, offers.c.delivery_id, delivery + 1)
+
+
 def _last_offer_before(ledger: Ledger, cutoff: str) -> int | None:
     """The last offer recorded before `cutoff`: by its delivery, the last sent before it (or,
-    when the history kept is shorter than the window, those already pruned). Offers are
-    numbered as they are recorded, each with its delivery, in one transaction."""
-    d = deliveries.c
+    when the history kept is shorter than the window, those already pruned)."""
     last = _last_before(ledger, cutoff)
     if last is None:
-        first = ledger.conn.execute(select(func.min(d.id))).scalar()
+        first = ledger.conn.execute(select(func.min(deliveries.c.id))).scalar()
         if first is None:  # no history at all: every offer's delivery is gone
             return ledger.conn.execute(select(func.max(offers.c.id))).scalar()  # type: ignore
         last = int(first) - 1
-    return _last_below(ledger, offers.c.id, offers.c.delivery_id, last + 1)
+    return _last_offer_of(ledger, last)
 
 
 def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
@@ -128,25 +133,37 @@ def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
             n_offers = db.execute(delete(offers).where(o.id <= old, o.paper_id.not_in(recent))
                                   ).rowcount
     # An offer left (a paper in the feeds for longer than the history is kept) still holds
-    # its delivery: only papers first seen before the cut can have one that old. Usually
-    # none; looked up first, so the offers are read only for those.
+    # its delivery: only papers first seen before the cut can have one that old, and only
+    # offers recorded up to the last delivery deleted (give or take the senders that commit
+    # at the same time on PostgreSQL: _SLACK). Usually none; looked up first, so the offers
+    # are read only for those.
     lasting = [r[0] for r in ledger.conn.execute(
         select(p.id).where(p.last_seen >= window, p.first_seen < history))]
-    held = select(o.delivery_id).where(o.paper_id.in_(lasting))
     last_old = _last_before(ledger, history)
     n_deliveries = 0
     if last_old is not None:
-        # What still references a delivery is `held`; the database's own check would scan
-        # the offers for every delivery deleted (offers.delivery_id has no index, which would
-        # cost every message a sender records).
-        with ledger.conn.foreign_keys_unchecked(), ledger.transaction() as db:
+        held = select(o.delivery_id).where(
+            o.id <= (_last_offer_of(ledger, last_old + _SLACK) or 0), o.paper_id.in_(lasting))
+        # What still references a delivery is `held` (offers.delivery_id is not a declared
+        # key: checking it would scan the offers for every delivery deleted, and an index on
+        # it would cost every message a sender records).
+        with ledger.transaction() as db:
             n_deliveries = db.execute(delete(deliveries).where(
                 d.id <= last_old, *([d.id.not_in(held)] if lasting else []))).rowcount
+    # The outbox's rows are numbered as a run composes them, all with the run's time: those
+    # made before a cut are a range of ids (the rest of it is a day's rows, and the few
+    # failures kept for the history).
+    sent_before = _last_below(ledger, x.id, x.created_at, window)
+    done_before = _last_below(ledger, x.id, x.created_at, history)
+    n_messages = 0
     with ledger.transaction() as db:
-        n_messages = db.execute(delete(outbox).where(
-            x.state == MessageState.SENT.value, x.updated_at < window)).rowcount
-        n_messages += db.execute(delete(outbox).where(
-            x.state.in_(_DONE), x.updated_at < history)).rowcount
+        if sent_before is not None:
+            n_messages += db.execute(delete(outbox).where(
+                x.id <= sent_before, x.state == MessageState.SENT.value,
+                x.updated_at < window)).rowcount
+        if done_before is not None:
+            n_messages += db.execute(delete(outbox).where(
+                x.id <= done_before, x.state.in_(_DONE), x.updated_at < history)).rowcount
     with ledger.transaction() as db:
         # Their offers went above (the earlier of the two cuts: a shorter history must not
         # forget a paper whose offers the window still holds).
