@@ -3,8 +3,7 @@ passed (issue 11, point 3):
 
 - an offer (this paper went to this subscriber: never again) only while the paper can come
   back in a feed window: until it has been out of every fetched feed for `offer_days` (the
-  longest lookback, a week for weekly digests, plus a margin). `offered_ids` then reads a
-  subscriber's last few weeks, not their whole history;
+  longest lookback, a week for weekly digests, plus a margin);
 - a sent email's record (when, to whom, Message-ID, subject, the papers' ids) and the papers'
   titles, the messages that failed or were cancelled and why: `keep_history`;
 - a sent message's outbox row (its name, link, token: what rebuilt it) only `offer_days`, and
@@ -13,7 +12,10 @@ passed (issue 11, point 3):
   make the database scan the deliveries and the outbox that reference it.
 
 Pruning runs at the end of each run and by `digest-mailer db prune`, each rule in its own
-short transaction, so senders and the web service are never held up for long."""
+short transaction, so senders and the web service are never held up for long. What it reads
+does not grow with the history: offers, deliveries and outbox rows are numbered in the order
+they were recorded, so the old ones are a range of ids, found by bisecting (no index on a
+time, which every message a sender records would pay for)."""
 
 from __future__ import annotations
 
