@@ -59,14 +59,18 @@ class Composer:
         default_factory=OrderedDict)
     _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
 
-    def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
+    def ranked(self, sub: Subscriber) -> tuple[Match, ...]:
+        """The subscriber's matches, best first, before the ledger's say (once per profile)."""
         key = profile_key(sub)
         ranked = self._ranked.get(key)
         if ranked is None:
             if self._feed is None:
                 self._feed = Feed.of(self.papers)
             ranked = self._ranked[key] = ranked_matches(sub, self._feed)
-        return select_ranked(sub, ranked, offered)
+        return ranked
+
+    def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
+        return select_ranked(sub, self.ranked(sub), offered)
 
     def _template(self, digest: Digest, now: datetime) -> MessageTemplate:
         def build() -> MessageTemplate:
@@ -151,9 +155,12 @@ def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: C
     suppressed = ledger.suppressed(sub.email)
     if suppressed:
         return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
-    offered = frozenset() if ignore_ledger else ledger.offered_ids(
-        sub.email, check_outbox=sub.key in waiting)
-    selection = composer.select(sub, offered)
+    ranked = composer.ranked(sub)
+    # Only the matches' offers are looked up, not the subscriber's whole window of them: a
+    # run's cost does not grow with how long the window is or how much history it holds.
+    offered = frozenset() if ignore_ledger or not ranked else ledger.offered_ids(
+        sub.email, among=[m.paper.id for m in ranked], check_outbox=sub.key in waiting)
+    selection = select_ranked(sub, ranked, offered)
     if not selection.matches:
         if selection.matched_total == 0:
             why = "no paper matches" if fetched.papers else "the feed is empty"

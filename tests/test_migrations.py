@@ -12,6 +12,7 @@ import pytest
 
 from conftest import FIXTURES, NOW
 from digest_mailer.errors import StoreError
+from digest_mailer.models import OutgoingMessage, Paper
 from digest_mailer.store import Ledger, StoreTarget
 from digest_mailer.store.legacy import COLUMNS
 from digest_mailer.store.schema import HEAD, MIGRATIONS, USER_VERSION, known_revisions
@@ -165,3 +166,89 @@ def test_a_new_ledger_is_at_head_on_either_engine(store_target: StoreTarget) -> 
         assert found.user_version == (USER_VERSION if store_target.kind == "sqlite" else 0)
     finally:
         db.close()
+
+
+def test_offers_of_a_0003_ledger_are_numbered_in_the_order_they_were_recorded(
+        store_target: StoreTarget) -> None:
+    """Revision 0004 on either engine: the offers of a ledger at 0003 (a primary key on
+    subscriber and paper, so stored in that order) get ids in the order of their deliveries,
+    stay unique per subscriber and paper, and new ones are numbered after them."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from digest_mailer.store.db import Db
+    from digest_mailer.store.engines import make_engine
+    from digest_mailer.store.schema import _migration_config, inspect_schema
+    from digest_mailer.store.tables import offers
+
+    db = Db(make_engine(store_target), store_target.label)
+    try:
+        with db.transaction():
+            command.upgrade(_migration_config(db), "0003")  # type: ignore[arg-type]
+        with db.transaction():
+            db.execute(text("INSERT INTO runs (started_at, run_date, origin) "
+                            "VALUES ('2025-06-01', '2025-06-01', 'x')"))
+            # Zed was mailed first, ada last: the old key order is the reverse.
+            for n, who in enumerate(["zed@x.org", "mia@x.org", "ada@x.org"], start=1):
+                db.execute(text(
+                    "INSERT INTO deliveries (id, run_id, subscriber, message_id, subject, "
+                    "sent_at, papers) VALUES (:n, 1, :who, :mid, 'S', :at, 2)"),
+                    {"n": n, "who": who, "mid": f"<{n}@x>", "at": f"2025-06-0{n}"})
+                for pid in ("2506.00002", "2506.00001"):
+                    db.execute(text("INSERT INTO offers (subscriber, paper_id, delivery_id, "
+                                    "included) VALUES (:who, :pid, :n, 1)"),
+                               {"who": who, "pid": pid, "n": n})
+        assert inspect_schema(db).revision == "0003"
+    finally:
+        db.close()
+    with Ledger.open(store_target) as ledger:
+        rows = ledger.conn.execute(text(
+            "SELECT id, subscriber, paper_id FROM offers ORDER BY id")).fetchall()
+        assert [tuple(r) for r in rows] == [
+            (1, "zed@x.org", "2506.00001"), (2, "zed@x.org", "2506.00002"),
+            (3, "mia@x.org", "2506.00001"), (4, "mia@x.org", "2506.00002"),
+            (5, "ada@x.org", "2506.00001"), (6, "ada@x.org", "2506.00002")]
+        assert ledger.offered_ids("mia@x.org") == {"2506.00001", "2506.00002"}
+        assert ledger.offered_ids("mia@x.org", among=["2506.00002", "2506.00009"]) == {
+            "2506.00002"}
+        with ledger.transaction() as tx:
+            # A paper offered again to the same subscriber is still refused by the key...
+            from digest_mailer.store.sql import insert_for
+
+            stmt = insert_for(tx.dialect, offers).on_conflict_do_nothing()
+            tx.execute(stmt, {"subscriber": "ada@x.org", "paper_id": "2506.00001",
+                              "delivery_id": 3, "included": 1})
+            tx.execute(stmt, {"subscriber": "bob@x.org", "paper_id": "2506.00001",
+                              "delivery_id": 3, "included": 1})
+        # ... and a new one is numbered after the copied ones (PostgreSQL's sequence moved
+        # past them; the refused insert may have used a number).
+        assert [r[0] for r in ledger.conn.execute(text(
+            "SELECT subscriber FROM offers WHERE id > 6"))] == ["bob@x.org"]
+        assert ledger.conn.execute(text("SELECT count(*) FROM offers")).scalar() == 7
+    if store_target.kind == "sqlite":
+        assert version_of(store_target.sqlite_path) == (USER_VERSION, HEAD)  # type: ignore
+
+
+def test_revision_0004_goes_back_to_0003_with_every_offer(store_target: StoreTarget) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from digest_mailer.store.schema import _migration_config
+
+    with Ledger.open(store_target) as ledger:
+        ledger.remember([Paper(id="2506.00001", title="T", upvotes=1)], NOW)
+        entry = ledger.outbox.add(
+            OutgoingMessage(recipient="ada@x.org", envelope_from="p@x.org", message_id="<a@x>",
+                            subject="S", data=b"", html="", run_date=NOW.date()),
+            run_id=None, included=["2506.00001"], offered=["2506.00001", "2506.00002"],
+            now=NOW)
+        ledger.outbox.sent(entry, NOW, None)
+        db = ledger.conn
+        with db.transaction():
+            command.downgrade(_migration_config(db), "0003")  # type: ignore[arg-type]
+        assert db.execute(text("SELECT subscriber, paper_id FROM offers ORDER BY paper_id")
+                          ).fetchall() == [("ada@x.org", "2506.00001"),
+                                           ("ada@x.org", "2506.00002")]
+        with db.transaction():
+            command.upgrade(_migration_config(db), "head")  # type: ignore[arg-type]
+        assert ledger.offered_ids("ada@x.org") == {"2506.00001", "2506.00002"}

@@ -333,20 +333,6 @@ class Db:
         finally:
             self._depth = 0
 
-    @contextmanager
-    def foreign_keys_unchecked(self) -> Iterator[None]:
-        """SQLite: foreign keys not enforced on this connection meanwhile (outside a
-        transaction only). PostgreSQL: nothing; revision 0002 dropped the one constraint whose
-        check made pruning scan a table."""
-        if not self._sqlite or self._depth:
-            yield
-            return
-        self.raw.execute("PRAGMA foreign_keys=OFF")
-        try:
-            yield
-        finally:
-            self.raw.execute("PRAGMA foreign_keys=ON")
-
     def close(self) -> None:
         try:
             self.conn.close()

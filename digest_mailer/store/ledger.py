@@ -7,10 +7,11 @@ papers it offered, so a crash never loses a delivery that happened nor records o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import (
+    Text,
     bindparam,
     case,
     delete,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from digest_mailer.errors import StoreError
 from digest_mailer.models import MessageState, Paper, RunState
@@ -51,6 +54,14 @@ _MAX_INT = 2**63 - 1  # SQLite's INTEGER
 _OPEN = (MessageState.PENDING.value, MessageState.SENDING.value, MessageState.DEFERRED.value)
 
 _OFFERED = select(offers.c.paper_id).where(offers.c.subscriber == bindparam("s"))
+# Of the papers given: one statement with one parameter (the ids as a JSON array on SQLite,
+# an array on PostgreSQL), so it stays on the lean path whatever their number.
+_OFFERED_AMONG = {
+    "sqlite": _OFFERED.where(offers.c.paper_id.in_(
+        select(literal_column("value")).select_from(func.json_each(bindparam("ids"))))),
+    "postgresql": _OFFERED.where(offers.c.paper_id == func.any(
+        bindparam("ids", type_=ARRAY(Text)))),
+}
 _HELD = select(outbox.c.offered).where(outbox.c.subscriber == bindparam("s"),
                                        outbox.c.state.in_(_OPEN))
 _CONTROL = select(runs.c.hold_until, runs.c.trouble, runs.c.blocked, runs.c.cause).where(
@@ -217,15 +228,29 @@ class Ledger:
     def outbox(self) -> Outbox:
         return Outbox(self)
 
-    def offered_ids(self, subscriber: str, *, check_outbox: bool = True) -> frozenset[str]:
+    def offered_ids(self, subscriber: str, *, among: Collection[str] | None = None,
+                    check_outbox: bool = True) -> frozenset[str]:
         """Papers offered in a delivery, and those held by a message not sent yet: neither
-        goes into another email. `check_outbox=False` skips the second part for a subscriber
-        known to have no unsent message."""
+        goes into another email. `among`: only which of these papers (a subscriber's matches:
+        a look-up each, where the whole window of their offers grows with the window).
+        `check_outbox=False` skips the second part for a subscriber known to have no unsent
+        message."""
         key = {"s": subscriber.lower()}
-        ids = {r[0] for r in self._conn.hot(_OFFERED, key)}
+        if among is None:
+            ids = {r[0] for r in self._conn.hot(_OFFERED, key)}
+        elif not among:
+            return frozenset()
+        else:
+            wanted = list(among)
+            ids = {r[0] for r in self._conn.hot(
+                _OFFERED_AMONG[self._conn.dialect],
+                {**key, "ids": json.dumps(wanted) if self._conn.dialect == "sqlite"
+                 else wanted})}
         if check_outbox:
             for (held,) in self._conn.hot(_HELD, key):
                 ids.update(held.split())
+            if among is not None:
+                ids.intersection_update(among)
         return frozenset(ids)
 
     # -- suppressions ---------------------------------------------------------------------

@@ -76,14 +76,18 @@ Index("deliveries_subscriber", deliveries.c.subscriber, deliveries.c.sent_at)
 
 offers = Table(
     "offers", METADATA,
-    Column("subscriber", Text, primary_key=True),
-    Column("paper_id", Text, primary_key=True),
+    # In the order they were recorded (revision 0004): the prune reaches the old ones as a
+    # range of ids instead of reading them all, and a sender's insert is an append.
+    Column("id", Id, primary_key=True),
+    Column("subscriber", Text, nullable=False),
+    Column("paper_id", Text, nullable=False),
     # The delivery that offered it. Not a declared foreign key any more (revision 0002):
     # checking it made every deleted delivery a scan of the offers.
     Column("delivery_id", Id, nullable=False),
     Column("included", Integer, nullable=False),
-    sqlite_with_rowid=False,
 )
+# What was offered to whom: never again (and what `offered_ids` reads).
+Index("offers_subscriber_paper", offers.c.subscriber, offers.c.paper_id, unique=True)
 
 # A message is its digest template (stored once for everyone who shares it) and the few values
 # that make it one subscriber's.
