@@ -170,7 +170,7 @@ def test_a_new_ledger_is_at_head_on_either_engine(store_target: StoreTarget) -> 
 
 def test_offers_of_a_0003_ledger_are_numbered_in_the_order_they_were_recorded(
         store_target: StoreTarget) -> None:
-    """Revision 0004 on either engine: the offers of a ledger at 0003 (a primary key on
+    """Revision 0005 on either engine: the offers of a ledger at 0003 (a primary key on
     subscriber and paper, so stored in that order) get ids in the order of their deliveries,
     stay unique per subscriber and paper, and new ones are numbered after them."""
     from alembic import command
@@ -229,7 +229,7 @@ def test_offers_of_a_0003_ledger_are_numbered_in_the_order_they_were_recorded(
         assert version_of(store_target.sqlite_path) == (USER_VERSION, HEAD)  # type: ignore
 
 
-def test_revision_0004_goes_back_to_0003_with_every_offer(store_target: StoreTarget) -> None:
+def test_revision_0005_goes_back_to_0004_with_every_offer(store_target: StoreTarget) -> None:
     from alembic import command
     from sqlalchemy import text
 
@@ -245,7 +245,7 @@ def test_revision_0004_goes_back_to_0003_with_every_offer(store_target: StoreTar
         ledger.outbox.sent(entry, NOW, None)
         db = ledger.conn
         with db.transaction():
-            command.downgrade(_migration_config(db), "0003")  # type: ignore[arg-type]
+            command.downgrade(_migration_config(db), "0004")  # type: ignore[arg-type]
         assert db.execute(text("SELECT subscriber, paper_id FROM offers ORDER BY paper_id")
                           ).fetchall() == [("ada@x.org", "2506.00001"),
                                            ("ada@x.org", "2506.00002")]

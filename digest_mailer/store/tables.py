@@ -76,7 +76,7 @@ Index("deliveries_subscriber", deliveries.c.subscriber, deliveries.c.sent_at)
 
 offers = Table(
     "offers", METADATA,
-    # In the order they were recorded (revision 0004): the prune reaches the old ones as a
+    # In the order they were recorded (revision 0005): the prune reaches the old ones as a
     # range of ids instead of reading them all, and a sender's insert is an append.
     Column("id", Id, primary_key=True),
     Column("subscriber", Text, nullable=False),

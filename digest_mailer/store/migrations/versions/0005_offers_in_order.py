@@ -9,8 +9,8 @@ recorded in). The new table is built beside the old one, filled, and renamed (no
 needed: no ALTER of a column). The foreign key on delivery_id, which 0002 dropped on
 PostgreSQL and the prune switched off on SQLite, is not declared on either engine any more.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
