@@ -65,6 +65,9 @@ def setup(tmp_path: Path, smtp_server: SmtpServer, connections: int, readers: in
     # A slow server (80 ms a message) and enough readers that one run takes several seconds,
     # so kills land before, between and in the middle of messages.
     smtp_server.handler.data_delay = 0.08
+    # With two connections the server offers PIPELINING, as Postfix does: a sender then has a
+    # message's envelope, content and verdict apart, and kills land between them too.
+    smtp_server.handler.pipelining = connections == 2
     subscribers = [{"email": f"reader{n:02d}@example.org", "topics": TOPICS[n % len(TOPICS)]}
                    for n in range(readers)]
     doc = base_config(tmp_path, smtp=local_smtp(smtp_server.port, connections=connections,
