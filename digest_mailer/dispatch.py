@@ -177,8 +177,10 @@ class Sender:
             ready = step if isinstance(step, tuple) else None
             if flight is not None:
                 error = flight.error or _step(backend.finish)
-                trouble = isinstance(error, DeliveryError) and (error.fatal or
-                                                                error.unavailable)
+                # A server that cannot be used, or an error not the server's (which drops the
+                # connection, see _record): the next message does not begin on it.
+                trouble = error is not None and (not isinstance(error, DeliveryError) or
+                                                 error.fatal or error.unavailable)
                 landed, flight = flight, None
                 # `ready` was checked before the wait for the verdict: a process frozen
                 # meanwhile (SIGSTOP) may have lost it to another sender.

@@ -6,6 +6,8 @@ alone, and a message's content goes out only once the one before it is recorded 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -108,3 +110,68 @@ def test_a_run_through_a_pipelining_server(tmp_path: Path, connections: int) -> 
     assert set(statuses.values()) == {Status.SENT}, statuses
     assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(statuses)
     assert handler.unrecorded == []
+
+
+def test_the_senders_own_work_between_the_steps_is_not_the_servers_delay(
+        pipelining_server: SmtpServer) -> None:
+    """The deadline counts the time in the three steps, not the caller's work between them
+    (a commit that waits for another writer, building the next message): an accepted
+    message is not taken for a timeout, nor a healthy server for a silent one."""
+    h = pipelining_server.handler
+    backend = SmtpBackend(host="127.0.0.1", port=pipelining_server.port, security="none",
+                          timeout=1)
+    backend.begin(message("ada@example.org", 1))
+    time.sleep(1.5)  # between the envelope and the content
+    backend.transfer()
+    end = time.monotonic() + 5
+    while not h.received and time.monotonic() < end:
+        time.sleep(0.05)
+    assert [r.rcpt_tos[0] for r in h.received] == ["ada@example.org"]  # the server took it
+    time.sleep(1.5)  # between the content and the verdict
+    backend.finish()
+    backend.close()
+
+
+@dataclass
+class LedgerBusy(SmtpHandler):
+    """At the first RCPT, another process takes the ledger's write lock for 2.5 s (a `send`
+    worker, `db prune`, a backup), so the sender's next claim waits that long."""
+
+    ledger: Path | None = None
+    taken: bool = False
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if not self.taken and self.ledger is not None:
+            self.taken = True
+            conn = sqlite3.connect(self.ledger, isolation_level=None, check_same_thread=False)
+            conn.execute("BEGIN IMMEDIATE")
+
+            def release() -> None:
+                time.sleep(2.5)
+                conn.execute("COMMIT")
+                conn.close()
+
+            threading.Thread(target=release, daemon=True).start()
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+def test_a_ledger_busy_for_longer_than_the_smtp_timeout_sends_nothing_twice(
+        tmp_path: Path) -> None:
+    handler = LedgerBusy(pipelining=True, ledger=tmp_path / "state.sqlite3")
+    controller, port = start_smtp(handler)
+    try:
+        # Three digests, so the sender claims again after the first message.
+        readers = [{"email": f"r{n}@example.org", "topics": topics} for n, topics in
+                   enumerate([["diffusion"], ["speech recognition"], []])]
+        path = config_for(tmp_path, SmtpServer(handler, port), subscribers=readers,
+                          delivery={"smtp": {"host": "127.0.0.1", "port": port,
+                                             "security": "none", "timeout": 1,
+                                             "connections": 0}})
+        report = go(path)
+    finally:
+        controller.stop()
+    got = [r.rcpt_tos[0] for r in handler.received]
+    assert handler.taken and sorted(got) == sorted(set(got)), f"sent twice: {got}"
+    assert {o.email: o.status for o in report.outcomes} == {
+        f"r{n}@example.org": Status.SENT for n in range(3)}

@@ -74,6 +74,7 @@ class SmtpBackend:
         self._clock, self._sleep = clock, sleep
         self._next_send = 0.0
         self._on_wire: tuple[OutgoingMessage, Transfer] | None = None  # begun, unsettled
+        self._paused: float | None = None  # when the last step of `_on_wire` ended
 
     @property
     def where(self) -> str:
@@ -169,7 +170,10 @@ class SmtpBackend:
 
     def begin(self, message: OutgoingMessage) -> None:
         """The message's envelope on the wire (with PIPELINING; else nothing yet). The
-        deadline of `timeout` seconds runs from here to the server's verdict."""
+        deadline of `timeout` seconds runs from here to the server's verdict, counting only
+        the time spent in these three steps: what the caller does between them (a commit
+        that waits for another writer, building the next message) is not the server's
+        delay, and a reply that waits in the socket meanwhile is not lost to it."""
         self._pace()
         deadline = time.monotonic() + self.timeout
         try:
@@ -193,6 +197,7 @@ class SmtpBackend:
                                 "(RFC 6531)", permanent=True, tried=False)
         self._on_wire = (message, Transfer(sender, recipient, message.data, utf8,
                                            crlf_throughout(message.data)))
+        self._paused = None
         self._step(offer)
 
     def transfer(self) -> None:
@@ -211,17 +216,22 @@ class SmtpBackend:
     def _step(self, step: Callable[[smtplib.SMTP, Transfer], None]) -> None:
         assert self._on_wire is not None, "transfer() or finish() without a begin()"
         message, t = self._on_wire
-        if self._conn is None:  # dropped meanwhile (drop(), after another message's trouble)
+        conn = self._conn
+        if conn is None:  # dropped meanwhile (drop(), after another message's trouble)
             self._on_wire = None
             raise DeliveryError(f"{message.recipient}: the connection to {self.where} was "
                                 "dropped before the message went out", tried=False)
+        if self._paused is not None:  # the caller's time since the last step: not the server's
+            conn.deadline += time.monotonic() - self._paused  # type: ignore[attr-defined]
         try:
             with self._mapped(message):
-                step(self._conn, t)
+                step(conn, t)
         except BaseException:
             self._on_wire = None
             self._no_deadline()
             raise
+        finally:
+            self._paused = time.monotonic()
 
     def _no_deadline(self) -> None:
         if self._conn is not None:
@@ -290,8 +300,10 @@ class SmtpBackend:
         if conn is None:
             return
         if self._on_wire is not None:
-            # A message half-way (its envelope or content written, the replies unread): a
-            # QUIT now would be read as part of it. Dropping the line leaves it undelivered.
+            # A message half-way (the sender stopped on an error of its own): after its
+            # envelope a QUIT would be read as part of it, after its content the server may
+            # have taken it. The line is dropped; the message, its fate unrecorded, goes
+            # again under its own Message-ID, as one on the wire at a crash does.
             self._on_wire = None
             _drop(conn)
             return
