@@ -40,7 +40,7 @@ class Backend(Protocol):
 
 
 class Immediate:
-    """`begin` and `finish` for a backend whose `send` is done when it returns."""
+    """`begin`, `transfer` and `finish` for a backend whose `send` is done when it returns."""
 
     send: Callable[[OutgoingMessage], Receipt]  # the backend's own
     _receipt: Receipt | None = None
