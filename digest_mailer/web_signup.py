@@ -25,6 +25,7 @@ from digest_mailer.web_site import (
     MAIL_EVERY,
     PAGE_HEADERS,
     SIGNUP_COOKIE,
+    Ready,
     Site,
     _client,
     _values,
@@ -37,15 +38,20 @@ logger = logging.getLogger(__name__)
 
 # -- sign-up ---------------------------------------------------------------------------
 
+def _open(site: Site) -> Ready | Response:
+    """Site.ready(), and the 404 page while sign-up is switched off ([web] signup)."""
+    got = site.ready()
+    if not isinstance(got, Response) and not got.config.web.signup:
+        return site.message(got.snap, "Sign-up is closed", "This newsletter takes no new "
+                            "subscribers here.", status=404)
+    return got
+
 
 async def signup_page(site: Site, request: Request) -> Response:
-    got = site.ready()
+    got = _open(site)
     if isinstance(got, Response):
         return got
-    snap, signer, config = got
-    if not config.web.signup:
-        return site.message(snap, "Sign-up is closed", "This newsletter takes no new "
-                            "subscribers here.", status=404)
+    snap, signer, _ = got
     value, new = site.cookie_of(request)
     return site.with_cookie(site.page("signup.html.j2", snap, title="Subscribe", error="",
                             csrf=signer.csrf(value), values=_values(), preview=None),
@@ -53,13 +59,10 @@ async def signup_page(site: Site, request: Request) -> Response:
 
 
 async def signup(site: Site, request: Request) -> Response:
-    got = site.ready()
+    got = _open(site)
     if isinstance(got, Response):
         return got
     snap, signer, config = got
-    if not config.web.signup:
-        return site.message(snap, "Sign-up is closed", "This newsletter takes no new "
-                            "subscribers here.", status=404)
     form = await site.form_of(request)
     if isinstance(form, Response):
         return form
