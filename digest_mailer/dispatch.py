@@ -242,6 +242,10 @@ class Sender:
                 continue
             run = None if spec.worker else spec.run_id
             if not self._hand:
+                # Looked at before the claim: the composer commits its rows, then says it is
+                # done. Looked at after an empty queue, the flag could come with rows the
+                # claim did not see, and they would be left behind (CI, twice).
+                composed = self._composed.is_set()
                 self._hand = outbox.claim(run, self.name, CLAIM, now, lease=spec.lease)
                 if self._hand and self._keeper is not None:
                     self._keeper.claimed(now)
@@ -249,7 +253,7 @@ class Sender:
                     if not may_wait:
                         return _IDLE
                     left, due = outbox.due(run)
-                    if self._composed.is_set() and left == 0:
+                    if composed and left == 0:
                         return _STOP
                     idle = WORKER_IDLE if spec.worker else IDLE
                     pause = idle if due is None or due <= now else min(due - now, idle)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
+from click.testing import CliRunner, Result
 
 from digest_mailer.models import RunReport, Status
 
@@ -89,6 +91,19 @@ def toml_text(doc: dict[str, Any]) -> str:
                 out.append(f"[[{key}]]")
                 out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
     return "\n".join(out) + "\n"
+
+
+def invoke_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """`digest-mailer ARGS` in this process, never with a traceback. What it printed is
+    printed again, so a failing test's report has all of it: an assertion's message is cut
+    short, and the lines cut were the ones that said why (CI, twice)."""
+    from digest_mailer.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    print(f"$ digest-mailer {' '.join(args)}  -> exit {result.exit_code}\n{result.stdout}")
+    print(result.stderr, file=sys.stderr)
+    assert "Traceback" not in result.output + result.stderr
+    return result
 
 
 def base_config(tmp_path: Path, *, source: Path | str = SAMPLE,

@@ -11,16 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from conftest import ENV, SAMPLE, SmtpServer, base_config, free_port, local_smtp, toml_text
-from digest_mailer.cli import cli
+from conftest import (
+    ENV,
+    SAMPLE,
+    SmtpServer,
+    base_config,
+    free_port,
+    invoke_cli,
+    local_smtp,
+    toml_text,
+)
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    assert "Traceback" not in result.output + result.stderr
-    return result
+    return invoke_cli(*args, env=env)
 
 
 def test_check_a_valid_config(write_config: Callable[..., Path]) -> None:

@@ -9,16 +9,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
-from digest_mailer.cli import cli
+from conftest import ENV, SmtpServer, base_config, invoke_cli, local_smtp, toml_text
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env=ENV)
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        result.exception
+    result = invoke_cli(*args, env=ENV)
     return result.exit_code, result.stdout, result.stderr
 
 

@@ -7,18 +7,22 @@ import json
 import sqlite3
 from pathlib import Path
 
-from click.testing import CliRunner
 from test_migrations import old_ledger
 
-from conftest import ENV, SmtpServer, base_config, fresh_pg_database, local_smtp, toml_text
-from digest_mailer.cli import cli
+from conftest import (
+    ENV,
+    SmtpServer,
+    base_config,
+    fresh_pg_database,
+    invoke_cli,
+    local_smtp,
+    toml_text,
+)
 from digest_mailer.store.schema import HEAD
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env={**ENV, **(env or {})})
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        result.exception
+    result = invoke_cli(*args, env={**ENV, **(env or {})})
     return result.exit_code, result.stdout, result.stderr
 
 

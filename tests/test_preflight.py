@@ -16,19 +16,25 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from conftest import ENV, NOW, SmtpHandler, base_config, local_smtp, start_smtp, toml_text
-from digest_mailer.cli import cli
+from conftest import (
+    ENV,
+    NOW,
+    SmtpHandler,
+    base_config,
+    invoke_cli,
+    local_smtp,
+    start_smtp,
+    toml_text,
+)
 from digest_mailer.config import load_config
 from digest_mailer.errors import ConfigError, DigestMailerError
 from digest_mailer.pipeline import RunOptions, run
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    assert "Traceback" not in result.output + result.stderr
-    return result
+    return invoke_cli(*args, env=env)
 
 
 def write(tmp_path: Path, doc: dict[str, Any]) -> Path:

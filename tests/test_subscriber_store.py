@@ -11,12 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner, Result
+from click.testing import Result
 from test_engine import run_with_a_server_on, write
 
-from conftest import ENV, NOW, SmtpServer, base_config, config_for, free_port, go, toml_text
+from conftest import (
+    ENV,
+    NOW,
+    SmtpServer,
+    base_config,
+    config_for,
+    free_port,
+    go,
+    invoke_cli,
+    toml_text,
+)
 from digest_mailer.audience import everyone, members
-from digest_mailer.cli import cli
 from digest_mailer.config import load_config
 from digest_mailer.models import Status
 from digest_mailer.store import Ledger
@@ -25,9 +34,7 @@ from digest_mailer.store_target import StoreTarget
 
 
 def invoke(*args: str) -> Result:
-    result = CliRunner().invoke(cli, list(args), env=ENV, catch_exceptions=False)
-    assert "Traceback" not in result.output + result.stderr
-    return result
+    return invoke_cli(*args, env=ENV)
 
 
 def store_of(tmp_path: Path) -> SelfService:

@@ -1,0 +1,63 @@
+"""When a run's sender ends: once the composer has said it is done AND the queue was empty
+after that. The two looks race with the composer's last commit; the order of the looks
+decides whether a message can be left behind."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from conftest import ENV, SmtpServer, config_for, go
+from digest_mailer.config import load_config
+from digest_mailer.dispatch import Sender
+from digest_mailer.models import Status
+from digest_mailer.senders import sender_tag
+from digest_mailer.worker import worker_spec
+
+
+class ComposerFinishesNow:
+    """The run's "composed" flag, at the worst moment: the composer commits its last rows
+    and sets the flag just as the sender first looks at it."""
+
+    def __init__(self, ledger: Path, run_id: int) -> None:
+        self.ledger, self.run_id, self.done = ledger, run_id, False
+
+    def is_set(self) -> bool:
+        if not self.done:
+            conn = sqlite3.connect(self.ledger)
+            with conn:
+                conn.execute("UPDATE outbox SET owner_run = ? WHERE owner_run = ?",
+                             (self.run_id, -self.run_id))
+            conn.close()
+            self.done = True
+        return True
+
+    def set(self) -> None:
+        self.done = True
+
+
+def test_rows_committed_just_before_the_composer_is_done_are_sent(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """CI, twice: a run with one in-process sender left 2 of 3 messages pending, without a
+    cause. The sender found the queue empty, the composer then committed and said it was
+    done, and the sender, looking at the flag only after the queue, stopped."""
+    path = config_for(tmp_path, smtp_server)
+    composed = go(path, compose_only=True)
+    assert [o.status for o in composed.outcomes].count(Status.PENDING) == 2
+    ledger = tmp_path / "state.sqlite3"
+    conn = sqlite3.connect(ledger)
+    with conn:  # not yet committed, as far as the sender can tell
+        (run_id,) = conn.execute("SELECT max(owner_run) FROM outbox").fetchone()
+        conn.execute("UPDATE outbox SET owner_run = ? WHERE owner_run = ?", (-run_id, run_id))
+    conn.close()
+    spec = replace(worker_spec(load_config(path), ENV), worker=False, run_id=run_id)
+    sender = Sender(spec, f"{sender_tag(spec)}t0", threading.Event(),
+                    ComposerFinishesNow(ledger, run_id))
+    sender.run()
+    assert len(smtp_server.handler.received) == 2
+    conn = sqlite3.connect(ledger)
+    states = [s for (s,) in conn.execute("SELECT state FROM outbox")]
+    conn.close()
+    assert states == ["sent", "sent"], states
