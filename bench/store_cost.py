@@ -1,6 +1,6 @@
 """Per-message store cost: what a sender does with the ledger for each message (a share of a
-claim of 32, the suppression look-up, the fate commit with its delivery and offers), and what
-the composer does (its share of a batch insert of 32), on SQLite or PostgreSQL.
+claim of 32, the suppression look-up, the fate commit with its delivery and what it
+offered), and what the composer does (its share of a batch insert of 32), on SQLite or PostgreSQL.
 
     .venv/bin/python bench/store_cost.py [--messages 5000] [--url postgresql://...]
 

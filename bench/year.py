@@ -4,7 +4,7 @@ bigger, as history accumulates? (issue 11, point 3)
 Each day: the feed of the lookback window (today's new papers and yesterday's), remembered;
 for each subscriber, the ledger's offered ids, the selection (the real matching code), and
 the outbox rows; then every message "sent" as a sender records it (a claim of 32, the
-suppression look-up, one commit per message with its delivery and offers); then the
+suppression look-up, one commit per message with its delivery); then the
 retention policy's prune, as a run does at its end. No SMTP, no rendering: the ledger's part.
 
     .venv/bin/python bench/year.py --days 365 --subscribers 10000 [--url postgresql://...]
@@ -101,6 +101,7 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
     box = ledger.outbox
     set_id = box.add_set(b"digest template " * 1000, now)
     feed = Feed.of(papers)
+    first_seen = ledger.first_seen([p.id for p in papers])
     ranked: dict[tuple[object, ...], Any] = {}
     batch: list[Queued] = []
     phases.lap("remember")
@@ -109,10 +110,12 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
         if key not in ranked:
             ranked[key] = ranked_matches(sub, feed)
         phases.lap("select")
-        # As compose.decide asks: the offers of the subscriber's matches only.
+        # As compose.decide asks: the subscriber's deliveries since their matches were first
+        # seen.
         matched = ranked[key]
+        since = min((first_seen[m.paper.id] for m in matched), default=None)
         offered = ledger.offered_ids(sub.email, among=[m.paper.id for m in matched],
-                                     check_outbox=False) if matched else frozenset()
+                                     since=since, check_outbox=False) if since else frozenset()
         phases.lap("offered")
         chosen = select_ranked(sub, ranked[key], offered)
         if not chosen.matches:
@@ -148,7 +151,7 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
     counts = ledger.counts()
     return {"day": day, "seconds": round(ended - started, 3), "cpu_s": round(cpu, 3),
             **phases.row(), "sent": sent, "pruned": pruned.total,
-            "offers": counts["offers"], "deliveries": counts["deliveries"],
+            "deliveries": counts["deliveries"],
             "size_mb": round((size_bytes(ledger) or 0) / 1e6, 1)}
 
 
@@ -204,8 +207,8 @@ def main() -> None:
         "first_week_phases": first, "last_week_phases": last,
         "size_mb": {str(d["day"]): d["size_mb"] for d in days
                     if d["day"] in (0, 30, 60, 90, 180, 270, args.days - 1)},
-        "offers": {str(d["day"]): d["offers"] for d in days
-                   if d["day"] in (0, 30, 60, 90, 180, 270, args.days - 1)}}), flush=True)
+        "deliveries": {str(d["day"]): d["deliveries"] for d in days
+                       if d["day"] in (0, 30, 60, 90, 180, 270, args.days - 1)}}), flush=True)
 
 if __name__ == "__main__":
     main()

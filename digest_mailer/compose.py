@@ -55,6 +55,7 @@ class Composer:
     render_seconds: float = 0.0  # spent rendering and serialising distinct digests
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
     _feed: Feed | None = None  # the papers tokenised once for every profile
+    _first_seen: dict[str, datetime] | None = None  # the papers' first sightings in the ledger
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
     _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
@@ -68,6 +69,14 @@ class Composer:
                 self._feed = Feed.of(self.papers)
             ranked = self._ranked[key] = ranked_matches(sub, self._feed)
         return ranked
+
+    def first_sighting(self, ledger: Ledger, matches: Sequence[Match]) -> datetime | None:
+        """When the ledger first saw the earliest of these papers; None when it saw none of
+        them, which then cannot have been offered to anyone."""
+        if self._first_seen is None:
+            self._first_seen = ledger.first_seen([p.id for p in self.papers])
+        seen = [t for m in matches if (t := self._first_seen.get(m.paper.id)) is not None]
+        return min(seen) if seen else None
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         return select_ranked(sub, self.ranked(sub), offered)
@@ -156,10 +165,12 @@ def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: C
     if suppressed:
         return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
     ranked = composer.ranked(sub)
-    # Only the matches' offers are looked up, not the subscriber's whole window of them: a
-    # run's cost does not grow with how long the window is or how much history it holds.
-    offered = frozenset() if ignore_ledger or not ranked else ledger.offered_ids(
-        sub.email, among=[m.paper.id for m in ranked], check_outbox=sub.key in waiting)
+    # Only the deliveries since the matches were first seen are read: a run's cost does not
+    # grow with how much history the ledger keeps.
+    since = None if ignore_ledger or not ranked else composer.first_sighting(ledger, ranked)
+    offered = frozenset() if since is None else ledger.offered_ids(
+        sub.email, among=[m.paper.id for m in ranked], since=since,
+        check_outbox=sub.key in waiting)
     selection = select_ranked(sub, ranked, offered)
     if not selection.matches:
         if selection.matched_total == 0:

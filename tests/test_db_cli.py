@@ -72,8 +72,8 @@ def test_status_shows_the_size_and_the_policy_and_prune_runs(
     assert invoke("run", "--config", str(path), "--date", "2025-06-02")[0] == 0
     code, out, _ = invoke("status", "--config", str(path))
     assert code == 0 and " MB (" in out.splitlines()[0]
-    assert "Retention: offers kept 10 days after a paper was last in a feed" in out
-    assert "kept 30 days" in out
+    assert "Retention: sent emails and failures kept 30 days" in out
+    assert "a paper they offered was in a feed in the last 10 days" in out
     code, out, _ = invoke("db", "prune", "--config", str(path), "--json")
     assert code == 0 and json.loads(out)["size_bytes"] > 0
 

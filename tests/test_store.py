@@ -25,10 +25,11 @@ def test_new_ledger_has_a_schema_version(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "papers", "deliveries", "offers"} <= tables
+    assert {"runs", "papers", "deliveries", "outbox"} <= tables
+    assert "offers" not in tables  # in the deliveries since revision 0006
 
 
-def test_delivery_and_offers_are_recorded_together(store_target: StoreTarget) -> None:
+def test_a_delivery_and_what_it_offered_are_recorded_together(store_target: StoreTarget) -> None:
     path = store_target
     with Ledger.open(path) as ledger:
         run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
@@ -159,8 +160,8 @@ def test_papers_history_runs_and_counts_on_either_engine(store_target: StoreTarg
         assert ledger.offer_log("ADA@x.org")["2506.00002"] == (NOW.isoformat(), True)
         (record,) = ledger.runs(limit=1)
         assert (record.sent, record.failed, record.outcome) == (1, 1, "failures")
-        assert ledger.counts() == {"deliveries": 1, "papers": 2, "offers": 2,
-                                   "subscribers_reached": 1, "runs": 1}
+        assert ledger.counts() == {"deliveries": 1, "papers": 2, "subscribers_reached": 1,
+                                   "runs": 1}
         assert box.counts() == {"sent": 1, "failed": 1}
         assert box.problems() == [(NOW.isoformat(), "bob@x.org", "failed", "550 no such user")]
         assert ledger.last_run_started() == NOW.isoformat()

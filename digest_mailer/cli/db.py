@@ -77,11 +77,11 @@ def prune(config_path: str | None, as_json: bool) -> None:
         ledger.checkpoint()
         size = size_bytes(ledger)
     if as_json:
-        echo_json({"offers": done.offers, "deliveries": done.deliveries,
+        echo_json({"deliveries": done.deliveries,
                    "messages": done.messages, "papers": done.papers,
                    "size_bytes": size, "policy": policy.describe()})
         return
-    click.echo(f"Pruned {done.offers} offer(s), {done.deliveries} sent-email record(s), "
+    click.echo(f"Pruned {done.deliveries} sent-email record(s), "
                f"{done.messages} outbox row(s), {done.papers} paper(s)")
     click.echo(f"Policy: {policy.describe()}")
     if size is not None:

@@ -112,7 +112,7 @@ def status(config_path: str | None, as_json: bool) -> None:
         return
     size = info["size_bytes"]
     click.echo(f"Ledger: {info['ledger']}" + (f", {size / 1e6:.1f} MB" if size else "") +
-               f" ({info['deliveries']} deliveries, {info['offers']} offers, "
+               f" ({info['deliveries']} deliveries, "
                f"{info['papers']} papers, {info['runs']} runs)")
     click.echo(f"Retention: {info['retention']}")
     subs = info["subscribers"]

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,7 +42,6 @@ from digest_mailer.store.sql import insert_for
 from digest_mailer.store.tables import (
     METADATA,
     deliveries,
-    offers,
     outbox,
     papers,
     runs,
@@ -51,15 +50,22 @@ from digest_mailer.store.tables import (
 
 logger = logging.getLogger(__name__)
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
+# A delivery is sent after its papers were first seen, but the two times may come from two
+# hosts' clocks (a `send` worker's, the run's): looking a day further back covers any skew.
+OFFER_SKEW = timedelta(days=1)
 _OPEN = (MessageState.PENDING.value, MessageState.SENDING.value, MessageState.DEFERRED.value)
 
-_OFFERED = select(offers.c.paper_id).where(offers.c.subscriber == bindparam("s"))
+# What was offered to a subscriber: the papers of their deliveries, in each email or over its
+# cap (revision 0006), read by the (subscriber, sent_at) index.
+_OFFERED = select(deliveries.c.included, deliveries.c.over_cap).where(
+    deliveries.c.subscriber == bindparam("s"))
+_OFFERED_SINCE = _OFFERED.where(deliveries.c.sent_at >= bindparam("since"))
 # Of the papers given: one statement with one parameter (the ids as a JSON array on SQLite,
 # an array on PostgreSQL), so it stays on the lean path whatever their number.
-_OFFERED_AMONG = {
-    "sqlite": _OFFERED.where(offers.c.paper_id.in_(
+_FIRST_SEEN = {
+    "sqlite": select(papers.c.id, papers.c.first_seen).where(papers.c.id.in_(
         select(literal_column("value")).select_from(func.json_each(bindparam("ids"))))),
-    "postgresql": _OFFERED.where(offers.c.paper_id == func.any(
+    "postgresql": select(papers.c.id, papers.c.first_seen).where(papers.c.id == func.any(
         bindparam("ids", type_=ARRAY(Text)))),
 }
 _HELD = select(outbox.c.offered).where(outbox.c.subscriber == bindparam("s"),
@@ -229,29 +235,44 @@ class Ledger:
         return Outbox(self)
 
     def offered_ids(self, subscriber: str, *, among: Collection[str] | None = None,
-                    check_outbox: bool = True) -> frozenset[str]:
-        """Papers offered in a delivery, and those held by a message not sent yet: neither
-        goes into another email. `among`: only which of these papers (a subscriber's matches:
-        a look-up each, where the whole window of their offers grows with the window).
-        `check_outbox=False` skips the second part for a subscriber known to have no unsent
-        message."""
-        key = {"s": subscriber.lower()}
-        if among is None:
-            ids = {r[0] for r in self._conn.hot(_OFFERED, key)}
-        elif not among:
+                    since: datetime | None = None, check_outbox: bool = True
+                    ) -> frozenset[str]:
+        """Papers offered in a delivery (in the email or over its cap), and those held by a
+        message not sent yet: neither goes into another email. `among`: only which of these
+        papers. `since`: when the ledger first saw the earliest of them (see `first_seen`):
+        a paper cannot have been offered before, so the deliveries sent before it (give or
+        take OFFER_SKEW) are not read, and a run reads a few days of each subscriber's
+        deliveries whatever the history kept. `check_outbox=False` skips the unsent
+        messages, for a subscriber known to have none."""
+        key: dict[str, object] = {"s": subscriber.lower()}
+        if among is not None and not among:
             return frozenset()
+        if since is None:
+            rows = self._conn.hot(_OFFERED, key)
         else:
-            wanted = list(among)
-            ids = {r[0] for r in self._conn.hot(
-                _OFFERED_AMONG[self._conn.dialect],
-                {**key, "ids": json.dumps(wanted) if self._conn.dialect == "sqlite"
-                 else wanted})}
+            rows = self._conn.hot(_OFFERED_SINCE,
+                                  {**key, "since": (since - OFFER_SKEW).isoformat()})
+        ids: set[str] = set()
+        for included, over_cap in rows:
+            ids.update((included or "").split())
+            if over_cap:
+                ids.update(over_cap.split())
         if check_outbox:
             for (held,) in self._conn.hot(_HELD, key):
                 ids.update(held.split())
-            if among is not None:
-                ids.intersection_update(among)
+        if among is not None:
+            ids.intersection_update(among)
         return frozenset(ids)
+
+    def first_seen(self, ids: Collection[str]) -> dict[str, datetime]:
+        """When the ledger first saw each of these papers (those it has seen)."""
+        if not ids:
+            return {}
+        wanted = list(ids)
+        rows = self._conn.hot(_FIRST_SEEN[self._conn.dialect],
+                              {"ids": json.dumps(wanted) if self._conn.dialect == "sqlite"
+                               else wanted})
+        return {pid: datetime.fromisoformat(stamp) for pid, stamp in rows}
 
     # -- suppressions ---------------------------------------------------------------------
 
@@ -312,12 +333,17 @@ class Ledger:
         return out
 
     def offer_log(self, subscriber: str) -> dict[str, tuple[str, bool]]:
-        """paper id -> (when its email was sent, whether it was in the email or over the cap)."""
-        rows = self._conn.execute(
-            select(offers.c.paper_id, deliveries.c.sent_at, offers.c.included)
-            .join(deliveries, deliveries.c.id == offers.c.delivery_id)
-            .where(offers.c.subscriber == subscriber.lower()))
-        return {pid: (sent_at, bool(included)) for pid, sent_at, included in rows}
+        """paper id -> (when its email was sent, whether it was in the email or over the cap),
+        from the deliveries kept: its first offer."""
+        d = deliveries.c
+        log: dict[str, tuple[str, bool]] = {}
+        for sent_at, included, over_cap in self._conn.execute(
+                select(d.sent_at, d.included, d.over_cap)
+                .where(d.subscriber == subscriber.lower()).order_by(d.id)):
+            for ids, inside in ((included, True), (over_cap, False)):
+                for pid in (ids or "").split():
+                    log.setdefault(pid, (sent_at, inside))
+        return log
 
     def history(self, *, subscriber: str | None = None, paper: str | None = None,
                 since: date | None = None) -> list[HistoryRow]:
@@ -367,7 +393,6 @@ class Ledger:
         return {
             "deliveries": one(select(func.count()).select_from(deliveries)),
             "papers": one(select(func.count()).select_from(papers)),
-            "offers": one(select(func.count()).select_from(offers)),
             "subscribers_reached": one(select(func.count(deliveries.c.subscriber.distinct()))),
             "runs": one(select(func.count()).select_from(runs)),
         }

@@ -34,7 +34,7 @@ from sqlalchemy import (
 
 from digest_mailer.models import MessageState, OutgoingMessage
 from digest_mailer.store.sql import insert_for
-from digest_mailer.store.tables import OPEN_ROWS, deliveries, offers, outbox, outbox_sets
+from digest_mailer.store.tables import OPEN_ROWS, deliveries, outbox, outbox_sets
 
 if TYPE_CHECKING:
     from digest_mailer.store.ledger import Ledger
@@ -331,8 +331,8 @@ class Outbox:
 
     def sent(self, entry_id: int, now: datetime, run_id: int | None,
              subject: str | None = None, entry: Entry | None = None) -> None:
-        """The server accepted it: the delivery, the papers it offered and the outbox state
-        land in one transaction. `subject`: as it went out (the row may not know it yet);
+        """The server accepted it: the delivery, with the papers it offered, and the outbox
+        state land in one transaction. `subject`: as it went out (the row may not know it yet);
         `entry`: the row as the sender claimed it, which spares reading it again."""
         stamp = now.isoformat()
         with self._ledger.transaction() as db:
@@ -344,20 +344,13 @@ class Outbox:
             subscriber, message_id, stored, included, offered = row
             subject = subject or stored
             chosen = set(included.split())
-            added = db.hot(_delivery(db.dialect), {
+            # Already recorded under this Message-ID (a second sender sent it again after the
+            # first one's lease ran out): one delivery, the same Message-ID.
+            db.hot(_delivery(db.dialect), {
                 "run_id": run_id, "subscriber": subscriber, "message_id": message_id,
                 "subject": subject, "sent_at": stamp, "papers": len(chosen),
-                "included": " ".join(sorted(chosen))})
-            delivery = added.inserted
-            if added.rowcount == 0:
-                # Already recorded under this Message-ID: a second sender sent it again after
-                # the first one's lease ran out. One delivery, the same Message-ID.
-                db.hot(_SENT, {"i": entry_id, "at": stamp, "subj": subject})
-                return
-            db.hot_many(
-                _offer_insert(db.dialect),
-                [{"subscriber": subscriber, "paper_id": pid, "delivery_id": delivery,
-                  "included": int(pid in chosen)} for pid in offered.split()])
+                "included": " ".join(sorted(chosen)),
+                "over_cap": " ".join(sorted(set(offered.split()) - chosen)) or None})
             db.hot(_SENT, {"i": entry_id, "at": stamp, "subj": subject})
 
     def open_entries(self) -> list[Entry]:
@@ -400,17 +393,8 @@ class Outbox:
         return [tuple(r) for r in rows]
 
 
-_OFFER_INSERTS = {d: insert_for(d, offers).on_conflict_do_nothing()
-                  for d in ("sqlite", "postgresql")}
-
-
 _DELIVERIES = {d: insert_for(d, deliveries).on_conflict_do_nothing(
     index_elements=[deliveries.c.message_id]) for d in ("sqlite", "postgresql")}
-_DELIVERIES["postgresql"] = _DELIVERIES["postgresql"].returning(deliveries.c.id)
-
-
-def _offer_insert(dialect: str) -> Executable:
-    return _OFFER_INSERTS[dialect]  # type: ignore[no-any-return]
 
 
 def _delivery(dialect: str) -> Executable:

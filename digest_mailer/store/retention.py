@@ -1,11 +1,13 @@
 """What the ledger keeps, and for how long, so it stops growing once the policy's window has
 passed (issue 11, point 3):
 
-- an offer (this paper went to this subscriber: never again) only while the paper can come
-  back in a feed window: until it has been out of every fetched feed for `offer_days` (the
-  longest lookback, a week for weekly digests, plus a margin);
-- a sent email's record (when, to whom, Message-ID, subject, the papers' ids) and the papers'
-  titles, the messages that failed or were cancelled and why: `keep_history`;
+- a sent email's record (when, to whom, Message-ID, subject, the papers' ids: in the email,
+  and offered over its cap) and the papers' titles, the messages that failed or were
+  cancelled and why: `keep_history`, and at least `offer_days` (the longest lookback, a week
+  for weekly digests, plus a margin): the record is also what says "this paper went to this
+  subscriber: never again" (revision 0006), which must last while the paper can come back
+  in a feed window. A record older than that is kept while a paper it offered is still in
+  the feeds;
 - a sent message's outbox row (its name, link, token: what rebuilt it) only `offer_days`, and
   its digest template (the body) not at all once nothing unsent needs it;
 - suppressions (unsubscribes, bounces) and runs (a row a day) for ever: deleting a run would
@@ -13,7 +15,7 @@ passed (issue 11, point 3):
 
 Pruning runs at the end of each run and by `digest-mailer db prune`, each rule in its own
 short transaction, so senders and the web service are never held up for long. What it reads
-does not grow with the history: offers, deliveries and outbox rows are numbered in the order
+does not grow with the history: deliveries and outbox rows are numbered in the order
 they were recorded, so the old ones are a range of ids, found by bisecting (no index on a
 time, which every message a sender records would pay for)."""
 
@@ -27,14 +29,15 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, delete, func, select
 
 from digest_mailer.models import MessageState
-from digest_mailer.store.tables import deliveries, offers, outbox, papers
+from digest_mailer.store.ledger import OFFER_SKEW
+from digest_mailer.store.tables import deliveries, outbox, papers
 
 if TYPE_CHECKING:
     from digest_mailer.store.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 _DONE = [MessageState.FAILED.value, MessageState.CANCELLED.value]
-_SLACK = 1000  # deliveries: more than the senders of any fleet commit at one time
+_CHUNK = 500  # ids a statement (SQLite's limit on parameters is far above it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +46,25 @@ class Retention:
     history_days: float
 
     def describe(self) -> str:
-        return (f"offers kept {self.offer_days:g} days after a paper was last in a feed; sent "
-                f"emails and failures kept {self.history_days:g} days; bodies dropped once "
-                "sent; suppressions and runs kept")
+        return (f"sent emails and failures kept {self.kept_days:g} days (and while a paper "
+                f"they offered was in a feed in the last {self.offer_days:g} days: it is not "
+                "offered again); bodies dropped once sent; suppressions and runs kept")
+
+    @property
+    def kept_days(self) -> float:
+        """The history: never shorter than the offers, which the deliveries hold."""
+        return max(self.history_days, self.offer_days)
 
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
-    offers: int = 0
     deliveries: int = 0
     messages: int = 0
     papers: int = 0
 
     @property
     def total(self) -> int:
-        return self.offers + self.deliveries + self.messages + self.papers
+        return self.deliveries + self.messages + self.papers
 
 
 def _last_below(ledger: Ledger, ident: ColumnElement[int], key: ColumnElement[Any],
@@ -99,59 +106,36 @@ def _last_before(ledger: Ledger, cutoff: str) -> int | None:
     return _last_below(ledger, deliveries.c.id, deliveries.c.sent_at, cutoff)
 
 
-def _last_offer_of(ledger: Ledger, delivery: int) -> int | None:
-    """The last offer recorded with a delivery up to this one. Offers are numbered as they are
-    recorded, each with its delivery, in one transaction."""
-    return _last_below(ledger, offers.c.id, offers.c.delivery_id, delivery + 1)
-
-
-def _last_offer_before(ledger: Ledger, cutoff: str) -> int | None:
-    """The last offer recorded before `cutoff`: by its delivery, the last sent before it (or,
-    when the history kept is shorter than the window, those already pruned)."""
-    last = _last_before(ledger, cutoff)
-    if last is None:
-        first = ledger.conn.execute(select(func.min(deliveries.c.id))).scalar()
-        if first is None:  # no history at all: every offer's delivery is gone
-            return ledger.conn.execute(select(func.max(offers.c.id))).scalar()  # type: ignore
-        last = int(first) - 1
-    return _last_offer_of(ledger, last)
+def _unheld(ledger: Ledger, last: int, lasting: set[str]) -> list[int]:
+    """Of the deliveries up to `last`, those that offered no paper in `lasting`. Read only when
+    there is such a paper (one in the feeds for longer than the history is kept): rare."""
+    d = deliveries.c
+    return [i for i, included, over_cap in ledger.conn.execute(
+                select(d.id, d.included, d.over_cap).where(d.id <= last))
+            if lasting.isdisjoint(f"{included or ''} {over_cap or ''}".split())]
 
 
 def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
     """Everything the policy no longer keeps, deleted; what was deleted, counted."""
     window = (now - timedelta(days=policy.offer_days)).isoformat()
-    history = (now - timedelta(days=policy.history_days)).isoformat()
-    p, o, d, x = papers.c, offers.c, deliveries.c, outbox.c
-    # Every offer but those of papers seen in a feed within the window (a paper the ledger
-    # never saw cannot come back either).
-    # Only the offers recorded before the window are read: a range of ids, about a day's
-    # worth, whatever the history (an offer of a stale paper recorded later, by a message
-    # that waited, goes in a later run).
-    recent = select(p.id).where(p.last_seen >= window)
-    old = _last_offer_before(ledger, window)
-    n_offers = 0
-    if old is not None:
-        with ledger.transaction() as db:
-            n_offers = db.execute(delete(offers).where(o.id <= old, o.paper_id.not_in(recent))
-                                  ).rowcount
-    # An offer left (a paper in the feeds for longer than the history is kept) still holds
-    # its delivery: only papers first seen before the cut can have one that old, and only
-    # offers recorded up to the last delivery deleted (give or take the senders that commit
-    # at the same time on PostgreSQL: _SLACK). Usually none; looked up first, so the offers
-    # are read only for those.
-    lasting = [r[0] for r in ledger.conn.execute(
-        select(p.id).where(p.last_seen >= window, p.first_seen < history))]
+    history = (now - timedelta(days=policy.kept_days)).isoformat()
+    p, d, x = papers.c, deliveries.c, outbox.c
+    # A delivery that offered a paper still in the feeds is kept: it is what stops the paper
+    # going to that subscriber again. Only papers first seen before the cut can have one.
+    lasting = {r[0] for r in ledger.conn.execute(select(p.id).where(
+        p.last_seen >= window, p.first_seen < (now - timedelta(days=policy.kept_days) +
+                                               OFFER_SKEW).isoformat()))}
     last_old = _last_before(ledger, history)
     n_deliveries = 0
-    if last_old is not None:
-        held = select(o.delivery_id).where(
-            o.id <= (_last_offer_of(ledger, last_old + _SLACK) or 0), o.paper_id.in_(lasting))
-        # What still references a delivery is `held` (offers.delivery_id is not a declared
-        # key: checking it would scan the offers for every delivery deleted, and an index on
-        # it would cost every message a sender records).
+    if last_old is not None and not lasting:
         with ledger.transaction() as db:
-            n_deliveries = db.execute(delete(deliveries).where(
-                d.id <= last_old, *([d.id.not_in(held)] if lasting else []))).rowcount
+            n_deliveries = db.execute(delete(deliveries).where(d.id <= last_old)).rowcount
+    elif last_old is not None:
+        gone = _unheld(ledger, last_old, lasting)
+        for at in range(0, len(gone), _CHUNK):
+            with ledger.transaction() as db:
+                n_deliveries += db.execute(delete(deliveries).where(
+                    d.id.in_(gone[at:at + _CHUNK]))).rowcount
     # The outbox's rows are numbered as a run composes them, all with the run's time: those
     # made before a cut are a range of ids (the rest of it is a day's rows, and the few
     # failures kept for the history).
@@ -167,14 +151,11 @@ def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
             n_messages += db.execute(delete(outbox).where(
                 x.id <= done_before, x.state.in_(_DONE), x.updated_at < history)).rowcount
     with ledger.transaction() as db:
-        # Their offers went above (the earlier of the two cuts: a shorter history must not
-        # forget a paper whose offers the window still holds).
-        n_papers = db.execute(delete(papers).where(p.last_seen < min(history, window))
-                              ).rowcount
+        # Out of the feeds for longer than the history (which is at least the window).
+        n_papers = db.execute(delete(papers).where(p.last_seen < history)).rowcount
     ledger.outbox.prune_sets()
-    done = Pruned(n_offers, n_deliveries, n_messages, n_papers)
+    done = Pruned(n_deliveries, n_messages, n_papers)
     if done.total:
-        logger.info("%s: pruned %d offer(s), %d sent email record(s), %d outbox row(s), "
-                    "%d paper(s)", ledger.path, done.offers, done.deliveries, done.messages,
-                    done.papers)
+        logger.info("%s: pruned %d sent email record(s), %d outbox row(s), %d paper(s)",
+                    ledger.path, done.deliveries, done.messages, done.papers)
     return done

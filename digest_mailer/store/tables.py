@@ -67,27 +67,18 @@ deliveries = Table(
     Column("subject", Text, nullable=False),
     Column("sent_at", Text, nullable=False),
     Column("papers", Integer, nullable=False),
-    # The ids of the papers in the email, joined by spaces: what `history` shows, kept for
-    # [state] keep_history, while the offers (what is never offered again) go with the feed
-    # window (revision 0002).
+    # The ids of the papers in the email, joined by spaces (revision 0002): what `history`
+    # shows, kept for [state] keep_history (and at least the feed window).
     Column("included", Text),
+    # The papers offered beside those in the email (over the subscriber's cap), joined by
+    # spaces: with `included`, what is never offered to them again. There is no table of
+    # offers any more (revision 0006): one row and one index entry per paper and message was
+    # most of what a sender's commit and the prune cost.
+    Column("over_cap", Text),
 )
+# A subscriber's deliveries by time: `history`, and what was offered to them since a paper
+# was first seen (`Ledger.offered_ids`).
 Index("deliveries_subscriber", deliveries.c.subscriber, deliveries.c.sent_at)
-
-offers = Table(
-    "offers", METADATA,
-    # In the order they were recorded (revision 0005): the prune reaches the old ones as a
-    # range of ids instead of reading them all, and a sender's insert is an append.
-    Column("id", Id, primary_key=True),
-    Column("subscriber", Text, nullable=False),
-    Column("paper_id", Text, nullable=False),
-    # The delivery that offered it. Not a declared foreign key any more (revision 0002):
-    # checking it made every deleted delivery a scan of the offers.
-    Column("delivery_id", Id, nullable=False),
-    Column("included", Integer, nullable=False),
-)
-# What was offered to whom: never again (and what `offered_ids` reads).
-Index("offers_subscriber_paper", offers.c.subscriber, offers.c.paper_id, unique=True)
 
 # A message is its digest template (stored once for everyone who shares it) and the few values
 # that make it one subscriber's.
