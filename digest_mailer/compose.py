@@ -70,13 +70,14 @@ class Composer:
             ranked = self._ranked[key] = ranked_matches(sub, self._feed)
         return ranked
 
-    def first_sighting(self, ledger: Ledger, matches: Sequence[Match]) -> datetime | None:
-        """When the ledger first saw the earliest of these papers; None when it saw none of
-        them, which then cannot have been offered to anyone."""
+    def first_sighting(self, ledger: Ledger, matches: Sequence[Match]) -> datetime:
+        """When the ledger first saw the earliest of these papers; the run's time when it saw
+        none of them (a dry run on new papers): nothing sent before that can have offered
+        them."""
         if self._first_seen is None:
             self._first_seen = ledger.first_seen([p.id for p in self.papers])
         seen = [t for m in matches if (t := self._first_seen.get(m.paper.id)) is not None]
-        return min(seen) if seen else None
+        return min(seen, default=self.shared.when)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         return select_ranked(sub, self.ranked(sub), offered)
@@ -167,10 +168,9 @@ def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: C
     ranked = composer.ranked(sub)
     # Only the deliveries since the matches were first seen are read: a run's cost does not
     # grow with how much history the ledger keeps.
-    since = None if ignore_ledger or not ranked else composer.first_sighting(ledger, ranked)
-    offered = frozenset() if since is None else ledger.offered_ids(
-        sub.email, among=[m.paper.id for m in ranked], since=since,
-        check_outbox=sub.key in waiting)
+    offered = frozenset() if ignore_ledger or not ranked else ledger.offered_ids(
+        sub.email, among=[m.paper.id for m in ranked],
+        since=composer.first_sighting(ledger, ranked), check_outbox=sub.key in waiting)
     selection = select_ranked(sub, ranked, offered)
     if not selection.matches:
         if selection.matched_total == 0:

@@ -169,8 +169,9 @@ class StateSettings(_Section):
                     "are kept for history and explain")
     offer_margin: Duration = Field(
         14 * DAY, ge=DAY, le=365 * DAY,
-        description="how long past the feed window (a week at least) a paper offered to a "
-                    "subscriber is remembered, so it is never offered again")
+        description="how long past the feed window (a week at least) sent emails are kept "
+                    "at the least, and kept while a paper they offered is still in a feed: a "
+                    "paper is never offered to a subscriber again while its email is kept")
 
     @field_validator("url")
     @classmethod

@@ -243,8 +243,9 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
 
 
 def retention_of(config: Config) -> Retention:
-    """The ledger's retention policy: offers for the longest feed window (a week, for weekly
-    digests, at least) plus the margin; the rest for keep_history."""
+    """The ledger's retention policy: the offer window is the longest feed window (a week, for
+    weekly digests, at least) plus the margin; the rest is kept for keep_history, and at
+    least the offer window."""
     st = config.state
     return Retention(offer_days=max(config.source.lookback_days, WEEK) + st.offer_margin / DAY,
                      history_days=st.keep_history / DAY)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from conftest import NOW, SmtpServer, base_config, go, local_smtp, toml_text
 from digest_mailer.models import OutgoingMessage, Paper
@@ -68,12 +71,14 @@ def test_history_keeps_what_was_offered_and_goes_after_keep_history(
         assert sent.titles == ("Gone soon", "Stays in the feed")
         assert ledger.outbox.counts() == {"failed": 1}  # the sent row went with the window
         assert ledger.outbox.load_set(1) is None  # and the body with the send
+        # A paper stays the offer window longer than the history: the first goes now.
         done = prune(ledger, POLICY, day(400))
-        assert (done.deliveries, done.papers, done.messages) == (1, 2, 1)
+        assert (done.deliveries, done.papers, done.messages) == (1, 1, 1)
         assert offered(ledger, "ada@x.org", ["2506.00002"]) == frozenset()
         assert ledger.history() == [] and ledger.titles(["2506.00001"]) == {}
+        assert prune(ledger, POLICY, day(420)).papers == 1
         assert ledger.suppressed("eve@x.org") == "unsubscribed"
-        assert prune(ledger, POLICY, day(431)).total == 0 and len(ledger.runs()) == 1
+        assert prune(ledger, POLICY, day(451)).total == 0 and len(ledger.runs()) == 1
 
 
 def test_what_was_offered_is_read_since_the_papers_were_first_seen(
@@ -98,6 +103,48 @@ def test_what_was_offered_is_read_since_the_papers_were_first_seen(
         send(ledger, "bob@x.org", ["2507.00001"], ["2507.00001"], day(60) - timedelta(hours=1),
              "<skewed@x>")
         assert offered(ledger, "bob@x.org", ["2507.00001"]) == {"2507.00001"}
+
+
+def test_a_paper_is_remembered_as_long_as_the_late_email_that_offered_it(
+        store_target: StoreTarget) -> None:
+    """Review finding: a message sent days after its paper was last seen (it was deferred)
+    outlived the paper's row; the paper, back in a feed, was new again and went to the same
+    subscriber twice."""
+    policy = Retention(offer_days=21, history_days=1)  # keep_history = "1d" is allowed
+    with Ledger.open(store_target) as ledger:
+        ledger.remember([Paper(id="2506.00001", title="T", upvotes=1)], day(0))
+        send(ledger, "ada@x.org", ["2506.00001"], ["2506.00001"], day(3), "<late@x>")
+        prune(ledger, policy, day(21) + timedelta(hours=12))
+        ledger.remember([Paper(id="2506.00001", title="T", upvotes=1)], day(22))
+        assert offered(ledger, "ada@x.org", ["2506.00001"]) == {"2506.00001"}
+
+
+def test_a_message_recorded_during_the_look_up_is_seen(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Review finding: the look-up read the deliveries, then the unsent messages; a sender
+    recording a message between the two reads hid its papers from both."""
+    path = tmp_path / "state.sqlite3"
+    with Ledger.open(path) as ledger, Ledger.open(path) as sender:
+        ledger.remember([Paper(id="2506.00001", title="T", upvotes=1)], NOW)
+        entry = ledger.outbox.add(
+            OutgoingMessage(recipient="ada@x.org", envelope_from="p@x.org",
+                            message_id="<a@x>", subject="S", data=b"", html="",
+                            run_date=NOW.date()),
+            run_id=None, included=["2506.00001"], offered=["2506.00001"], now=NOW)
+        real = ledger.conn.hot
+        reads: list[object] = []
+
+        def hot(stmt: Any, params: Any) -> Any:
+            rows = list(real(stmt, params))
+            reads.append(stmt)
+            if len(reads) == 1:  # the first read is done: the sender records it now
+                sender.outbox.sent(entry, NOW + timedelta(seconds=1), None)
+            return rows
+
+        monkeypatch.setattr(ledger.conn, "hot", hot)
+        found = ledger.offered_ids("ada@x.org", among=["2506.00001"], since=NOW)
+        assert len(reads) == 2 and found == {"2506.00001"}
 
 
 def test_what_a_run_reads_of_the_offers_does_not_grow_with_the_history(

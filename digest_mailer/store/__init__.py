@@ -1,5 +1,5 @@
-"""The ledger (SQLite or PostgreSQL): papers, deliveries and offers, runs, the outbox,
-suppressions."""
+"""The ledger (SQLite or PostgreSQL): papers, deliveries (with what each offered), runs, the
+outbox, suppressions."""
 
 from digest_mailer.store.engines import StoreTarget
 from digest_mailer.store.ledger import DeliveryRecord, HistoryRow, Ledger, RunRecord

@@ -241,25 +241,29 @@ class Ledger:
         message not sent yet: neither goes into another email. `among`: only which of these
         papers. `since`: when the ledger first saw the earliest of them (see `first_seen`):
         a paper cannot have been offered before, so the deliveries sent before it (give or
-        take OFFER_SKEW) are not read, and a run reads a few days of each subscriber's
-        deliveries whatever the history kept. `check_outbox=False` skips the unsent
-        messages, for a subscriber known to have none."""
+        take OFFER_SKEW: hosts' clocks must agree within it) are not read, and a run reads a
+        few days of each subscriber's deliveries whatever the history kept.
+        `check_outbox=False` skips the unsent messages, for a subscriber known to have
+        none."""
         key: dict[str, object] = {"s": subscriber.lower()}
         if among is not None and not among:
             return frozenset()
+        ids: set[str] = set()
+        # The unsent messages first: one stops being unsent in the transaction that records
+        # its delivery, so a sender committing between the two reads is seen by one of them
+        # (the other order could miss it in both).
+        if check_outbox:
+            for (held,) in self._conn.hot(_HELD, key):
+                ids.update(held.split())
         if since is None:
             rows = self._conn.hot(_OFFERED, key)
         else:
             rows = self._conn.hot(_OFFERED_SINCE,
                                   {**key, "since": (since - OFFER_SKEW).isoformat()})
-        ids: set[str] = set()
         for included, over_cap in rows:
             ids.update((included or "").split())
             if over_cap:
                 ids.update(over_cap.split())
-        if check_outbox:
-            for (held,) in self._conn.hot(_HELD, key):
-                ids.update(held.split())
         if among is not None:
             ids.intersection_update(among)
         return frozenset(ids)

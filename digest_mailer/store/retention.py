@@ -151,8 +151,12 @@ def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
             n_messages += db.execute(delete(outbox).where(
                 x.id <= done_before, x.state.in_(_DONE), x.updated_at < history)).rowcount
     with ledger.transaction() as db:
-        # Out of the feeds for longer than the history (which is at least the window).
-        n_papers = db.execute(delete(papers).where(p.last_seen < history)).rowcount
+        # Out of the feeds for longer than the history and then the window: a message can
+        # go out after its papers were last seen (it waited, deferred or parked), and its
+        # record is what `offered_ids` finds from the paper's first sighting. Were the paper
+        # forgotten first, it would be new again if it came back (review finding).
+        n_papers = db.execute(delete(papers).where(p.last_seen < (now - timedelta(
+            days=policy.kept_days + policy.offer_days)).isoformat())).rowcount
     ledger.outbox.prune_sets()
     done = Pruned(n_deliveries, n_messages, n_papers)
     if done.total:
