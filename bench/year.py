@@ -140,6 +140,7 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
             sent += 1
     phases.lap("send")
     box.park(run)
+    box.forget_sent(run)
     box.prune_sets()
     pruned = prune(ledger, policy, now)
     ledger.checkpoint()

@@ -333,6 +333,7 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                            for o in outcomes) else state)
     logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
                 composer.render_seconds)
+    ledger.outbox.forget_sent(run_id)
     ledger.outbox.prune_sets()
     if retention is not None:
         try:

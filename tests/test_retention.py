@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import NOW, SmtpServer, base_config, go, local_smtp, toml_text
-from digest_mailer.models import OutgoingMessage, Paper
+from digest_mailer.models import OutgoingMessage, Paper, Status
 from digest_mailer.store import Ledger, StoreTarget
 from digest_mailer.store.retention import Retention, prune
 
@@ -185,9 +185,33 @@ def test_a_run_prunes_at_its_end(tmp_path: Path, smtp_server: SmtpServer) -> Non
     report = go(path)
     assert report.delivered >= 1
     with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
-        # The old message's row, past the window, pruned: today's stay.
-        assert ledger.outbox.counts() == {"sent": report.delivered}
+        # The old message's row, past the window, pruned; today's went at the run's end.
+        assert ledger.outbox.counts() == {}
         assert [r.message_id for r in ledger.history(subscriber="old@x.org")] == ["<old@x>"]
+
+
+def test_a_run_forgets_the_rows_of_what_it_sent_and_keeps_the_rest(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """The outbox holds what is unsent and what failed; a sent message's row goes at the end
+    of its run (its record is the delivery), so the queue stays a day long."""
+    smtp_server.handler.refuse = {"grace@example.org": "550 5.1.1 No such user"}
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(base_config(tmp_path, smtp=local_smtp(smtp_server.port,
+                                                                    connections=0))))
+    report = go(path)
+    assert report.delivered == 1 and report.failed == 1
+    with Ledger.open_readonly(tmp_path / "state.sqlite3") as ledger:
+        assert ledger.outbox.counts() == {"failed": 1}
+        assert {(r.subscriber, r.state) for r in ledger.history()} == {
+            ("ada@example.org", "sent"), ("grace@example.org", "failed")}
+        assert ledger.offer_log("ada@example.org")  # what she was offered: in the delivery
+    # A compose-only run leaves its rows to the `send` workers.
+    (tmp_path / "w").mkdir()
+    path.write_text(toml_text(base_config(tmp_path / "w")))
+    composed = go(path, compose_only=True)
+    with Ledger.open_readonly(tmp_path / "w" / "state.sqlite3") as ledger:
+        assert ledger.outbox.counts() == {"pending": composed.count(Status.PENDING)}
+        assert composed.count(Status.PENDING) == 2
 
 
 def test_hard_failures_count_from_the_last_delivery_after_pruning(
