@@ -165,13 +165,14 @@ class StateSettings(_Section):
         None, description="a file holding the PostgreSQL password; instead of password_env")
     keep_history: Duration = Field(
         365 * DAY, ge=DAY, le=100 * 365 * DAY,
-        description="how long sent emails (when, to whom, which papers), failures and runs "
-                    "are kept for history and explain")
+        description="how long sent emails (when, to whom, which papers) and failures are "
+                    "kept for history and explain (runs are kept for ever)")
     offer_margin: Duration = Field(
         14 * DAY, ge=DAY, le=365 * DAY,
         description="how long past the feed window (a week at least) sent emails are kept "
-                    "at the least, and kept while a paper they offered is still in a feed: a "
-                    "paper is never offered to a subscriber again while its email is kept")
+                    "at the least, and kept while a paper they offered was in a feed within "
+                    "that window: a paper is never offered to a subscriber again while its "
+                    "email is kept")
 
     @field_validator("url")
     @classmethod

@@ -333,13 +333,13 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
                            for o in outcomes) else state)
     logger.info("%d distinct digest(s) rendered in %.1fs", composer.rendered_sets,
                 composer.render_seconds)
-    ledger.outbox.forget_sent(run_id)
-    ledger.outbox.prune_sets()
-    if retention is not None:
-        try:
+    try:  # everything is sent and recorded: the tidying up can only warn
+        ledger.outbox.forget_sent(run_id)
+        ledger.outbox.prune_sets()
+        if retention is not None:
             prune(ledger, retention, now)
-        except DigestMailerError as e:  # everything is sent and recorded: only a warning
-            logger.warning("the ledger could not be pruned: %s", e.message)
+    except DigestMailerError as e:
+        logger.warning("the ledger could not be pruned: %s", e.message)
     ledger.checkpoint()
     ledger.finish_run(run_id, report.finished_at, fetched=report.fetched,
                       sent=report.delivered, failed=report.failed, outcome=report.state,

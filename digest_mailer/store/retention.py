@@ -2,14 +2,17 @@
 passed (issue 11, point 3):
 
 - a sent email's record (when, to whom, Message-ID, subject, the papers' ids: in the email,
-  and offered over its cap) and the papers' titles, the messages that failed or were
-  cancelled and why: `keep_history`, and at least `offer_days` (the longest lookback, a week
-  for weekly digests, plus a margin): the record is also what says "this paper went to this
-  subscriber: never again" (revision 0006), which must last while the paper can come back
-  in a feed window. A record older than that is kept while a paper it offered is still in
-  the feeds;
-- a sent message's outbox row (its name, link, token: what rebuilt it) only `offer_days`, and
-  its digest template (the body) not at all once nothing unsent needs it;
+  and offered over its cap), the messages that failed or were cancelled and why:
+  `keep_history`, and at least `offer_days` (the longest lookback, a week for weekly digests,
+  plus a margin): the record is also what says "this paper went to this subscriber: never
+  again" (revision 0006), which must last while the paper can come back in a feed window. A
+  record older than that is kept while a paper it offered was in a feed within the window;
+- a paper's row (title, first and last sighting): the history plus `offer_days` after it was
+  last in a feed (an email can go out after its papers left the feeds);
+- a sent message's outbox row (its name, link, token: what rebuilt it) until the end of the
+  run that owns it (`Outbox.forget_sent`); one sent after that (by a `send` worker once its
+  run ended, or left by a run that crashed): `offer_days`. Its digest template (the body)
+  not at all once nothing unsent needs it;
 - suppressions (unsubscribes, bounces) and runs (a row a day) for ever: deleting a run would
   make the database scan the deliveries and the outbox that reference it.
 
