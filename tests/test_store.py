@@ -46,6 +46,24 @@ def test_a_delivery_and_what_it_offered_are_recorded_together(store_target: Stor
         assert (record.subscriber, record.papers, record.run_id) == ("ada@example.org", 1, run)
 
 
+def test_a_sent_message_stays_sent_whatever_a_late_sender_reports(
+        store_target: StoreTarget) -> None:
+    """Review finding: a sender whose lease ran out could turn a row another sender had sent
+    into deferred (sent again) or failed (counted towards suppression)."""
+    with Ledger.open(store_target) as ledger:
+        run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
+        entry = ledger.outbox.add(message("ada@x.org", "<m1@x>"), run_id=run, included=["1"],
+                                  offered=["1"], now=NOW)
+        ledger.outbox.claim(run, "late", 8, NOW.timestamp(), 60)
+        ledger.outbox.sent(entry, NOW, run)  # the sender that took over after the lease
+        ledger.outbox.deferred(entry, NOW, "451 try later", next_try=NOW.timestamp())
+        ledger.outbox.failed(entry, NOW, "550 no such user")
+        ledger.outbox.cancelled(entry, NOW, "no longer a subscriber")
+        assert ledger.outbox.counts() == {"sent": 1}
+        assert ledger.outbox.hard_failures("ada@x.org") == 0
+        assert ledger.outbox.claim(run, "s2", 8, NOW.timestamp() + 120, 60) == []
+
+
 def test_a_failed_write_records_nothing(store_target: StoreTarget) -> None:
     with Ledger.open(store_target) as ledger:
         def add(who: str, paper: str) -> int:

@@ -104,7 +104,9 @@ _RENEW = update(outbox).where(x.claimed_by == bindparam("by"),
     lease_until=bindparam("until"))
 _TAKE = update(outbox).where(x.id.in_(bindparam("ids", expanding=True))).values(
     state=State.SENDING.value, claimed_by=bindparam("by"), lease_until=bindparam("until"))
-_CLOSE = update(outbox).where(x.id == bindparam("i")).values(
+# Never a sent row: a sender whose lease ran out may report a refusal or a failure for a row
+# another sender has sent meanwhile, and a sent message turned deferred would go out again.
+_CLOSE = update(outbox).where(x.id == bindparam("i"), x.state != State.SENT.value).values(
     state=bindparam("st"), updated_at=bindparam("at"),
     last_error=func.coalesce(bindparam("err"), x.last_error),
     attempts=x.attempts + bindparam("n"), tries=x.tries + bindparam("n"),
