@@ -3,8 +3,8 @@ papers offered beside the ones in the email (`included`: the matches over the su
 cap), and the `offers` table, one row per subscriber and paper, is gone.
 
 Why: a sender recorded each message as a delivery plus one offer row per paper, each with an
-entry in a unique index; the offers were two thirds of what a sender's commit cost (107 ->
-70 us a message) and the prune's largest delete (about 60,000 rows a day at 10,000
+entry in a unique index; the offers were a third of a sender's store work per message (107
+-> 70 us) and the prune's largest delete (about 60,000 rows a day at 10,000
 subscribers, scattered over that index). "Was this paper offered to this subscriber" is now
 read from the subscriber's deliveries since the paper was first seen, by the existing index
 on (subscriber, sent_at).
