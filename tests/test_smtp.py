@@ -176,11 +176,14 @@ def test_lines_starting_with_dots_arrive_intact(smtp_server: Any) -> None:
 
 
 def test_bare_line_ends_take_smtplibs_own_path(smtp_server: Any) -> None:
-    from digest_mailer.delivery.client import transmit
+    from digest_mailer.delivery.client import Transfer, accepted, crlf_throughout, hand_over, offer
 
     conn = __import__("smtplib").SMTP("127.0.0.1", smtp_server.port, timeout=5)
     conn.ehlo()
-    transmit(conn, "p@example.org", "ada@example.org", b"Subject: a\n\nbare line ends\n")
+    data = b"Subject: a\n\nbare line ends\n"
+    t = Transfer("p@example.org", "ada@example.org", data, ours=crlf_throughout(data))
+    for step in (offer, hand_over, accepted):
+        step(conn, t)
     conn.quit()
     got = smtp_server.handler.received[0].data.replace(b"\r\n", b"\n")
     assert got.rstrip(b"\n") == b"Subject: a\n\nbare line ends"

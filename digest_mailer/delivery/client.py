@@ -172,15 +172,6 @@ def _refused(conn: smtplib.SMTP, code: int) -> None:
             conn.rset()
 
 
-def transmit(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes, *,
-             utf8: bool = False) -> None:
-    """MAIL, RCPT and DATA for one message, raising what smtplib's sendmail raises."""
-    t = Transfer(sender, recipient, data, utf8, crlf_throughout(data))
-    offer(conn, t)
-    hand_over(conn, t)
-    accepted(conn, t)
-
-
 @dataclass(slots=True)
 class Transfer:
     """One message on its way through a connection: `offer` writes its envelope, `hand_over`

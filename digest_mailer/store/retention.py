@@ -120,14 +120,14 @@ def _unheld(ledger: Ledger, last: int, lasting: set[str]) -> list[int]:
 
 def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
     """Everything the policy no longer keeps, deleted; what was deleted, counted."""
+    cut = now - timedelta(days=policy.kept_days)
     window = (now - timedelta(days=policy.offer_days)).isoformat()
-    history = (now - timedelta(days=policy.kept_days)).isoformat()
+    history = cut.isoformat()
     p, d, x = papers.c, deliveries.c, outbox.c
     # A delivery that offered a paper still in the feeds is kept: it is what stops the paper
     # going to that subscriber again. Only papers first seen before the cut can have one.
     lasting = {r[0] for r in ledger.conn.execute(select(p.id).where(
-        p.last_seen >= window, p.first_seen < (now - timedelta(days=policy.kept_days) +
-                                               OFFER_SKEW).isoformat()))}
+        p.last_seen >= window, p.first_seen < (cut + OFFER_SKEW).isoformat()))}
     last_old = _last_before(ledger, history)
     n_deliveries = 0
     if last_old is not None and not lasting:
