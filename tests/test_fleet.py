@@ -230,10 +230,20 @@ def test_the_run_lock_on_postgresql_is_an_advisory_lock_status_names_its_holder(
 
 # -- one scheduler leads --------------------------------------------------------------------
 
-def serve(path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CLI, "serve", "--config", str(path)], env={**os.environ, **ENV},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def serve(path: Path, log: Path) -> subprocess.Popen[str]:
+    """`serve` in a session of its own, its stderr in `log`: a pipe nobody read while it ran
+    could fill and block it, and a failure could not say what it had printed."""
+    with log.open("w") as err:
+        return subprocess.Popen([*CLI, "serve", "--config", str(path)],
+                                env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
+                                stderr=err, text=True, start_new_session=True)
+
+
+def stopped(proc: subprocess.Popen[str], log: Path) -> str:
+    """SIGTERM, the exit within a minute, and what it printed."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    return log.read_text()
 
 
 def finished_runs(target: StoreTarget) -> list[tuple[str, int]]:
@@ -250,11 +260,12 @@ def test_two_serve_processes_one_composes_per_scheduled_time(
     doc = path.read_text() + '\n[schedule]\ncron = "*/2 * * * * *"\n'  # every 2 seconds
     path.write_text(doc)
     target = StoreTarget.parse(pg_url)
-    first = serve(path)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = serve(path, logs[0])
     procs = [first]
     try:
         wait_for(lambda: finished_runs(target), 60, "the first serve never ran")
-        second = serve(path)
+        second = serve(path, logs[1])
         procs.append(second)
         time.sleep(1.0)  # let the second start up before counting (not an assertion)
         start = len(finished_runs(target))
@@ -262,13 +273,11 @@ def test_two_serve_processes_one_composes_per_scheduled_time(
         pids = {p for _, p in finished_runs(target)}
         assert pids == {first.pid}, "the second serve composed while the first led"
         # The leader stops: the other takes the lead at its next scheduled time.
-        first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=60)
+        err = stopped(first, logs[0])
         assert first.returncode == 0 and "Traceback" not in err, err
         wait_for(lambda: any(p == second.pid for _, p in finished_runs(target)), 60,
                  "the second serve never took the lead")
-        second.send_signal(signal.SIGTERM)
-        _, err2 = second.communicate(timeout=60)
+        err2 = stopped(second, logs[1])
         assert second.returncode == 0 and "Traceback" not in err2, err2
         assert "another serve leads" in err2 and "now leads" in err2
         assert "sending from" in err2  # the follower sent all along (its own worker)
@@ -276,6 +285,9 @@ def test_two_serve_processes_one_composes_per_scheduled_time(
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
+        for log in logs:  # shown with a failure
+            if log.exists():
+                print(f"--- {log.name}\n{log.read_text()[-4000:]}")
     # Exactly one run per scheduled time: never two runs started in the same 2 s slot.
     slots = [int(datetime.fromisoformat(s).timestamp()) // 2 for s, _ in finished_runs(target)]
     assert len(slots) == len(set(slots)), sorted(slots)

@@ -44,8 +44,13 @@ def test_a_keeper_frozen_past_its_lease_does_not_take_the_rows_back(
         try:
             time.sleep(lease)  # renewals in time keep the rows
             assert keeper.holds()
-            clock[0] = t0 + 10 * lease  # frozen, then resumed
-            assert len(two.outbox.claim(None, "elsewhere:9:w:t0", 8, clock[0], 100)) == 3
+            # Frozen: another worker takes the rows once their lease has run out; only then
+            # does the keeper resume and see the time. (Moving its clock first let its thread
+            # renew at the new time before the claim, and the claim found nothing: CI-like
+            # run, once.)
+            later = t0 + 10 * lease
+            assert len(two.outbox.claim(None, "elsewhere:9:w:t0", 8, later, 100)) == 3
+            clock[0] = later  # resumed
             time.sleep(lease)  # the keeper's turns come (lease/3 each) before the sender looks
             assert not keeper.holds()
             # A fresh claim holds again (a thawed worker does not stay idle for good).

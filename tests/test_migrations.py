@@ -249,3 +249,48 @@ def test_revisions_0006_and_0005_go_back_to_0004_with_every_offer(
         assert ledger.offered_ids("ada@x.org") == {"2506.00001", "2506.00002"}
         assert ledger.offer_log("ada@x.org") == {"2506.00001": (NOW.isoformat(), True),
                                                  "2506.00002": (NOW.isoformat(), False)}
+
+
+def test_the_migration_lock_holds_through_the_look_at_the_schema(pg_server: str) -> None:
+    """CI-like run, `serve` on a fresh PostgreSQL database: its run and its own sender opened
+    the ledger at once, and both ran the migrations together (the look at the schema inside
+    the upgrade ended the transaction that held the lock). Alembic's module-level state then
+    broke one of them with a traceback, and the `serve` died."""
+    from sqlalchemy import text
+
+    from conftest import fresh_pg_database
+    from digest_mailer.store.db import Db
+    from digest_mailer.store.engines import make_engine
+    from digest_mailer.store.schema import _PG_MIGRATION_LOCK, inspect_schema
+
+    with fresh_pg_database(pg_server) as url:
+        target = StoreTarget.parse(url)
+        db, other = (Db(make_engine(target), target.label) for _ in range(2))
+        try:
+            with db.transaction():
+                db.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+                inspect_schema(db)
+                taken = other.execute(text(
+                    f"SELECT pg_try_advisory_lock({_PG_MIGRATION_LOCK})")).scalar()
+                assert taken is False  # still this transaction's
+        finally:
+            db.close()
+            other.close()
+        # And for real: eight threads open the new ledger at once.
+        import threading
+
+        errors: list[BaseException] = []
+
+        def open_it() -> None:
+            try:
+                with Ledger.open(target):
+                    pass
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [] and not any(t.is_alive() for t in threads)

@@ -291,6 +291,12 @@ class Db:
             self._abandon()
             raise store_error(self.label, e) from e
 
+    @property
+    def in_transaction(self) -> bool:
+        """Inside `transaction()`: what ends the connection's transaction would end the
+        caller's (and release what it holds, such as PostgreSQL's advisory locks)."""
+        return self._depth > 0
+
     def _abandon(self) -> None:
         if not self._depth:
             with suppress(SQLAlchemyError, OSError):

@@ -88,7 +88,9 @@ def inspect_schema(db: Db) -> Schema:
     except Exception as e:  # whatever the inspector met: one StoreError
         raise store_error(db.label, e, "read") from e
     finally:
-        if db.dialect != "sqlite":
+        # The inspector's reads began a transaction on PostgreSQL: ended here, unless it is
+        # the caller's (the upgrade's, whose advisory lock must hold until its commit).
+        if db.dialect != "sqlite" and not db.in_transaction:
             db.conn.rollback()
     return Schema(version, revision, bool(tables - {"alembic_version"}))
 
