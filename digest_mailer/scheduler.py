@@ -77,6 +77,9 @@ class Daemon:
             except DigestMailerError as e:
                 logger.error("run failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
                 return None
+            except Exception as e:  # a defect: that run fails, the daemon goes on serving
+                logger.exception("run failed unexpectedly: %s", type(e).__name__)
+                return None
             else:
                 if report.fetched or attempt == len(delays):
                     self.on_report(report)

@@ -74,6 +74,18 @@ def test_an_empty_source_is_retried_and_then_given_up(tmp_path: Path,
     assert "source: still down; giving up until the next scheduled run" in caplog.text
 
 
+def test_an_unexpected_error_fails_that_run_alone(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A defect inside one run (an Alembic race killed a `serve` this way) is logged with its
+    traceback and the schedule goes on, as the job promises."""
+    runs = Runs(KeyError("script"), report(3))
+    d = daemon(write(tmp_path), runs)
+    with caplog.at_level(logging.ERROR):
+        assert d.job() is None
+    assert "run failed unexpectedly: KeyError" in caplog.text and "Traceback" in caplog.text
+    assert d.job() == report(3)
+
+
 def test_the_config_is_read_afresh_and_a_broken_one_skips_only_that_run(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path)
