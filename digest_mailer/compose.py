@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from digest_mailer.constants import WEEKDAYS
 from digest_mailer.message import (
+    Frame,
     MessageTemplate,
     Shared,
     make_message_id,
@@ -59,6 +60,7 @@ class Composer:
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
     _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
+    _frame: Frame | None = None  # the headers and MIME frame every digest of the run shares
 
     def ranked(self, sub: Subscriber) -> tuple[Match, ...]:
         """The subscriber's matches, best first, before the ledger's say (once per profile)."""
@@ -84,12 +86,18 @@ class Composer:
 
     def _template(self, digest: Digest, now: datetime) -> MessageTemplate:
         def build() -> MessageTemplate:
-            template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+            template = self._built(digest)
             if self.ledger is not None and not self.ledger.readonly:
                 template.set_id = self.ledger.outbox.add_set(template.to_bytes(), now)
             return template
 
         return self._cached(self._templates, self.renderer.template_key(digest), build)
+
+    def _built(self, digest: Digest) -> MessageTemplate:
+        template = MessageTemplate(self.renderer.render_template(digest), self.shared,
+                                   frame=self._frame)
+        self._frame = template.frame
+        return template
 
     def _set(self, digest: Digest, now: datetime) -> int:
         """The outbox's copy of this digest's template: rendered, built and stored once; the
@@ -100,7 +108,7 @@ class Composer:
         def build() -> int:
             # Built here, where there is time to spare while the senders send, and stored
             # with its splice points worked out, so that no sender builds it again.
-            template = MessageTemplate(self.renderer.render_template(digest), self.shared)
+            template = self._built(digest)
             return ledger.outbox.add_set(template.to_compiled(), now)
 
         return self._cached(self._sets, self.renderer.template_key(digest), build)

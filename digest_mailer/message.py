@@ -23,6 +23,7 @@ from urllib.parse import quote
 from digest_mailer.errors import DigestMailerError, RenderError
 from digest_mailer.marks import DigestTemplate, Marks, one_line
 from digest_mailer.models import OutgoingMessage, RenderedDigest, Subscriber
+from digest_mailer.text import crlf_throughout
 
 # SMTP policy: CRLF line ends, headers folded at 78. Raw headers set with `set_raw` are kept as
 # given, which is how List-Unsubscribe stays out of an encoded word (RFC 8058 clients need the
@@ -173,6 +174,8 @@ def subject_field(subject: str) -> bytes:
     email.header.Header, which keeps each space inside an encoded word: the policy's folder
     puts some between encoded words, where RFC 2047 says to ignore them ("李 Zoë" read as
     "李Zoë")."""
+    if not subject:
+        return b"Subject: \r\n"  # as build_message writes it (the folder drops the space)
     if not subject.isascii():
         return ("Subject: " + Header(subject, "utf-8", header_name="Subject").encode(
             linesep="\r\n") + "\r\n").encode("ascii")
@@ -247,43 +250,69 @@ class Shared:
     signer: DkimSigner | None = None
 
 
+_PROBE_SUBJECT = "Probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """The headers and MIME frame every digest of a run shares, laid out once by the email
+    package around stand-in bodies (building it per digest was a fifth of a digest's cost).
+    Only the Subject differs between digests; it is written as build_message writes it."""
+
+    name_mark: str
+    head: tuple[tuple[str, bytes], ...]  # each field by name, folded, with its CRLF
+    body: bytes
+
+    def stand_in(self, part: str) -> str:
+        return f"{self.name_mark}{part}"
+
+    @classmethod
+    def of(cls, shared: Shared, name_mark: str) -> Frame:
+        probe = build_message(
+            RenderedDigest(subject=_PROBE_SUBJECT, html=f"{name_mark}html",
+                           text=f"{name_mark}text"),
+            subscriber=Subscriber(email="probe@example.invalid", name=name_mark),
+            sender=shared.sender, envelope_from=shared.envelope_from,
+            reply_to=shared.reply_to, list_id_header=shared.list_id,
+            unsubscribe="<probe>", message_id="<probe@example.invalid>", when=shared.when,
+            run_date=shared.run_date).data
+        head, body = probe.split(b"\r\n\r\n", 1)
+        fields = tuple((field.split(b":", 1)[0].decode("ascii"), field + b"\r\n")
+                       for field in re.split(rb"\r\n(?![ \t])", head))
+        if ("Subject", subject_field(_PROBE_SUBJECT)) not in fields:
+            raise RenderError("could not splice the digest template (the email package "
+                              "changed how it writes headers?)")
+        return cls(name_mark, fields, body)
+
+
 class MessageTemplate:
     """A digest template serialised once; each subscriber's message is spliced from it: their
     To, Subject, Message-ID and List-Unsubscribe headers, and the few body lines that hold their
     name, address or link, re-encoded. The bytes equal build_message's for the same values
     (the MIME boundary aside), which the tests check."""
 
-    def __init__(self, template: DigestTemplate, shared: Shared, *, set_id: int | None = None
-                 ) -> None:
+    def __init__(self, template: DigestTemplate, shared: Shared, *, set_id: int | None = None,
+                 frame: Frame | None = None) -> None:
+        """`frame`: the run's Frame for these marks, when the caller keeps one (else built)."""
         self.template = template
         self.shared = shared
         self.set_id = set_id
         marks = template.marks
+        if frame is None or frame.name_mark != marks.name:
+            frame = Frame.of(shared, marks.name)
+        self.frame = frame
         self._subject_static = not any(m in template.subject for m in marks.all())
         every = marks.every()
         # One scan per line for all twelve marks (testing each took a third of this build).
         marked = re.compile("|".join(map(re.escape, every))).search
-        # The email package lays out the headers and the MIME frame around two stand-in
-        # bodies; the real bodies are encoded line by line below, as it would encode them.
-        stand_in = {"text": f"{marks.name}text", "html": f"{marks.name}html"}
-        probe = build_message(
-            RenderedDigest(subject=one_line(template.subject), html=stand_in["html"],
-                           text=stand_in["text"]),
-            subscriber=Subscriber(email="probe@example.invalid", name=marks.name),
-            sender=shared.sender, envelope_from=shared.envelope_from,
-            reply_to=shared.reply_to, list_id_header=shared.list_id,
-            unsubscribe="<probe>", message_id="<probe@example.invalid>", when=shared.when,
-            run_date=shared.run_date).data
-        head, body = probe.split(b"\r\n\r\n", 1)
-        self._head: list[tuple[str, bytes]] = []
-        for field in re.split(rb"\r\n(?![ \t])", head):
-            name = field.split(b":", 1)[0].decode("ascii")
-            dynamic = name in _DYNAMIC and not (name == "Subject" and self._subject_static)
-            self._head.append((name, b"" if dynamic else field + b"\r\n"))
+        self._head: list[tuple[str, bytes]] = [
+            (name, (subject_field(one_line(template.subject)) if self._subject_static else b"")
+             if name == "Subject" else b"" if name in _DYNAMIC else line)
+            for name, line in frame.head]
         self._pieces: list[Piece] = []
-        rest = b"\r\n" + body
+        rest = b"\r\n" + frame.body
         for part, text in (("text", template.text), ("html", template.html)):
-            encoded = _qp_lines([stand_in[part]])
+            encoded = _qp_lines([frame.stand_in(part)])
             at = rest.find(encoded)
             if at < 0 or not text:
                 raise RenderError("could not splice the digest template (the email package "
@@ -303,6 +332,7 @@ class MessageTemplate:
                 self._static(_qp_lines(run))
             rest = rest[at + len(encoded):]
         self._static(rest)
+        self._checked()
 
     def _static(self, chunk: bytes) -> None:
         if self._pieces and isinstance(self._pieces[-1], bytes):
@@ -323,22 +353,38 @@ class MessageTemplate:
                 "List-Unsubscribe", list_unsubscribe(unsubscribe_url, self.shared.mailto, token),
                 raw=True),
         }
-        out = [line or dynamic[field]() for field, line in self._head]
+        out: list[bytes] = []
+        made: list[bytes] = []  # the subscriber's pieces: the static ones were checked once
+        for field, line in self._head:
+            if not line:
+                line = dynamic[field]()
+                made.append(line)
+            out.append(line)
         for piece in self._pieces:
             if isinstance(piece, bytes):
                 out.append(piece)
-            elif piece[0] == "html":
-                out.append(_qp_line(t.fill_html(piece[1], name, email, unsubscribe_url)))
-            else:
-                out.append(_qp_line(t.fill_text(piece[1], name, email, unsubscribe_url)))
+                continue
+            fill = t.fill_html if piece[0] == "html" else t.fill_text
+            made.append(_qp_line(fill(piece[1], name, email, unsubscribe_url)))
+            out.append(made[-1])
         data = b"".join(out)
         shared = self.shared
+        crlf = self._crlf and all(map(crlf_throughout, made))
+        if shared.signer:
+            signed = shared.signer.sign(data)
+            crlf = crlf and crlf_throughout(signed[:len(signed) - len(data)])
+            data = signed
         return OutgoingMessage(
             recipient=email, envelope_from=shared.envelope_from, message_id=message_id,
-            subject=subject, data=shared.signer.sign(data) if shared.signer else data,
+            subject=subject, data=data,
             html=t.fill_html(t.html, name, email, unsubscribe_url) if want_html else "",
             run_date=shared.run_date, set_id=self.set_id, name=name,
-            unsubscribe_url=unsubscribe_url, token=token)
+            unsubscribe_url=unsubscribe_url, token=token, crlf=crlf)
+
+    def _checked(self) -> None:
+        """Whether the template's own bytes are CRLF throughout (once, not per message)."""
+        self._crlf = all(crlf_throughout(line) for _, line in self._head) and all(
+            crlf_throughout(p) for p in self._pieces if isinstance(p, bytes))
 
     def to_bytes(self) -> bytes:
         """What the outbox stores to rebuild this template after a crash (the key aside)."""
@@ -366,6 +412,7 @@ class MessageTemplate:
         base._head = [(name, line.encode("latin-1")) for name, line in d["head"]]
         base._pieces = [p[1].encode("latin-1") if p[0] == "" else (p[0], p[1])
                         for p in d["pieces"]]
+        base._checked()
         return base
 
     @classmethod

@@ -190,6 +190,7 @@ class OutgoingMessage:
     name: str = ""
     unsubscribe_url: str = ""
     token: str = ""
+    crlf: bool = False  # known CRLF throughout by its builder: the backend need not scan it
 
 
 class Status(StrEnum):

@@ -159,6 +159,10 @@ class Renderer:
         # Bodies rendered with marks, by digest, for when only the subject is personal.
         self._bodies: OrderedDict[tuple[object, ...], tuple[Marks, str, str]] = OrderedDict()
         self._verified = False
+        # One nonce for every digest this renderer makes: as unguessable to a feed as one per
+        # digest, and the patterns that find the marks are then the same for every digest
+        # (compiled once, where a new nonce per digest compiled three a digest: a tenth of it).
+        self._marks = Marks.new()
 
     @property
     def personal(self) -> bool:
@@ -320,7 +324,7 @@ class Renderer:
         subscriber's name, address and unsubscribe link go (or their real values, in the
         templates that need them)."""
         self.verify(digest)
-        marks = marks or Marks.new()
+        marks = marks or self._marks
         if rewritten(digest):
             # Rendered with the values themselves: the template holds no marks to fill.
             done = self.render(digest)

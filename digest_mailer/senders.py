@@ -62,13 +62,15 @@ class _Worker:
     name: str
     handle: Any  # a Process or a Thread
     settled: bool = False
-    error: BaseException | None = None  # what ended a thread
+    error: BaseException | None = None  # what ended a thread, or kept a process from starting
 
     @property
     def exitcode(self) -> int | None:
         if isinstance(self.handle, threading.Thread):
             return None if self.handle.is_alive() else 1 if self.error else 0
-        return self.handle.exitcode  # type: ignore[no-any-return]
+        if self.error is not None:
+            return 1
+        return self.handle.exitcode  # type: ignore[no-any-return]  # None until started
 
 
 class Senders:
@@ -96,8 +98,24 @@ class Senders:
                     target=_process_main, name=f"sender-{n}", daemon=True,
                     args=(spec, f"{tag}p{n}", self._stop, self._composed)))
                 for n in range(count)]
+        if count <= 0:
+            self._workers[0].handle.start()
+            self._starter: threading.Thread | None = None
+        else:
+            # From a thread of its own: a process's start writes its description (with the
+            # roster: 10,000 addresses) into a pipe that the new interpreter reads only after
+            # its imports, and the run would wait for them instead of composing meanwhile.
+            self._starter = threading.Thread(target=self._start_processes,
+                                             name="sender-start", daemon=True)
+            self._starter.start()
+
+    def _start_processes(self) -> None:
         for w in self._workers:
-            w.handle.start()
+            try:
+                w.handle.start()
+            except BaseException as e:  # reported by check() as a sender that died
+                logger.error("sender %s could not start: %s", w.name, e)
+                w.error = e
 
     def _thread_main(self, worker: _Worker) -> None:
         try:
@@ -149,8 +167,11 @@ class Senders:
             if stop_at is None and self._stop.is_set():
                 stop_at = time.monotonic() + self.spec.timeout + 5
             if stop_at is not None and time.monotonic() > stop_at:
+                if self._starter is not None:
+                    self._starter.join(5)
                 for w in self._workers:
-                    if isinstance(w.handle, multiprocessing.process.BaseProcess):
+                    if isinstance(w.handle, multiprocessing.process.BaseProcess) and \
+                            w.handle.pid is not None:
                         w.handle.kill()
                         w.handle.join(5)
                 self.check(ledger)

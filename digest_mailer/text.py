@@ -16,3 +16,8 @@ SURROGATE = re.compile(r"[\ud800-\udfff]")
 NONCHAR = re.compile("[\ufdd0-\ufdef\u202a-\u202e\u2066-\u2069"
                      + "".join(f"{chr(p * 0x10000 + 0xfffe)}{chr(p * 0x10000 + 0xffff)}"
                                for p in range(17)) + "]")
+
+
+def crlf_throughout(data: bytes) -> bool:
+    """Every line break a CRLF (what SMTP needs as is)."""
+    return data.count(b"\n") == data.count(b"\r\n")

@@ -17,7 +17,8 @@ NAMES = [("Ada", "ada@example.org"), ("Zoë Ørsted", "zoe@example.org"), ("", "
          ("李小龙", "zoë@example.org"), ('Q "quoted", name', "q@example.org")]
 
 
-def test_a_stored_template_splices_the_same_bytes(tmp_path: Path) -> None:
+def built_template() -> MessageTemplate:
+    """The sample feed's digest for one subscriber, as the composer builds it."""
     papers = FileSource("huggingface", SAMPLE).fetch(date(2025, 6, 2)).papers
     sub = Subscriber("ada@example.org", "Ada")
     sel = select(sub, papers, ())
@@ -25,7 +26,12 @@ def test_a_stored_template_splices_the_same_bytes(tmp_path: Path) -> None:
     shared = Shared(sender="Daily Papers <papers@example.org>", envelope_from="p@example.org",
                     reply_to=None, list_id="Daily Papers <dp.example.org>",
                     mailto="unsubscribe@example.org", when=NOW, run_date=date(2025, 6, 2))
-    built = MessageTemplate(Renderer().render_template(digest), shared, set_id=7)
+    return MessageTemplate(Renderer().render_template(digest), shared, set_id=7)
+
+
+def test_a_stored_template_splices_the_same_bytes(tmp_path: Path) -> None:
+    built = built_template()
+    shared = built.shared
     loaded = MessageTemplate.from_compiled(built.to_compiled(), set_id=7, signer=None)
     for name, email in NAMES:
         values = {"email": email, "name": name, "token": "tok",
@@ -56,3 +62,29 @@ def test_folds_written_directly_equal_the_email_packages() -> None:
              ("List-Unsubscribe", "<https://x.org/\x0bz>", True)]
     for name, value, raw in cases:
         assert fold(name, value, raw=raw) == slow(name, value, raw), (name, value)
+
+
+def test_a_message_says_it_is_crlf_throughout_only_when_it_is() -> None:
+    """The flag spares the SMTP backend a scan of every message; a wrong True would send a
+    bare line feed undotted."""
+    import json
+
+    from digest_mailer.text import crlf_throughout
+
+    built = built_template()
+    stored = json.loads(built.to_compiled())
+    # A stored template whose static bytes hold a bare line feed (another writer's, damaged):
+    # the messages spliced from it are not vouched for.
+    for piece in stored["pieces"]:
+        if piece[0] == "":
+            piece[1] = piece[1] + "a bare\nline feed\r\n"
+            break
+    bare = MessageTemplate.from_compiled(json.dumps(stored).encode(), set_id=7, signer=None)
+    for name, email in NAMES:
+        values = {"email": email, "name": name, "token": "tok",
+                  "unsubscribe_url": "https://papers.example.org/unsubscribe/tok",
+                  "message_id": "<1@example.org>"}
+        good = built.personalize(**values)
+        assert good.crlf and crlf_throughout(good.data)
+        damaged = bare.personalize(**values)
+        assert not damaged.crlf and not crlf_throughout(damaged.data)

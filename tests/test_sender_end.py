@@ -61,3 +61,25 @@ def test_rows_committed_just_before_the_composer_is_done_are_sent(
     states = [s for (s,) in conn.execute("SELECT state FROM outbox")]
     conn.close()
     assert states == ["sent", "sent"], states
+
+
+def test_a_sender_process_that_cannot_start_is_reported_and_the_wait_ends(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """Processes are started from a thread, so the run composes while they import: a start
+    that fails there must still count as a sender that died, not as one starting for ever."""
+    import time
+
+    from digest_mailer.senders import Senders
+    from digest_mailer.store import Ledger
+
+    path = config_for(tmp_path, smtp_server)
+    spec = replace(worker_spec(load_config(path), ENV), worker=False, run_id=1,
+                   roster=lambda: None)  # type: ignore[arg-type]  # cannot be pickled
+    senders = Senders(spec, 1)
+    with Ledger.open(tmp_path / "state.sqlite3") as ledger:
+        deadline = time.monotonic() + 30
+        while senders.check(ledger) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert senders.check(ledger) == 0
+        senders.wait(ledger, lambda: False)
+    assert len(senders.died) == 1 and "exit" not in senders.died[0], senders.died

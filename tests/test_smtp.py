@@ -176,7 +176,8 @@ def test_lines_starting_with_dots_arrive_intact(smtp_server: Any) -> None:
 
 
 def test_bare_line_ends_take_smtplibs_own_path(smtp_server: Any) -> None:
-    from digest_mailer.delivery.client import Transfer, accepted, crlf_throughout, hand_over, offer
+    from digest_mailer.delivery.client import Transfer, accepted, hand_over, offer
+    from digest_mailer.text import crlf_throughout
 
     conn = __import__("smtplib").SMTP("127.0.0.1", smtp_server.port, timeout=5)
     conn.ehlo()

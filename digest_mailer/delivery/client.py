@@ -198,10 +198,6 @@ class Transfer:
                 f"RCPT TO:<{self.recipient}>\r\n")
 
 
-def crlf_throughout(data: bytes) -> bool:
-    return data.count(b"\n") == data.count(b"\r\n")
-
-
 def offer(conn: smtplib.SMTP, t: Transfer) -> None:
     """With PIPELINING (RFC 2920), the envelope in one write; its replies are read by
     `hand_over`. Without, nothing yet."""

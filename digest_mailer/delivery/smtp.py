@@ -20,7 +20,6 @@ from digest_mailer.delivery.client import (
     SslClient,
     Transfer,
     accepted,
-    crlf_throughout,
     envelope_address,
     hand_over,
     local_hostname,
@@ -28,6 +27,7 @@ from digest_mailer.delivery.client import (
 )
 from digest_mailer.errors import DeliveryError
 from digest_mailer.models import OutgoingMessage
+from digest_mailer.text import crlf_throughout
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class SmtpBackend:
                                 "which an address with non-ASCII letters before the @ needs "
                                 "(RFC 6531)", permanent=True, tried=False)
         self._on_wire = (message, Transfer(sender, recipient, message.data, utf8,
-                                           crlf_throughout(message.data)))
+                                           message.crlf or crlf_throughout(message.data)))
         self._paused = None
         self._step(offer)
 
