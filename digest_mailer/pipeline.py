@@ -227,19 +227,26 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                                     ignore_ledger=options.ignore_ledger,
                                     on_progress=on_progress)
         assert roster is not None
-        with Ledger.open(config.state_target) as ledger:
-            sender = SenderSpec(ledger=str(config.state_path), run_id=0, backend=backend_name,
-                                options=bopts, policy=policy, signer=envelope.signer,
-                                roster=roster, timeout=d.smtp.timeout,
-                                log_level=logging.getLogger().getEffectiveLevel(),
-                                store=config.state_target, lease=d.lease)
-            connections = d.smtp.connections if backend_name == "smtp" else 0
-            return run_once(subscribers=subscribers, source=source, ledger=ledger,
-                            sender=sender, connections=connections, renderer=renderer,
-                            envelope=envelope, now=now, run_date=run_date,
-                            on_progress=on_progress, should_stop=should_stop,
-                            retention=retention_of(config),
-                            compose_only=options.compose_only)
+        sender = SenderSpec(ledger=str(config.state_path), run_id=0, backend=backend_name,
+                            options=bopts, policy=policy, signer=envelope.signer,
+                            roster=roster, timeout=d.smtp.timeout,
+                            log_level=logging.getLogger().getEffectiveLevel(),
+                            store=config.state_target, lease=d.lease)
+        connections = d.smtp.connections if backend_name == "smtp" else 0
+        # Sender processes start now, to import while the ledger opens and the feed is read.
+        early = Senders(sender, connections, early=True) \
+            if connections > 0 and not options.compose_only else None
+        try:
+            with Ledger.open(config.state_target) as ledger:
+                return run_once(subscribers=subscribers, source=source, ledger=ledger,
+                                sender=sender, connections=connections, renderer=renderer,
+                                envelope=envelope, now=now, run_date=run_date,
+                                on_progress=on_progress, should_stop=should_stop,
+                                retention=retention_of(config),
+                                compose_only=options.compose_only, early=early)
+        finally:
+            if early is not None:
+                early.end()  # ended already, or never begun (the run ended before)
 
 
 def retention_of(config: Config) -> Retention:
@@ -267,11 +274,13 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
              now: datetime, run_date: date,
              on_progress: Callable[[SubscriberOutcome], None] | None = None,
              should_stop: Callable[[], bool] = lambda: False,
-             retention: Retention | None = None, compose_only: bool = False) -> RunReport:
+             retention: Retention | None = None, compose_only: bool = False,
+             early: Senders | None = None) -> RunReport:
     """A real run. The composer writes each message into the outbox; the senders send from
     it (`compose_only`: `send` workers do, and the report says what waits for them). The
     report reads every message's fate back from the outbox. At its end, what the retention
-    policy no longer keeps is pruned."""
+    policy no longer keeps is pruned. `early`: senders started before the run, waiting for
+    its number (the caller stops them if the run ends before they begin)."""
     run_id = ledger.start_run(now, run_date, source.origin)
     senders: Senders | None = None
     own = sender_tag(replace(sender, run_id=run_id))  # how this run's senders are named
@@ -289,7 +298,10 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
             ledger.remember(fetched.papers, now)
         slots = [_Slot(e.recipient, message_id=e.message_id, note="left by an earlier run")
                  for e in ledger.outbox.adopt(run_id, dead=holder_dead)]
-        if not compose_only:
+        if early is not None:
+            early.begin(run_id)
+            senders = early
+        elif not compose_only:
             senders = Senders(replace(sender, run_id=run_id), connections)
         composer = envelope.composer(renderer, fetched.papers, run_date, ledger, now)
         stopped = _compose(subscribers, fetched, ledger=ledger, composer=composer,

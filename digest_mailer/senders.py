@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from digest_mailer.dispatch import Sender, SenderSpec
@@ -27,9 +27,12 @@ from digest_mailer.store import Ledger
 logger = logging.getLogger(__name__)
 
 
-def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any) -> None:
+def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any,
+                  begin: Any = None) -> None:
     """A sender process. It holds the senders lock while it lives, stops when the run's
-    process is gone, and treats SIGTERM and SIGINT as "finish the message on the wire"."""
+    process is gone, and treats SIGTERM and SIGINT as "finish the message on the wire".
+    `begin`: the end of a pipe that brings its run's number and its name, for a sender started
+    before its run had them (it imports meanwhile)."""
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=spec.log_level, format="%(levelname)s: %(message)s")
@@ -40,6 +43,15 @@ def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any) -> None
             fcntl.flock(lock, fcntl.LOCK_SH)
         if parent is None or not parent.is_alive():
             return
+        if begin is not None:
+            while not begin.poll(0.05):
+                if stop.is_set() or not parent.is_alive():
+                    return
+            try:
+                run_id, name = begin.recv()
+            except (EOFError, OSError):
+                return
+            spec = replace(spec, run_id=run_id)
         sender = Sender(spec, name, stop, composed, parent.is_alive)
         try:
             sender.run()
@@ -74,10 +86,14 @@ class _Worker:
 
 
 class Senders:
-    """The run's senders: started, watched, stopped. `count` 0 is one thread in this process."""
+    """The run's senders: started, watched, stopped. `count` 0 is one thread in this process.
+    `early`: processes started before the run has its number, so that they import while the
+    run opens the ledger and reads the feed (a third of a second before the first message);
+    they wait for `begin`. A run that ends before it begins them stops them."""
 
-    def __init__(self, spec: SenderSpec, count: int) -> None:
+    def __init__(self, spec: SenderSpec, count: int, *, early: bool = False) -> None:
         self.spec = spec
+        self._begin: list[Any] = []  # the run's ends of the early senders' pipes
         self.died: list[str] = []
         self._errors: list[BaseException] = []
         tag = sender_tag(spec)
@@ -93,10 +109,13 @@ class Senders:
         else:
             ctx = multiprocessing.get_context("spawn")
             self._stop, self._composed = ctx.Event(), ctx.Event()
+            pipes = [ctx.Pipe(duplex=False) for _ in range(count)] if early else []
+            self._begin = [sent for _, sent in pipes]
             self._workers = [
                 _Worker(f"{tag}p{n}", ctx.Process(
                     target=_process_main, name=f"sender-{n}", daemon=True,
-                    args=(spec, f"{tag}p{n}", self._stop, self._composed)))
+                    args=(spec, f"{tag}p{n}", self._stop, self._composed,
+                          pipes[n][0] if early else None)))
                 for n in range(count)]
         if count <= 0:
             self._workers[0].handle.start()
@@ -108,6 +127,31 @@ class Senders:
             self._starter = threading.Thread(target=self._start_processes,
                                              name="sender-start", daemon=True)
             self._starter.start()
+
+    def begin(self, run_id: int) -> None:
+        """The run has its number: early senders take it, and their names, and start."""
+        self.spec = replace(self.spec, run_id=run_id)
+        self.tag = sender_tag(self.spec)
+        for n, (w, pipe) in enumerate(zip(self._workers, self._begin, strict=True)):
+            w.name = f"{self.tag}p{n}"
+            with contextlib.suppress(OSError):  # it died before: check() says so
+                pipe.send((run_id, w.name))
+        self._begin = []
+
+    def end(self, timeout: float = 5.0) -> None:
+        """Stopped, and their processes gone (killed after `timeout` seconds): what a run
+        does with senders it never began, whose processes may still be importing."""
+        self.stop()
+        if self._starter is not None:
+            self._starter.join(max(timeout, 5.0))  # a start in progress has no process yet
+        deadline = time.monotonic() + timeout
+        for w in self._workers:
+            if isinstance(w.handle, multiprocessing.process.BaseProcess) and \
+                    w.handle.pid is not None:
+                w.handle.join(max(deadline - time.monotonic(), 0.0))
+                if w.handle.exitcode is None:
+                    w.handle.kill()
+                    w.handle.join(5)
 
     def _start_processes(self) -> None:
         for w in self._workers:
@@ -167,13 +211,7 @@ class Senders:
             if stop_at is None and self._stop.is_set():
                 stop_at = time.monotonic() + self.spec.timeout + 5
             if stop_at is not None and time.monotonic() > stop_at:
-                if self._starter is not None:
-                    self._starter.join(5)
-                for w in self._workers:
-                    if isinstance(w.handle, multiprocessing.process.BaseProcess) and \
-                            w.handle.pid is not None:
-                        w.handle.kill()
-                        w.handle.join(5)
+                self.end(timeout=0.0)
                 self.check(ledger)
                 break
             time.sleep(0.05)

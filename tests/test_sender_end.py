@@ -83,3 +83,32 @@ def test_a_sender_process_that_cannot_start_is_reported_and_the_wait_ends(
         assert senders.check(ledger) == 0
         senders.wait(ledger, lambda: False)
     assert len(senders.died) == 1 and "exit" not in senders.died[0], senders.died
+
+
+def test_senders_started_before_a_run_that_fails_are_gone_when_it_returns(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """A run's sender processes start before the feed is read, to import meanwhile; a feed
+    that cannot be read ends the run before they begin, and none of them outlives it."""
+    import fcntl
+    import multiprocessing
+
+    import pytest
+
+    from conftest import base_config, local_smtp, toml_text
+    from digest_mailer.errors import DigestMailerError
+    from digest_mailer.lock import senders_lock_path
+
+    broken = tmp_path / "feed.json"
+    broken.write_text("{ not json")
+    path = tmp_path / "digest-mailer.toml"
+    path.write_text(toml_text(base_config(tmp_path, source=broken,
+                                          smtp=local_smtp(smtp_server.port, connections=2))))
+    with pytest.raises(DigestMailerError):
+        go(path)
+    assert multiprocessing.active_children() == []
+    with open(senders_lock_path(str(tmp_path / "state.sqlite3")), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no sender holds it
+    conn = sqlite3.connect(tmp_path / "state.sqlite3")
+    assert conn.execute("SELECT outcome FROM runs").fetchall() == [("source failed",)]
+    conn.close()
+    assert smtp_server.handler.received == []

@@ -290,3 +290,39 @@ def test_state_url_chooses_postgresql_and_keeps_passwords_out(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"state\.url.*carries a password") as info:
         load_config(path)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("held", [0.02, 0.5])
+def test_a_writer_waits_for_another_writers_transaction_however_long(tmp_path: Path,
+                                                                     held: float) -> None:
+    """A write transaction first looks for the lock every tenth of a millisecond (SQLite's
+    own wait sleeps a millisecond and more), then waits as SQLite does: a lock held past the
+    quick looks (0.5 s) is still waited for, and the connection's own wait is as before."""
+    import threading
+    import time
+
+    path = tmp_path / "state.sqlite3"
+    with Ledger.open(path) as ledger:
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO suppressions (subscriber, reason, since) "
+                      "VALUES ('a@example.org', 'test', 'now')")
+        threading.Timer(held, other.commit).start()
+        started = time.monotonic()
+        with ledger.transaction() as db:
+            waited = time.monotonic() - started
+            rows = db.driver_sql("SELECT count(*) FROM suppressions").scalar()
+        assert waited >= held * 0.9 and rows == 1  # it waited, and saw the other's commit
+        assert ledger.conn.driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+        other.close()
+
+
+def test_an_error_other_than_a_busy_lock_is_raised_at_once(tmp_path: Path) -> None:
+    from digest_mailer.store.db import _begin_immediate
+
+    conn = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None, timeout=30)
+    conn.execute("BEGIN")
+    with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
+        _begin_immediate(conn)
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
+    conn.close()

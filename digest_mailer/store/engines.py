@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from digest_mailer.errors import DigestMailerError, StoreError
+from digest_mailer.store.db import SQLITE_BUSY_MS
 from digest_mailer.store_target import StoreTarget
 
 __all__ = ["ENGINES", "StoreTarget", "make_engine"]
@@ -29,7 +30,8 @@ def _sqlite_engine(target: StoreTarget, readonly: bool) -> Engine:
         if readonly:
             return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                    isolation_level=None, check_same_thread=False)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=SQLITE_BUSY_MS / 1000,
+                               check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL: every commit survives the process dying (SIGKILL included); only
         # an OS crash or power loss can take back the last commits. FULL would fsync three
