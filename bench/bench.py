@@ -39,6 +39,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+# This checkout's code first, not the one installed in the environment: run from a checkout of
+# an older commit, the bench measures that commit (its children are told the same below).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 RUN = date(2025, 6, 2)
 NOW = datetime(2025, 6, 2, 7, tzinfo=UTC)
 SECRET = "bench-secret-0123456789abcdef"
@@ -307,7 +312,7 @@ def raw_throughput(folder: Path, port: int, messages: list[tuple[str, bytes]],
     path = folder / "raw-messages.pickle"
     path.write_bytes(pickle.dumps(messages))
     start_at = time.time() + 3  # every child connected and waiting
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    code = (f"import json, sys; sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]; "
             "import bench; print(json.dumps(bench._raw_child(*sys.argv[1:])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(port), str(path),
                                f"{n}/{connections}", str(start_at)], stdout=subprocess.PIPE,
@@ -424,7 +429,7 @@ def digest_size(folder: Path) -> int:
 
 def in_child(function: str, *args: str) -> dict[str, Any]:
     """A measurement in a fresh process, so its peak RSS is its own."""
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    code = (f"import json, sys; sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]; "
             f"import bench; print(json.dumps(bench.{function}(*sys.argv[1:])))")
     out = subprocess.run([sys.executable, "-c", code, *args], check=True,
                          capture_output=True, text=True).stdout

@@ -10,15 +10,22 @@ retention policy's prune, as a run does at its end. No SMTP, no rendering: the l
     .venv/bin/python bench/year.py --days 365 --subscribers 10000 [--url postgresql://...]
 
 Prints one JSON line per day (`--every` thins them) and a summary: the first and last runs'
-times, the median of the first and last weeks, the ledger's size on the way."""
+times, the median of the first and last weeks, the ledger's size on the way.
+
+The first and last weeks are minutes apart, and this machine's speed drifts by a fifth within
+half an hour. So on SQLite the summary also compares them back to back: copies of the ledger
+as it was after the first week and as it is at the end each run the day that followed, in
+turn, `--repeats` times (`interleaved`): the same machine state for both."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +43,7 @@ from digest_mailer.store import Ledger
 from digest_mailer.store.ops import size_bytes
 from digest_mailer.store.outbox import Queued
 from digest_mailer.store.retention import Retention, prune
+from digest_mailer.store.schema import sqlite_backup
 from digest_mailer.topics import Feed
 
 START = datetime(2025, 1, 1, 7, 0, tzinfo=UTC)
@@ -162,6 +170,25 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rows), 3) for k in keys}
 
 
+def compare(young: tuple[Path, list[Paper], int], old: tuple[Path, list[Paper], int],
+            subs: list[Subscriber], policy: Retention, repeats: int) -> dict[str, Any]:
+    """The day after the first week and the day after the last, each on a fresh copy of the
+    ledger as it was then, in turn: their CPU medians and the ratio."""
+    cpu: dict[str, list[float]] = {"first_week": [], "last": []}
+    for _ in range(repeats):
+        for name, (snapshot, papers, day) in (("first_week", young), ("last", old)):
+            work = snapshot.with_suffix(".run")
+            shutil.copyfile(snapshot, work)
+            with Ledger.open(work) as ledger:
+                cpu[name].append(one_day(ledger, day, papers, subs, policy)["cpu_s"])
+            for leftover in work.parent.glob(work.name + "*"):
+                leftover.unlink()
+    first, last = (statistics.median(cpu[k]) for k in ("first_week", "last"))
+    return {"repeats": repeats, "first_week_cpu_s": round(first, 3),
+            "last_cpu_s": round(last, 3), "last_vs_first_week_cpu": round(last / first, 3),
+            "runs_cpu_s": cpu}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--days", type=int, default=365)
@@ -175,6 +202,9 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="a PostgreSQL URL (default: SQLite)")
     parser.add_argument("--ledger", type=Path, default=None,
                         help="a SQLite file to write and keep (default: a temporary one)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="back-to-back runs of the first week's and the last day's next "
+                             "day, each (SQLite)")
     args = parser.parse_args()
     rng = random.Random(2026)
     profiles = make_profiles(args.profiles, make_feed(200, rng), rng)
@@ -185,6 +215,9 @@ def main() -> None:
     # first day of half the papers made a cheaper first run than any other.
     yesterday = day_papers(-1, args.papers, rng)
     opened = Ledger.open(args.ledger) if args.ledger else open_ledger(args.url)
+    week = min(7, args.days)
+    snapshots = Path(tempfile.mkdtemp(prefix="year-"))
+    young = old = None  # (the ledger's copy, the next day's feed, the day)
     with opened as ledger:
         for day in range(args.days):
             today = day_papers(day, args.papers, rng)
@@ -193,7 +226,14 @@ def main() -> None:
             days.append(row)
             if day % args.every == 0 or day == args.days - 1:
                 print(json.dumps(row), flush=True)
-    week = min(7, len(days))
+            if args.url is None and day in (week - 1, args.days - 1) and args.repeats:
+                copy = snapshots / f"after-{day}.sqlite3"
+                sqlite_backup(ledger.conn, copy)
+                taken = (copy, yesterday + day_papers(day + 1, args.papers, rng), day + 1)
+                young, old = (taken, old) if day == week - 1 and young is None else (young,
+                                                                                  taken)
+    interleaved = compare(young, old, subs, policy, args.repeats) if young and old else None
+    shutil.rmtree(snapshots, ignore_errors=True)
     first, last = medians(days[:week]), medians(days[-week:])
     # CPU time is what the ledger costs this process; wall time also counts a busy machine.
     print(json.dumps({
@@ -205,7 +245,7 @@ def main() -> None:
         "last_vs_first_week": round(last["seconds"] / first["seconds"], 3),
         "first_week_cpu_s": first["cpu_s"], "last_week_cpu_s": last["cpu_s"],
         "last_vs_first_week_cpu": round(last["cpu_s"] / first["cpu_s"], 3),
-        "first_week_phases": first, "last_week_phases": last,
+        "first_week_phases": first, "last_week_phases": last, "interleaved": interleaved,
         "size_mb": {str(d["day"]): d["size_mb"] for d in days
                     if d["day"] in (0, 30, 60, 90, 180, 270, args.days - 1)},
         "deliveries": {str(d["day"]): d["deliveries"] for d in days

@@ -195,48 +195,47 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
          on_progress: Callable[[SubscriberOutcome], None] | None,
          should_stop: Callable[[], bool]) -> RunReport:
     dry = options.dry_run
-    roster = None if dry else Roster.of_config(config)
     secret = unsubscribe_secret(config, env, dry_run=dry)
     backend_name = "file" if dry else config.delivery.backend
     bopts = backend_options(config, env, options.out_dir)
-    renderer = Renderer(config.templates_dir, config.newsletter.subject)
     envelope = Envelope.of(config, secret)
-    subscribers = everyone(config)
-    if options.only:
-        subscribers = tuple(s for s in subscribers if s.key == options.only.lower())
-        if not subscribers:
-            raise DigestMailerError(f"{options.only}: not a subscriber in {config.path} nor "
-                                    "in the store",
-                                    hint="see `digest-mailer subscribers list`")
-    run_date = options.run_date or today(config, now)
-    spec = source_spec(config, options, lookback(config, subscribers, run_date))
-    c = config.source
     d = config.delivery
-    policy = Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
-                    max_hard_failures=d.max_hard_failures)
-    with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
-        source = open_source(spec, lambda: http)
-        if dry:
-            with Ledger.open_readonly(config.state_target) as ledger, \
-                    closing(open_backend(backend_name, bopts)) as backend:
-                from digest_mailer.preview import preview_once
+    sender = None if dry else SenderSpec(
+        ledger=str(config.state_path), run_id=0, backend=backend_name, options=bopts,
+        policy=Policy(retry_attempts=d.retry_attempts, retry_delay=d.retry_delay,
+                      max_hard_failures=d.max_hard_failures),
+        signer=envelope.signer, roster=Roster.of_config(config), timeout=d.smtp.timeout,
+        log_level=logging.getLogger().getEffectiveLevel(), store=config.state_target,
+        lease=d.lease)
+    connections = d.smtp.connections if backend_name == "smtp" else 0
+    # Sender processes start first, to import while the run prepares, opens the ledger and
+    # reads the feed; they wait for its number (Senders.begin).
+    early = Senders(sender, connections, early=True) \
+        if sender is not None and connections > 0 and not options.compose_only else None
+    try:
+        renderer = Renderer(config.templates_dir, config.newsletter.subject)
+        subscribers = everyone(config)
+        if options.only:
+            subscribers = tuple(s for s in subscribers if s.key == options.only.lower())
+            if not subscribers:
+                raise DigestMailerError(f"{options.only}: not a subscriber in {config.path} "
+                                        "nor in the store",
+                                        hint="see `digest-mailer subscribers list`")
+        run_date = options.run_date or today(config, now)
+        spec = source_spec(config, options, lookback(config, subscribers, run_date))
+        c = config.source
+        with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
+            source = open_source(spec, lambda: http)
+            if sender is None:
+                with Ledger.open_readonly(config.state_target) as ledger, \
+                        closing(open_backend(backend_name, bopts)) as backend:
+                    from digest_mailer.preview import preview_once
 
-                return preview_once(subscribers=subscribers, source=source, ledger=ledger,
-                                    backend=backend, renderer=renderer, envelope=envelope,
-                                    now=now, run_date=run_date,
-                                    ignore_ledger=options.ignore_ledger,
-                                    on_progress=on_progress)
-        assert roster is not None
-        sender = SenderSpec(ledger=str(config.state_path), run_id=0, backend=backend_name,
-                            options=bopts, policy=policy, signer=envelope.signer,
-                            roster=roster, timeout=d.smtp.timeout,
-                            log_level=logging.getLogger().getEffectiveLevel(),
-                            store=config.state_target, lease=d.lease)
-        connections = d.smtp.connections if backend_name == "smtp" else 0
-        # Sender processes start now, to import while the ledger opens and the feed is read.
-        early = Senders(sender, connections, early=True) \
-            if connections > 0 and not options.compose_only else None
-        try:
+                    return preview_once(subscribers=subscribers, source=source,
+                                        ledger=ledger, backend=backend, renderer=renderer,
+                                        envelope=envelope, now=now, run_date=run_date,
+                                        ignore_ledger=options.ignore_ledger,
+                                        on_progress=on_progress)
             with Ledger.open(config.state_target) as ledger:
                 return run_once(subscribers=subscribers, source=source, ledger=ledger,
                                 sender=sender, connections=connections, renderer=renderer,
@@ -244,9 +243,9 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                                 on_progress=on_progress, should_stop=should_stop,
                                 retention=retention_of(config),
                                 compose_only=options.compose_only, early=early)
-        finally:
-            if early is not None:
-                early.end()  # ended already, or never begun (the run ended before)
+    finally:
+        if early is not None:
+            early.end()  # ended already, or never begun (the run ended before)
 
 
 def retention_of(config: Config) -> Retention:
