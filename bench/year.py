@@ -229,7 +229,9 @@ def main() -> None:
             if args.url is None and day in (week - 1, args.days - 1) and args.repeats:
                 copy = snapshots / f"after-{day}.sqlite3"
                 sqlite_backup(ledger.conn, copy)
-                taken = (copy, yesterday + day_papers(day + 1, args.papers, rng), day + 1)
+                # The next day's feed from a generator of its own: the series' is untouched.
+                taken = (copy, yesterday + day_papers(day + 1, args.papers,
+                                                      random.Random(day)), day + 1)
                 young, old = (taken, old) if day == week - 1 and young is None else (young,
                                                                                   taken)
     interleaved = compare(young, old, subs, policy, args.repeats) if young and old else None

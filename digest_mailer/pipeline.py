@@ -245,7 +245,9 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                                 compose_only=options.compose_only, early=early)
     finally:
         if early is not None:
-            early.end()  # ended already, or never begun (the run ended before)
+            # Ended already; or never begun (the run ended before); or begun, when the run's
+            # own wait was cut short: the message on each one's wire is let finish first.
+            early.end(timeout=sender.timeout + 5 if sender and early.begun else 5.0)
 
 
 def retention_of(config: Config) -> Retention:
@@ -298,8 +300,8 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
         slots = [_Slot(e.recipient, message_id=e.message_id, note="left by an earlier run")
                  for e in ledger.outbox.adopt(run_id, dead=holder_dead)]
         if early is not None:
+            senders = early  # from here on, the run's own: stopped and waited for below
             early.begin(run_id)
-            senders = early
         elif not compose_only:
             senders = Senders(replace(sender, run_id=run_id), connections)
         composer = envelope.composer(renderer, fetched.papers, run_date, ledger, now)

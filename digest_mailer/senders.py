@@ -66,8 +66,9 @@ def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any,
     # Done, and what it used is closed: no interpreter teardown, which the run's end waited
     # for (some 50 ms of freeing the modules and caches of a process about to vanish).
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None, or closed, when the run's was (a daemon)
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.flush()
     os._exit(0)
 
 
@@ -136,6 +137,11 @@ class Senders:
                                              name="sender-start", daemon=True)
             self._starter.start()
 
+    @property
+    def begun(self) -> bool:
+        """Sending (or free to): not early senders still waiting for their run's number."""
+        return not self._begin
+
     def begin(self, run_id: int) -> None:
         """The run has its number: early senders take it, and their names, and start."""
         self.spec = replace(self.spec, run_id=run_id)
@@ -149,9 +155,12 @@ class Senders:
     def _pause(self, seconds: float) -> None:
         """A pause that ends as soon as a sender process does (the run's end waits on the
         last one, and a fixed sleep added half its length on average)."""
-        ended = [w.handle.sentinel for w in self._workers
-                 if isinstance(w.handle, multiprocessing.process.BaseProcess)
-                 and w.handle.pid is not None and w.handle.exitcode is None]
+        ended = []
+        for w in self._workers:
+            if isinstance(w.handle, multiprocessing.process.BaseProcess) and \
+                    w.handle.pid is not None and w.handle.exitcode is None:
+                with contextlib.suppress(ValueError):  # its start is still under way
+                    ended.append(w.handle.sentinel)
         if ended:
             multiprocessing.connection.wait(ended, timeout=seconds)
         else:

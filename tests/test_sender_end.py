@@ -112,3 +112,28 @@ def test_senders_started_before_a_run_that_fails_are_gone_when_it_returns(
     assert conn.execute("SELECT outcome FROM runs").fetchall() == [("source failed",)]
     conn.close()
     assert smtp_server.handler.received == []
+
+
+def test_a_run_whose_output_is_closed_ends_well(tmp_path: Path,
+                                                smtp_server: SmtpServer) -> None:
+    """A sender process leaves without the interpreter's teardown, flushing its output first:
+    output that is closed (a daemon started with `>&-`) must not make it exit in error, which
+    recorded the whole run as crashed."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import base_config, local_smtp, toml_text
+
+    path = tmp_path / "digest-mailer.toml"
+    path.write_text(toml_text(base_config(tmp_path,
+                                          smtp=local_smtp(smtp_server.port, connections=1))))
+    command = [sys.executable, "-m", "digest_mailer", "run", "--config", str(path),
+               "--date", "2025-06-02"]
+    done = subprocess.run(["sh", "-c", '"$@" 1>&-', "sh", *command], env={**os.environ, **ENV},
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    conn = sqlite3.connect(tmp_path / "state.sqlite3")
+    assert conn.execute("SELECT outcome FROM runs").fetchall() == [("ok",)], done.stderr
+    conn.close()
+    assert len(smtp_server.handler.received) == 2

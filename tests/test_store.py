@@ -307,8 +307,8 @@ def test_a_writer_waits_for_another_writers_transaction_however_long(tmp_path: P
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO suppressions (subscriber, reason, since) "
                       "VALUES ('a@example.org', 'test', 'now')")
-        threading.Timer(held, other.commit).start()
         started = time.monotonic()
+        threading.Timer(held, other.commit).start()
         with ledger.transaction() as db:
             waited = time.monotonic() - started
             rows = db.driver_sql("SELECT count(*) FROM suppressions").scalar()
@@ -320,9 +320,19 @@ def test_a_writer_waits_for_another_writers_transaction_however_long(tmp_path: P
 def test_an_error_other_than_a_busy_lock_is_raised_at_once(tmp_path: Path) -> None:
     from digest_mailer.store.db import _begin_immediate
 
+    class Counting:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn, self.begins = conn, 0
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            self.begins += sql == "BEGIN IMMEDIATE"
+            return self.conn.execute(sql)
+
     conn = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None, timeout=30)
     conn.execute("BEGIN")
+    counted = Counting(conn)
     with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
-        _begin_immediate(conn)
+        _begin_immediate(counted)
+    assert counted.begins == 1  # not tried again: only a busy lock is
     assert conn.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
     conn.close()
