@@ -245,9 +245,7 @@ def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str
                                 compose_only=options.compose_only, early=early)
     finally:
         if early is not None:
-            # Ended already; or never begun (the run ended before); or begun, when the run's
-            # own wait was cut short: the message on each one's wire is let finish first.
-            early.end(timeout=sender.timeout + 5 if sender and early.begun else 5.0)
+            early.end()  # ended already; or never begun; or begun, with a run's wait cut short
 
 
 def retention_of(config: Config) -> Retention:

@@ -166,9 +166,12 @@ class Senders:
         else:
             time.sleep(seconds)
 
-    def end(self, timeout: float = 5.0) -> None:
-        """Stopped, and their processes gone (killed after `timeout` seconds): what a run
-        does with senders it never began, whose processes may still be importing."""
+    def end(self, timeout: float | None = None) -> None:
+        """Stopped, and their processes gone: killed after `timeout` seconds, by default 5 for
+        senders never begun (their processes may still be importing) and, for those that
+        began, one message's deadline, so that the message on each one's wire can finish."""
+        if timeout is None:
+            timeout = self.spec.timeout + 5 if self.begun else 5.0
         self.stop()
         if self._starter is not None:
             self._starter.join(max(timeout, 5.0))  # a start in progress has no process yet

@@ -60,6 +60,13 @@ _OPEN = (MessageState.PENDING.value, MessageState.SENDING.value, MessageState.DE
 _OFFERED = select(deliveries.c.included, deliveries.c.over_cap).where(
     deliveries.c.subscriber == bindparam("s"))
 _OFFERED_SINCE = _OFFERED.where(deliveries.c.sent_at >= bindparam("since"))
+
+
+def papers_offered(included: str | None, over_cap: str | None) -> list[str]:
+    """The ids a delivery offered, in its email and over its cap (each column the ids joined
+    by spaces, or empty)."""
+    return f"{included or ''} {over_cap or ''}".split()
+
 # Of the papers given: one statement with one parameter (the ids as a JSON array on SQLite,
 # an array on PostgreSQL), so it stays on the lean path whatever their number.
 _FIRST_SEEN = {
@@ -261,9 +268,7 @@ class Ledger:
             rows = self._conn.hot(_OFFERED_SINCE,
                                   {**key, "since": (since - OFFER_SKEW).isoformat()})
         for included, over_cap in rows:
-            ids.update((included or "").split())
-            if over_cap:
-                ids.update(over_cap.split())
+            ids.update(papers_offered(included, over_cap))
         if among is not None:
             ids.intersection_update(among)
         return frozenset(ids)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, delete, func, select
 
 from digest_mailer.models import MessageState
-from digest_mailer.store.ledger import OFFER_SKEW
+from digest_mailer.store.ledger import OFFER_SKEW, papers_offered
 from digest_mailer.store.tables import deliveries, outbox, papers
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def _unheld(ledger: Ledger, last: int, lasting: set[str]) -> list[int]:
     d = deliveries.c
     return [i for i, included, over_cap in ledger.conn.execute(
                 select(d.id, d.included, d.over_cap).where(d.id <= last))
-            if lasting.isdisjoint(f"{included or ''} {over_cap or ''}".split())]
+            if lasting.isdisjoint(papers_offered(included, over_cap))]
 
 
 def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
