@@ -109,21 +109,19 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
     box = ledger.outbox
     set_id = box.add_set(b"digest template " * 1000, now)
     feed = Feed.of(papers)
+    phases.lap("remember")
+    # As a run's composer reads them: once for everyone, from the earliest first sighting.
     first_seen = ledger.first_seen([p.id for p in papers])
+    offers = ledger.offers([p.id for p in papers], min(first_seen.values(), default=now))
     ranked: dict[tuple[object, ...], Any] = {}
     batch: list[Queued] = []
-    phases.lap("remember")
+    phases.lap("offered")
     for sub in subs:
         key = (sub.topics, sub.exclude, sub.authors, sub.min_upvotes)
         if key not in ranked:
             ranked[key] = ranked_matches(sub, feed)
         phases.lap("select")
-        # As compose.decide asks: the subscriber's deliveries since their matches were first
-        # seen.
-        matched = ranked[key]
-        since = min((first_seen[m.paper.id] for m in matched), default=None)
-        offered = ledger.offered_ids(sub.email, among=[m.paper.id for m in matched],
-                                     since=since, check_outbox=False) if since else frozenset()
+        offered = offers.of(sub.email, (m.paper.id for m in ranked[key]))
         phases.lap("offered")
         chosen = select_ranked(sub, ranked[key], offered)
         if not chosen.matches:
@@ -174,19 +172,21 @@ def compare(young: tuple[Path, list[Paper], int], old: tuple[Path, list[Paper], 
             subs: list[Subscriber], policy: Retention, repeats: int) -> dict[str, Any]:
     """The day after the first week and the day after the last, each on a fresh copy of the
     ledger as it was then, in turn: their CPU medians and the ratio."""
-    cpu: dict[str, list[float]] = {"first_week": [], "last": []}
+    rows: dict[str, list[dict[str, Any]]] = {"first_week": [], "last": []}
     for _ in range(repeats):
         for name, (snapshot, papers, day) in (("first_week", young), ("last", old)):
             work = snapshot.with_suffix(".run")
             shutil.copyfile(snapshot, work)
             with Ledger.open(work) as ledger:
-                cpu[name].append(one_day(ledger, day, papers, subs, policy)["cpu_s"])
+                rows[name].append(one_day(ledger, day, papers, subs, policy))
             for leftover in work.parent.glob(work.name + "*"):
                 leftover.unlink()
-    first, last = (statistics.median(cpu[k]) for k in ("first_week", "last"))
-    return {"repeats": repeats, "first_week_cpu_s": round(first, 3),
-            "last_cpu_s": round(last, 3), "last_vs_first_week_cpu": round(last / first, 3),
-            "runs_cpu_s": cpu}
+    first, last = (medians(rows[k]) for k in ("first_week", "last"))
+    return {"repeats": repeats, "first_week_cpu_s": first["cpu_s"],
+            "last_cpu_s": last["cpu_s"],
+            "last_vs_first_week_cpu": round(last["cpu_s"] / first["cpu_s"], 3),
+            "runs_cpu_s": {k: [r["cpu_s"] for r in v] for k, v in rows.items()},
+            "first_week_phases": first, "last_phases": last}
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from digest_mailer.models import (
 from digest_mailer.render import Renderer
 from digest_mailer.select import profile_key, ranked_matches, select_ranked
 from digest_mailer.store import Ledger
+from digest_mailer.store.ledger import NO_OFFERS, Offers
 from digest_mailer.store.outbox import Queued
 from digest_mailer.topics import Feed
 
@@ -72,13 +73,20 @@ class Composer:
             ranked = self._ranked[key] = ranked_matches(sub, self._feed)
         return ranked
 
+    def offers(self, ledger: Ledger) -> Offers:
+        """What the ledger says was offered to anyone among this run's papers: read once,
+        from the first sighting of the earliest of them."""
+        ids = [p.id for p in self.papers]
+        return ledger.offers(ids, self.first_sighting(ledger, ())) if ids else NO_OFFERS
+
     def first_sighting(self, ledger: Ledger, matches: Sequence[Match]) -> datetime:
-        """When the ledger first saw the earliest of these papers; the run's time when it saw
-        none of them (a dry run on new papers): nothing sent before that can have offered
-        them."""
+        """When the ledger first saw the earliest of these papers (of all the run's, when
+        none are given); the run's time when it saw none of them (a dry run on new papers):
+        nothing sent before that can have offered them."""
         if self._first_seen is None:
             self._first_seen = ledger.first_seen([p.id for p in self.papers])
-        seen = [t for m in matches if (t := self._first_seen.get(m.paper.id)) is not None]
+        ids = [m.paper.id for m in matches] if matches else self._first_seen
+        seen = [t for i in ids if (t := self._first_seen.get(i)) is not None]
         return min(seen, default=self.shared.when)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
@@ -162,9 +170,9 @@ def batch_key(sub: Subscriber) -> tuple[object, ...]:
 
 
 def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: Composer,
-           run_date: date, ignore_ledger: bool, waiting: frozenset[str]
-           ) -> SubscriberOutcome | Selection:
-    """Why nothing goes to this subscriber, or what does."""
+           run_date: date, offers: Offers | None) -> SubscriberOutcome | Selection:
+    """Why nothing goes to this subscriber, or what does. `offers`: what the ledger says was
+    offered (`Composer.offers`); None ignores it."""
     if sub.paused:
         return SubscriberOutcome(sub.email, Status.PAUSED, detail="pause = true")
     if not sub.due_on(run_date):
@@ -174,17 +182,14 @@ def decide(sub: Subscriber, fetched: FetchResult, *, ledger: Ledger, composer: C
     if suppressed:
         return SubscriberOutcome(sub.email, Status.SUPPRESSED, detail=suppressed)
     ranked = composer.ranked(sub)
-    # Only the deliveries since the matches were first seen are read: a run's cost does not
-    # grow with how much history the ledger keeps.
-    offered = frozenset() if ignore_ledger or not ranked else ledger.offered_ids(
-        sub.email, among=[m.paper.id for m in ranked],
-        since=composer.first_sighting(ledger, ranked), check_outbox=sub.key in waiting)
+    offered = offers.of(sub.email, (m.paper.id for m in ranked)) if offers is not None and ranked \
+        else frozenset()
     selection = select_ranked(sub, ranked, offered)
     if not selection.matches:
         if selection.matched_total == 0:
             why = "no paper matches" if fetched.papers else "the feed is empty"
             return SubscriberOutcome(sub.email, Status.NO_MATCH, detail=why)
-        where = " or wait in the outbox" if sub.key in waiting else ""
+        where = " or wait in the outbox" if offers is not None and sub.key in offers.waiting else ""
         return SubscriberOutcome(sub.email, Status.NOTHING_NEW,
                                  detail=f"all {selection.matched_total} matching papers were "
                                         f"offered before{where}")

@@ -53,7 +53,10 @@ def explain_subscriber(config: Config, options: RunOptions, *, now: datetime,
     with HttpFetcher(timeout=c.timeout, retries=c.retries, max_bytes=c.max_bytes) as http:
         fetched = open_source(spec, lambda: http).fetch(run_date)
     with Ledger.open_readonly(config.state_target) as ledger:
-        offered = ledger.offer_log(sub.email)
+        # What was offered since the feed's papers were first seen: nothing before that can
+        # have offered them.
+        seen = ledger.first_seen([p.id for p in fetched.papers])
+        offered = ledger.offer_log(sub.email, since=min(seen.values(), default=now))
     note = ""
     if sub.paused:
         note = "paused (pause = true, or by their own preferences): nothing is sent"

@@ -368,7 +368,7 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
              on_progress: Callable[[SubscriberOutcome], None] | None,
              should_stop: Callable[[], bool]) -> bool:
     """Every subscriber's share, in the config's order in the report; True when stopped."""
-    waiting = ledger.outbox.waiting_subscribers()
+    offers = composer.offers(ledger)
     batch: list[Queued] = []
     flushed = time.monotonic()
 
@@ -394,7 +394,7 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
                                                         detail="the run was asked to stop"))
             continue
         result = decide(sub, fetched, ledger=ledger, composer=composer, run_date=run_date,
-                        ignore_ledger=False, waiting=waiting)
+                        offers=offers)
         if isinstance(result, SubscriberOutcome):
             own[i] = _Slot(sub.email, result)
         else:

@@ -24,11 +24,12 @@ def preview_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger:
     fetched = source.fetch(run_date)
     composer = envelope.composer(renderer, fetched.papers, run_date, None, now)
     order = sorted(range(len(subscribers)), key=lambda i: batch_key(subscribers[i]))
+    offers = None if ignore_ledger else composer.offers(ledger)
     own: dict[int, SubscriberOutcome] = {}
     for i in order:
         sub = subscribers[i]
         result = decide(sub, fetched, ledger=ledger, composer=composer, run_date=run_date,
-                        ignore_ledger=ignore_ledger, waiting=frozenset())
+                        offers=offers)
         if isinstance(result, Selection):
             message = composer.compose(result, run_date, now, want_html=True)
             papers = len(result.matches)

@@ -60,8 +60,51 @@ def test_a_sent_message_stays_sent_whatever_a_late_sender_reports(
         ledger.outbox.failed(entry, NOW, "550 no such user")
         ledger.outbox.cancelled(entry, NOW, "no longer a subscriber")
         assert ledger.outbox.counts() == {"sent": 1}
-        assert ledger.outbox.hard_failures("ada@x.org") == 0
+        assert ledger.outbox.hard_failures("ada@x.org", 10) == 0
         assert ledger.outbox.claim(run, "s2", 8, NOW.timestamp() + 120, 60) == []
+
+
+def test_a_runs_offers_for_everyone_at_once(store_target: StoreTarget) -> None:
+    """`Ledger.offers` reads what was offered to every subscriber in one go (the unsent
+    messages, then the deliveries since the earliest first sighting): among the run's
+    candidates only, as `offered_ids` says for each, and who waits in the outbox."""
+    from datetime import timedelta
+
+    with Ledger.open(store_target) as ledger:
+        box = ledger.outbox
+        run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
+
+        def deliver(to: str, mid: str, included: list[str], offered: list[str],
+                    days: int) -> None:
+            when = NOW + timedelta(days=days)
+            entry = box.add(message(to, mid), run_id=run, included=included, offered=offered,
+                            now=when)
+            box.sent(entry, when, run)
+
+        deliver("Ada@x.org", "<old@x>", ["9"], ["9", "8"], -30)  # before the window
+        deliver("ada@x.org", "<a1@x>", ["1"], ["1", "2"], -3)
+        deliver("bob@x.org", "<b1@x>", ["2", "7"], ["2", "7"], -2)
+        deliver("bob@x.org", "<b2@x>", ["3"], ["3"], 0)
+        box.add(message("cy@x.org", "<c1@x>"), run_id=run, included=["4"], offered=["4", "5"],
+                now=NOW)  # unsent: holds its papers
+        failed = box.add(message("dan@x.org", "<d1@x>"), run_id=run, included=["6"],
+                         offered=["6"], now=NOW)
+        box.failed(failed, NOW, "550 no such user")  # holds nothing
+        candidates = ["1", "2", "3", "4", "5", "6", "8", "9"]
+        since = NOW - timedelta(days=5)
+        offers = ledger.offers(candidates, since)
+        assert offers.waiting == {"cy@x.org"}
+        assert {s: set(ids) for s, ids in offers.held.items()} == {
+            "ada@x.org": {"1", "2"}, "bob@x.org": {"2", "3"}, "cy@x.org": {"4", "5"}}
+        assert offers.of("ADA@x.org", ["2", "9"]) == {"2"}
+        assert offers.of("eve@x.org", candidates) == frozenset()
+        for who in ("ada@x.org", "bob@x.org", "cy@x.org", "dan@x.org"):
+            assert offers.of(who, candidates) == ledger.offered_ids(who, among=candidates,
+                                                                    since=since)
+        # A week further back reaches the old delivery (give or take a day's skew).
+        assert ledger.offers(candidates, NOW - timedelta(days=29)).of("ada@x.org", ["9"]) \
+            == {"9"}
+        assert ledger.offers([], since).held == {}
 
 
 def test_a_failed_write_records_nothing(store_target: StoreTarget) -> None:
@@ -102,7 +145,7 @@ def test_outbox_states_and_what_counts_as_offered(store_target: StoreTarget) -> 
             failed = box.add(message("A@x.org", f"<f{n}@x>"), run_id=None, included=["3"],
                              offered=["3"], now=NOW)
             box.failed(failed, NOW, "550 no such user")
-        assert box.hard_failures("a@x.org") == 2
+        assert box.hard_failures("a@x.org", 10) == 2
         assert ledger.offered_ids("a@x.org") == {"1", "2"}  # failed messages hold nothing
         assert box.counts() == {"sent": 1, "failed": 2}
         box.prune_sets()

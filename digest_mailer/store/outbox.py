@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 
 from digest_mailer.models import MessageState, OutgoingMessage
+from digest_mailer.store.ranges import sent_since
 from digest_mailer.store.sql import insert_for
 from digest_mailer.store.tables import OPEN_ROWS, deliveries, outbox, outbox_sets
 
@@ -371,26 +372,31 @@ class Outbox:
                                          .order_by(x.id))
         return [_entry(r) for r in rows]
 
-    def waiting_subscribers(self) -> frozenset[str]:
-        rows = self._ledger.conn.execute(select(x.subscriber).distinct()
-                                         .where(x.state.in_(_OPEN)))
-        return frozenset(r[0] for r in rows)
-
     def prune_sets(self) -> None:
         """Templates no unsent message needs any more."""
         with self._ledger.transaction() as db:
             db.execute(delete(outbox_sets).where(outbox_sets.c.id.not_in(
                 select(x.set_id).where(x.set_id.is_not(None), x.state.in_(_OPEN)))))
 
-    def hard_failures(self, subscriber: str) -> int:
-        """Failures of this address since its last delivery (read from the deliveries, which
-        outlive the sent messages' outbox rows)."""
+    def hard_failures(self, subscriber: str, limit: int) -> int:
+        """Failures of this address since its last delivery, `limit` at most: its newest
+        failures (by the outbox's index on the subscriber), and its last delivery since the
+        oldest of them (the deliveries outlive the sent messages' outbox rows; they have no
+        index by subscriber, and are read as a range of ids)."""
         key = subscriber.lower()
-        last_sent = select(func.coalesce(func.max(deliveries.c.sent_at), "")).where(
-            deliveries.c.subscriber == key).scalar_subquery()
-        return int(self._ledger.conn.execute(select(func.count()).where(
-            x.subscriber == key, x.state == State.FAILED.value,
-            x.updated_at >= last_sent)).scalar())
+        conn = self._ledger.conn
+        failed = [r[0] for r in conn.execute(
+            select(x.updated_at).where(x.subscriber == key, x.state == State.FAILED.value)
+            .order_by(x.updated_at.desc()).limit(limit))]
+        if not failed:
+            return 0
+        d = deliveries.c
+        # Read backwards from the newest delivery: as far as this address's last one, or the
+        # oldest failure counted (its failures in a row: a few runs back).
+        last_sent = conn.execute(select(d.sent_at).where(
+            d.subscriber == key, sent_since(conn, datetime.fromisoformat(min(failed))))
+            .order_by(d.id.desc()).limit(1)).scalar() or ""
+        return sum(1 for at in failed if at >= last_sent)
 
     def counts(self) -> dict[str, int]:
         rows = self._ledger.conn.execute(select(x.state, func.count()).group_by(x.state))

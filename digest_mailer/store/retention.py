@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import delete, select
 
 from digest_mailer.models import MessageState
-from digest_mailer.store.ledger import OFFER_SKEW, papers_offered
+from digest_mailer.store.ledger import papers_offered
+from digest_mailer.store.ranges import OFFER_SKEW, last_below
 from digest_mailer.store.tables import deliveries, outbox, papers
 
 if TYPE_CHECKING:
@@ -70,43 +71,9 @@ class Pruned:
         return self.deliveries + self.messages + self.papers
 
 
-def _last_below(ledger: Ledger, ident: ColumnElement[int], key: ColumnElement[Any],
-                bound: object) -> int | None:
-    """The id of the last row whose `key` is below `bound`, for a key that grows with the id
-    (give or take the microseconds between two senders' commits), found by bisecting the ids:
-    some twenty look-ups by primary key, where an index on the key would cost every message
-    a sender records. None when the first row is not below it."""
-    conn = ledger.conn
-    # Apart: SQLite reads both ends of the key in one look-up each only for a lone min()
-    # or max(); together they made it read the whole table (every delivery, every offer).
-    lo = conn.execute(select(func.min(ident))).scalar()
-    hi = conn.execute(select(func.max(ident))).scalar()
-    if lo is None or hi is None:
-        return None
-
-    def at_or_after(n: int) -> tuple[int, Any]:
-        found = conn.execute(select(ident, key).where(ident >= n).order_by(ident)
-                             .limit(1)).fetchone()
-        return int(found[0]), found[1]
-
-    if at_or_after(lo)[1] >= bound:
-        return None
-    if at_or_after(hi)[1] < bound:
-        return int(hi)
-    # Invariant: the row at or after lo is below the bound; the one at hi is not.
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        found, value = at_or_after(mid)
-        if found >= hi or value >= bound:
-            hi = mid if found >= hi else found
-        else:
-            lo = found
-    return int(lo)
-
-
 def _last_before(ledger: Ledger, cutoff: str) -> int | None:
     """The last delivery sent before `cutoff`."""
-    return _last_below(ledger, deliveries.c.id, deliveries.c.sent_at, cutoff)
+    return last_below(ledger.conn, deliveries.c.id, deliveries.c.sent_at, cutoff)
 
 
 def _unheld(ledger: Ledger, last: int, lasting: set[str]) -> list[int]:
@@ -142,8 +109,8 @@ def prune(ledger: Ledger, policy: Retention, now: datetime) -> Pruned:
     # The outbox's rows are numbered as a run composes them, all with the run's time: those
     # made before a cut are a range of ids (the rest of it is a day's rows, and the few
     # failures kept for the history).
-    sent_before = _last_below(ledger, x.id, x.created_at, window)
-    done_before = _last_below(ledger, x.id, x.created_at, history)
+    sent_before = last_below(ledger.conn, x.id, x.created_at, window)
+    done_before = last_below(ledger.conn, x.id, x.created_at, history)
     n_messages = 0
     with ledger.transaction() as db:
         if sent_before is not None:

@@ -28,7 +28,7 @@ from digest_mailer.store.legacy import COLUMNS, LEGACY_SCRIPT
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0006"  # the newest revision in store/migrations/versions/
+HEAD = "0007"  # the newest revision in store/migrations/versions/
 BASELINE = "0001"  # schema 3, the last before Alembic
 LEGACY_VERSION = 3
 USER_VERSION = 4  # PRAGMA user_version of every SQLite ledger under Alembic

@@ -76,9 +76,8 @@ deliveries = Table(
     # most of what a sender's commit and the prune cost.
     Column("over_cap", Text),
 )
-# A subscriber's deliveries by time: `history`, and what was offered to them since a paper
-# was first seen (`Ledger.offered_ids`).
-Index("deliveries_subscriber", deliveries.c.subscriber, deliveries.c.sent_at)
+# No index by subscriber (revision 0007): what was offered to whom is read as a range of ids
+# (store/ranges.py), so a delivery's commit and the prune do not grow with the history kept.
 
 # A message is its digest template (stored once for everyone who shares it) and the few values
 # that make it one subscriber's.
