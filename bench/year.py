@@ -2,10 +2,11 @@
 bigger, as history accumulates? (issue 11, point 3)
 
 Each day: the feed of the lookback window (today's new papers and yesterday's), remembered;
-for each subscriber, the ledger's offered ids, the selection (the real matching code), and
-the outbox rows; then every message "sent" as a sender records it (a claim of 32, the
-suppression look-up, one commit per message with its delivery); then the
-retention policy's prune, as a run does at its end. No SMTP, no rendering: the ledger's part.
+what the ledger says was offered, read once for everyone as a run reads it; for each
+subscriber, the selection (the real matching code) and the outbox rows; then every message
+"sent" as a sender records it (a claim of 32, the suppression look-up, one commit per message
+with its delivery); then the retention policy's prune, as a run does at its end. No SMTP, no
+rendering: the ledger's part.
 
     .venv/bin/python bench/year.py --days 365 --subscribers 10000 [--url postgresql://...]
 
@@ -112,7 +113,7 @@ def one_day(ledger: Ledger, day: int, papers: list[Paper], subs: list[Subscriber
     phases.lap("remember")
     # As a run's composer reads them: once for everyone, from the earliest first sighting.
     first_seen = ledger.first_seen([p.id for p in papers])
-    offers = ledger.offers([p.id for p in papers], min(first_seen.values(), default=now))
+    offers = ledger.offers({p.id: first_seen.get(p.id, now) for p in papers}, now)
     ranked: dict[tuple[object, ...], Any] = {}
     batch: list[Queued] = []
     phases.lap("offered")

@@ -75,19 +75,14 @@ class Composer:
 
     def offers(self, ledger: Ledger) -> Offers:
         """What the ledger says was offered to anyone among this run's papers: read once,
-        from the first sighting of the earliest of them."""
-        ids = [p.id for p in self.papers]
-        return ledger.offers(ids, self.first_sighting(ledger, ())) if ids else NO_OFFERS
-
-    def first_sighting(self, ledger: Ledger, matches: Sequence[Match]) -> datetime:
-        """When the ledger first saw the earliest of these papers (of all the run's, when
-        none are given); the run's time when it saw none of them (a dry run on new papers):
-        nothing sent before that can have offered them."""
+        from their first sightings (the run's time for one it never saw)."""
+        if not self.papers:
+            return NO_OFFERS
         if self._first_seen is None:
             self._first_seen = ledger.first_seen([p.id for p in self.papers])
-        ids = [m.paper.id for m in matches] if matches else self._first_seen
-        seen = [t for i in ids if (t := self._first_seen.get(i)) is not None]
-        return min(seen, default=self.shared.when)
+        now = self.shared.when
+        return ledger.offers({p.id: self._first_seen.get(p.id, now) for p in self.papers},
+                             now)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         return select_ranked(sub, self.ranked(sub), offered)

@@ -326,7 +326,7 @@ class Sender:
             logger.info("%s: deferred (%s)", entry.recipient, e.message)
             return
         outbox.failed(entry.id, now, e.message, attempt=e.tried)
-        failures = outbox.hard_failures(entry.recipient, policy.max_hard_failures)
-        if failures >= policy.max_hard_failures and ledger.suppress(
-                entry.recipient, "bounced", now, e.message):
-            logger.warning("%s: suppressed after %d hard failures", entry.recipient, failures)
+        if outbox.failed_in_a_row(entry.recipient, policy.max_hard_failures) and \
+                ledger.suppress(entry.recipient, "bounced", now, e.message):
+            logger.warning("%s: suppressed after %d hard failures in a row", entry.recipient,
+                           policy.max_hard_failures)

@@ -97,7 +97,8 @@ def test_a_ledger_written_by_main_upgrades_in_place_after_a_backup(tmp_path: Pat
                                                          "2506.00003"}
         assert ledger.suppressed("eve@example.org") == "unsubscribed"
         assert ledger.sent_papers("<sent@x>") == ["2506.00001", "2506.00002"]
-        assert ledger.outbox.hard_failures("cy@example.org", 10) == 1
+        assert ledger.outbox.failed_in_a_row("cy@example.org", 1)
+        assert not ledger.outbox.failed_in_a_row("cy@example.org", 2)
         # The unsent message is still in the queue, under its Message-ID.
         run = ledger.start_run(NOW, date(2025, 6, 3), "x")
         (adopted,) = ledger.outbox.adopt(run)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -60,16 +60,22 @@ def test_a_sent_message_stays_sent_whatever_a_late_sender_reports(
         ledger.outbox.failed(entry, NOW, "550 no such user")
         ledger.outbox.cancelled(entry, NOW, "no longer a subscriber")
         assert ledger.outbox.counts() == {"sent": 1}
-        assert ledger.outbox.hard_failures("ada@x.org", 10) == 0
+        assert not ledger.outbox.failed_in_a_row("ada@x.org", 1)
         assert ledger.outbox.claim(run, "s2", 8, NOW.timestamp() + 120, 60) == []
 
 
-def test_a_runs_offers_for_everyone_at_once(store_target: StoreTarget) -> None:
+@pytest.mark.parametrize("chunk", [20_000, 2])
+def test_a_runs_offers_for_everyone_at_once(store_target: StoreTarget, chunk: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`Ledger.offers` reads what was offered to every subscriber in one go (the unsent
-    messages, then the deliveries since the earliest first sighting): among the run's
+    messages, then the deliveries since the recent papers were first seen, in chunks of ids,
+    and for a paper first seen long ago the records that name it): among the run's
     candidates only, as `offered_ids` says for each, and who waits in the outbox."""
     from datetime import timedelta
 
+    from digest_mailer.store import ranges
+
+    monkeypatch.setattr(ranges, "CHUNK", chunk)
     with Ledger.open(store_target) as ledger:
         box = ledger.outbox
         run = ledger.start_run(NOW, date(2025, 6, 2), "feed.json")
@@ -81,30 +87,76 @@ def test_a_runs_offers_for_everyone_at_once(store_target: StoreTarget) -> None:
                             now=when)
             box.sent(entry, when, run)
 
-        deliver("Ada@x.org", "<old@x>", ["9"], ["9", "8"], -30)  # before the window
+        deliver("Ada@x.org", "<old@x>", ["9"], ["9", "8"], -30)  # an old paper's offer
+        deliver("eve@x.org", "<e1@x>", ["99", "2x1"], ["99", "2x1", "80"], -29)
         deliver("ada@x.org", "<a1@x>", ["1"], ["1", "2"], -3)
-        deliver("bob@x.org", "<b1@x>", ["2", "7"], ["2", "7"], -2)
+        deliver("bob@x.org", "<b1@x>", ["2", "7", "10"], ["2", "7", "10"], -2)
         deliver("bob@x.org", "<b2@x>", ["3"], ["3"], 0)
         box.add(message("cy@x.org", "<c1@x>"), run_id=run, included=["4"], offered=["4", "5"],
                 now=NOW)  # unsent: holds its papers
         failed = box.add(message("dan@x.org", "<d1@x>"), run_id=run, included=["6"],
                          offered=["6"], now=NOW)
         box.failed(failed, NOW, "550 no such user")  # holds nothing
-        candidates = ["1", "2", "3", "4", "5", "6", "8", "9"]
-        since = NOW - timedelta(days=5)
-        offers = ledger.offers(candidates, since)
+        recent = {pid: NOW - timedelta(days=4) for pid in ("1", "2", "3", "4", "5", "6")}
+        # "9" and "2_1" were first seen a month ago and are back in the feed: only records
+        # that name them are read that far back ("99", "2x1" and "80" are not them).
+        old = {"9": NOW - timedelta(days=31), "2_1": NOW - timedelta(days=31)}
+        offers = ledger.offers(recent | old, NOW)
         assert offers.waiting == {"cy@x.org"}
         assert {s: set(ids) for s, ids in offers.held.items()} == {
-            "ada@x.org": {"1", "2"}, "bob@x.org": {"2", "3"}, "cy@x.org": {"4", "5"}}
-        assert offers.of("ADA@x.org", ["2", "9"]) == {"2"}
-        assert offers.of("eve@x.org", candidates) == frozenset()
-        for who in ("ada@x.org", "bob@x.org", "cy@x.org", "dan@x.org"):
-            assert offers.of(who, candidates) == ledger.offered_ids(who, among=candidates,
-                                                                    since=since)
-        # A week further back reaches the old delivery (give or take a day's skew).
-        assert ledger.offers(candidates, NOW - timedelta(days=29)).of("ada@x.org", ["9"]) \
-            == {"9"}
-        assert ledger.offers([], since).held == {}
+            "ada@x.org": {"1", "2", "9"}, "bob@x.org": {"2", "3"}, "cy@x.org": {"4", "5"}}
+        assert offers.of("ADA@x.org", ["2", "8"]) == {"2"}
+        assert offers.of("eve@x.org", [*recent, *old]) == frozenset()
+        candidates = [*recent, *old]
+        for who in ("ada@x.org", "bob@x.org", "cy@x.org", "dan@x.org", "eve@x.org"):
+            assert offers.of(who, candidates) == ledger.offered_ids(
+                who, among=candidates, since=NOW - timedelta(days=31))
+        # Many old papers: every record since the oldest is read.
+        many = {f"{n}": NOW - timedelta(days=31) for n in range(100)}
+        assert ledger.offers(many, NOW).of("eve@x.org", many) == {"99", "80"}
+        assert ledger.offers({}, NOW).held == {}
+
+
+def test_a_clock_days_slow_hides_only_its_own_deliveries(store_target: StoreTarget) -> None:
+    """Review finding: the first record of the window is found by bisecting the ids on the
+    time each was sent. One host whose clock is days slow (outside what the README allows)
+    wrote the newest record, or the one a probe lands on: everything the others sent since was
+    cut off, so their papers went out again. A probe reads a window of records, whose latest
+    time counts; and the prune deletes no more than the time says."""
+    from datetime import timedelta
+
+    from digest_mailer.store import ranges
+    from digest_mailer.store.retention import Retention, prune
+
+    with Ledger.open(store_target) as ledger:
+        box = ledger.outbox
+
+        def deliver(to: str, n: int, papers: list[str], when: datetime) -> None:
+            entry = box.add(message(to, f"<{to}.{n}@x>"), run_id=None, included=papers,
+                            offered=papers, now=when)
+            box.sent(entry, when, None)
+
+        start = NOW - timedelta(days=200)
+        for n in range(60):  # a history, one record a day
+            deliver("old@x.org", n, [f"o{n}"], start + timedelta(days=n * 3))
+        ledger.remember([Paper(id="P", title="T", upvotes=1)], NOW)
+        for n in range(40):  # today's run: a right clock and one three days slow, in turn
+            slow = timedelta(days=3) if n % 2 else timedelta(0)
+            deliver(f"r{n}@x.org", n, ["P"], NOW + timedelta(minutes=n) - slow)
+        deliver("last@x.org", 0, ["P"], NOW + timedelta(hours=1) - timedelta(days=3))
+        # And the newest of all from a clock 40 days slow: older than the prune's cut.
+        deliver("late@x.org", 0, ["P"], NOW + timedelta(hours=2) - timedelta(days=40))
+        since = ledger.first_seen(["P"])["P"]
+        offers = ledger.offers({"P": since}, NOW)
+        for n in range(0, 40, 2):
+            assert offers.of(f"r{n}@x.org", ["P"]) == {"P"}
+            assert ledger.offered_ids(f"r{n}@x.org", among=["P"], since=since) == {"P"}
+        prune(ledger, Retention(offer_days=21, history_days=30), NOW + timedelta(days=2))
+        left = [d.subscriber for d in ledger.deliveries()]
+        assert sum(1 for who in left if who.startswith("r")) == 40  # today's, all kept
+        # Of the history, the two records within the 30 days, and at most a window of
+        # records past the cut (pruned by a later run).
+        assert 2 <= left.count("old@x.org") <= 2 + ranges.WINDOW
 
 
 def test_a_failed_write_records_nothing(store_target: StoreTarget) -> None:
@@ -145,7 +197,8 @@ def test_outbox_states_and_what_counts_as_offered(store_target: StoreTarget) -> 
             failed = box.add(message("A@x.org", f"<f{n}@x>"), run_id=None, included=["3"],
                              offered=["3"], now=NOW)
             box.failed(failed, NOW, "550 no such user")
-        assert box.hard_failures("a@x.org", 10) == 2
+        # Failed at the time of its delivery: counted (as before: failures from then on).
+        assert box.failed_in_a_row("a@x.org", 2) and not box.failed_in_a_row("a@x.org", 3)
         assert ledger.offered_ids("a@x.org") == {"1", "2"}  # failed messages hold nothing
         assert box.counts() == {"sent": 1, "failed": 2}
         box.prune_sets()

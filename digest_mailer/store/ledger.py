@@ -14,7 +14,7 @@ import socket
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    or_,
     select,
     union_all,
     update,
@@ -38,7 +39,7 @@ from digest_mailer.store import schema
 from digest_mailer.store.db import Db
 from digest_mailer.store.engines import StoreTarget, make_engine
 from digest_mailer.store.outbox import Outbox
-from digest_mailer.store.ranges import sent_since
+from digest_mailer.store.ranges import read_sent_since, sent_since
 from digest_mailer.store.sql import insert_for
 from digest_mailer.store.tables import (
     METADATA,
@@ -53,6 +54,15 @@ logger = logging.getLogger(__name__)
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
 _OPEN = (MessageState.PENDING.value, MessageState.SENDING.value, MessageState.DEFERRED.value)
 
+
+
+# Papers first seen longer ago than this before a run are "old" (`Ledger.offers`): a feed
+# window of a week (weekly digests) and a day.
+RECENT = timedelta(days=8)
+MAX_NAMED = 32  # old papers looked for by name in the records; more, and all are read
+# A delivery's offered ids, each between spaces, for a look for one by name.
+_OFFERED_IDS = (literal(" ") + func.coalesce(deliveries.c.included, "") + literal(" ")
+                + func.coalesce(deliveries.c.over_cap, "") + literal(" "))
 
 
 def papers_offered(included: str | None, over_cap: str | None) -> list[str]:
@@ -281,14 +291,17 @@ class Ledger:
             ids.intersection_update(among)
         return frozenset(ids)
 
-    def offers(self, candidates: Collection[str], since: datetime | None) -> Offers:
-        """`offered_ids` for every subscriber at once, among a run's candidate papers first
-        seen from `since` on: the unsent messages, then the deliveries sent since, one range of
-        ids read in order. There is no index by subscriber (revision 0007): keeping one up
-        to date at every delivery and at every prune made a run's cost grow with the history
-        kept (issue 11: +20% after a simulated year), where this read is as long as the
+    def offers(self, first_seen: Mapping[str, datetime], now: datetime) -> Offers:
+        """`offered_ids` for every subscriber at once, among a run's candidate papers
+        (`first_seen`: each with the time the ledger first saw it, `now` for one it never
+        saw): the unsent messages, then the deliveries sent since the earliest of the recent
+        papers' first sightings, a range of ids read in chunks. A paper first seen longer ago
+        (one back in a feed) stretches the read only over the records that name it, which
+        the database picks out. There is no index by subscriber (revision 0007): keeping one
+        up to date at every delivery and at every prune made a run's cost grow with the
+        history kept (issue 11: +15% after a simulated year); this read is as long as the
         feed's window."""
-        wanted = {pid: pid for pid in candidates}  # one string per id, however often offered
+        wanted = {pid: pid for pid in first_seen}  # one string per id, however often offered
         held: dict[str, list[str]] = {}
 
         def add(subscriber: str, ids: Iterable[str]) -> None:
@@ -303,10 +316,19 @@ class Ledger:
                 x.state.in_(_OPEN))):
             waiting.add(subscriber)
             add(subscriber, offered.split())
-        if wanted:
-            for subscriber, included, over_cap in self._conn.execute(
-                    select(d.subscriber, d.included, d.over_cap).where(
-                        sent_since(self._conn, since))):
+        recent_from = now - RECENT
+        old = sorted(pid for pid, seen in first_seen.items() if seen < recent_from)
+        columns = (d.subscriber, d.included, d.over_cap)
+        if len(old) < len(first_seen):
+            since = min(seen for seen in first_seen.values() if seen >= recent_from)
+            for subscriber, included, over_cap in read_sent_since(self._conn, columns, since):
+                add(subscriber, papers_offered(included, over_cap))
+        if old:
+            # Many old papers (a feed of last month's, read again): every record since.
+            named = (or_(*(_OFFERED_IDS.contains(f" {pid} ", autoescape=True) for pid in old)),
+                     ) if len(old) <= MAX_NAMED else ()
+            for subscriber, included, over_cap in read_sent_since(
+                    self._conn, columns, min(first_seen[pid] for pid in old), *named):
                 add(subscriber, papers_offered(included, over_cap))
         return Offers({s: tuple(set(ids)) for s, ids in held.items()}, frozenset(waiting))
 

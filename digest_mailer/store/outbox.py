@@ -378,25 +378,26 @@ class Outbox:
             db.execute(delete(outbox_sets).where(outbox_sets.c.id.not_in(
                 select(x.set_id).where(x.set_id.is_not(None), x.state.in_(_OPEN)))))
 
-    def hard_failures(self, subscriber: str, limit: int) -> int:
-        """Failures of this address since its last delivery, `limit` at most: its newest
-        failures (by the outbox's index on the subscriber), and its last delivery since the
-        oldest of them (the deliveries outlive the sent messages' outbox rows; they have no
-        index by subscriber, and are read as a range of ids)."""
+    def failed_in_a_row(self, subscriber: str, limit: int) -> bool:
+        """Whether this address's last `limit` messages were refused for good with no
+        delivery since the oldest of them. Its failures come from the outbox's index on the
+        subscriber; the deliveries (which outlive the sent messages' outbox rows, and have no
+        index by subscriber) are read only for an address with `limit` failures kept, back
+        from the newest to the oldest of those failures: a wave of bounces costs a look-up
+        each, and only an address about to be suppressed a read of a few runs' records."""
         key = subscriber.lower()
         conn = self._ledger.conn
         failed = [r[0] for r in conn.execute(
             select(x.updated_at).where(x.subscriber == key, x.state == State.FAILED.value)
             .order_by(x.updated_at.desc()).limit(limit))]
-        if not failed:
-            return 0
+        if len(failed) < limit:
+            return False
+        oldest = failed[-1]
         d = deliveries.c
-        # Read backwards from the newest delivery: as far as this address's last one, or the
-        # oldest failure counted (its failures in a row: a few runs back).
         last_sent = conn.execute(select(d.sent_at).where(
-            d.subscriber == key, sent_since(conn, datetime.fromisoformat(min(failed))))
-            .order_by(d.id.desc()).limit(1)).scalar() or ""
-        return sum(1 for at in failed if at >= last_sent)
+            d.subscriber == key, sent_since(conn, datetime.fromisoformat(oldest)))
+            .order_by(d.id.desc()).limit(1)).scalar()
+        return last_sent is None or oldest >= last_sent
 
     def counts(self) -> dict[str, int]:
         rows = self._ledger.conn.execute(select(x.state, func.count()).group_by(x.state))
