@@ -54,8 +54,6 @@ logger = logging.getLogger(__name__)
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
 _OPEN = (MessageState.PENDING.value, MessageState.SENDING.value, MessageState.DEFERRED.value)
 
-
-
 # Papers first seen longer ago than this before a run are "old" (`Ledger.offers`): a feed
 # window of a week (weekly digests) and a day.
 RECENT = timedelta(days=8)
@@ -324,7 +322,8 @@ class Ledger:
             for subscriber, included, over_cap in read_sent_since(self._conn, columns, since):
                 add(subscriber, papers_offered(included, over_cap))
         if old:
-            # Many old papers (a feed of last month's, read again): every record since.
+            # Looked for by name; with many (a feed of last month's, read again), every record
+            # since is read.
             named = (or_(*(_OFFERED_IDS.contains(f" {pid} ", autoescape=True) for pid in old)),
                      ) if len(old) <= MAX_NAMED else ()
             for subscriber, included, over_cap in read_sent_since(
