@@ -57,7 +57,6 @@ class Composer:
     render_seconds: float = 0.0  # spent rendering and serialising distinct digests
     _ranked: dict[tuple[object, ...], tuple[Match, ...]] = field(default_factory=dict)
     _feed: Feed | None = None  # the papers tokenised once for every profile
-    _first_seen: dict[str, datetime] | None = None  # the papers' first sightings in the ledger
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
     _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
@@ -78,11 +77,9 @@ class Composer:
         from their first sightings (the run's time for one it never saw)."""
         if not self.papers:
             return NO_OFFERS
-        if self._first_seen is None:
-            self._first_seen = ledger.first_seen([p.id for p in self.papers])
+        seen = ledger.first_seen([p.id for p in self.papers])
         now = self.shared.when
-        return ledger.offers({p.id: self._first_seen.get(p.id, now) for p in self.papers},
-                             now)
+        return ledger.offers({p.id: seen.get(p.id, now) for p in self.papers}, now)
 
     def select(self, sub: Subscriber, offered: Collection[str]) -> Selection:
         return select_ranked(sub, self.ranked(sub), offered)

@@ -156,11 +156,10 @@ class Senders:
         """A pause that ends as soon as a sender process does (the run's end waits on the
         last one, and a fixed sleep added half its length on average)."""
         ended = []
-        for w in self._workers:
-            if isinstance(w.handle, multiprocessing.process.BaseProcess) and \
-                    w.handle.pid is not None and w.handle.exitcode is None:
+        for process in self._started():
+            if process.exitcode is None:
                 with contextlib.suppress(ValueError):  # its start is still under way
-                    ended.append(w.handle.sentinel)
+                    ended.append(process.sentinel)
         if ended:
             multiprocessing.connection.wait(ended, timeout=seconds)
         else:
@@ -176,13 +175,17 @@ class Senders:
         if self._starter is not None:
             self._starter.join(max(timeout, 5.0))  # a start in progress has no process yet
         deadline = time.monotonic() + timeout
-        for w in self._workers:
-            if isinstance(w.handle, multiprocessing.process.BaseProcess) and \
-                    w.handle.pid is not None:
-                w.handle.join(max(deadline - time.monotonic(), 0.0))
-                if w.handle.exitcode is None:
-                    w.handle.kill()
-                    w.handle.join(5)
+        for process in self._started():
+            process.join(max(deadline - time.monotonic(), 0.0))
+            if process.exitcode is None:
+                process.kill()
+                process.join(5)
+
+    def _started(self) -> list[multiprocessing.process.BaseProcess]:
+        """The sender processes that have a process (threads and unstarted ones aside)."""
+        return [w.handle for w in self._workers
+                if isinstance(w.handle, multiprocessing.process.BaseProcess)
+                and w.handle.pid is not None]
 
     def _start_processes(self) -> None:
         for w in self._workers:
