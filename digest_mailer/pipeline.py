@@ -21,6 +21,7 @@ from digest_mailer.config_values import DAY
 from digest_mailer.delivery import BackendOptions, open_backend
 from digest_mailer.dispatch import Policy, SenderSpec
 from digest_mailer.errors import DigestMailerError
+from digest_mailer.heap import settled
 from digest_mailer.lease import holder_dead
 from digest_mailer.lock import wait_for_senders
 from digest_mailer.message import (
@@ -181,15 +182,16 @@ def run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str,
         should_stop: Callable[[], bool] = lambda: False) -> RunReport:
     """Assemble the parts from the config and do one run; real runs hold the run lock, and
     start only once no sender of an earlier run is alive."""
-    ensure_runnable(config, env, now=now, source_given=bool(options.source),
-                    dry_run=options.dry_run)
-    if options.dry_run:
-        return _run(config, options, now=now, env=env, on_progress=on_progress,
-                    should_stop=should_stop)
-    with held_run_lock(config.state_target, config.state_path, "run", wait=options.wait):
-        wait_for_senders(config.state_path, config.delivery.smtp.timeout + 10)
-        return _run(config, options, now=now, env=env, on_progress=on_progress,
-                    should_stop=should_stop)
+    with settled():  # the config and what the process loaded live through the run
+        ensure_runnable(config, env, now=now, source_given=bool(options.source),
+                        dry_run=options.dry_run)
+        if options.dry_run:
+            return _run(config, options, now=now, env=env, on_progress=on_progress,
+                        should_stop=should_stop)
+        with held_run_lock(config.state_target, config.state_path, "run", wait=options.wait):
+            wait_for_senders(config.state_path, config.delivery.smtp.timeout + 10)
+            return _run(config, options, now=now, env=env, on_progress=on_progress,
+                        should_stop=should_stop)
 
 
 def _run(config: Config, options: RunOptions, *, now: datetime, env: Mapping[str, str],

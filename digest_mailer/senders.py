@@ -23,6 +23,7 @@ from typing import Any
 
 from digest_mailer.dispatch import Sender, SenderSpec
 from digest_mailer.errors import DeliveryError, DigestMailerError, StoreError
+from digest_mailer.heap import settle
 from digest_mailer.lock import senders_lock_path
 from digest_mailer.store import Ledger
 
@@ -55,6 +56,7 @@ def _process_main(spec: SenderSpec, name: str, stop: Any, composed: Any,
                 return
             spec = replace(spec, run_id=run_id)
         sender = Sender(spec, name, stop, composed, parent.is_alive)
+        settle()  # its modules and roster stay until it exits
         try:
             sender.run()
         except DigestMailerError as e:
