@@ -362,8 +362,11 @@ def run_once(*, subscribers: tuple[Subscriber, ...], source: Source, ledger: Led
     return report
 
 
-BATCH = 32  # rows per outbox commit while composing
-BATCH_SECONDS = 0.05  # and never held longer than this, so senders are not kept waiting
+# Rows per outbox commit while composing: few at first, so the senders start at once, then
+# more (each of the composer's commits empties the senders' page caches, and they wait for its
+# write lock): 32 -> 256 took a tenth off a sender's store time while the run composes.
+FIRST_BATCH, BATCH = 32, 256
+BATCH_SECONDS = 0.2  # and never held longer than this, so senders are not kept waiting
 
 
 def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledger: Ledger,
@@ -375,12 +378,14 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
     offers = composer.offers(ledger)
     batch: list[Queued] = []
     flushed = time.monotonic()
+    limit = FIRST_BATCH
 
     def flush() -> None:
-        nonlocal flushed
+        nonlocal flushed, limit
         if batch:
             ledger.outbox.add_many(batch, run_id=run_id, now=now)
             batch.clear()
+            limit = min(limit * 2, BATCH)
         flushed = time.monotonic()
         if senders is not None:
             senders.check(ledger)
@@ -410,7 +415,7 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
                            note=f"{over} more over the cap" if over else "")
         if on_progress:
             on_progress(own[i].outcome or SubscriberOutcome(sub.email, Status.PENDING))
-        if len(batch) >= BATCH or time.monotonic() - flushed > BATCH_SECONDS:
+        if len(batch) >= limit or time.monotonic() - flushed > BATCH_SECONDS:
             flush()
     flush()
     slots += [own[i] for i in range(len(subscribers))]
