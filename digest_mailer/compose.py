@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TypeVar
@@ -60,6 +60,10 @@ class Composer:
     _templates: OrderedDict[tuple[object, ...], MessageTemplate] = field(
         default_factory=OrderedDict)
     _sets: OrderedDict[tuple[object, ...], int] = field(default_factory=OrderedDict)
+    # Templates built but not yet in the outbox, by the provisional (negative) set ids their
+    # rows carry until the batch that writes both (`unsaved`, then `saved`).
+    _unsaved: dict[int, bytes] = field(default_factory=dict)
+    _provisional: int = 0
     _frame: Frame | None = None  # the headers and MIME frame every digest of the run shares
 
     def ranked(self, sub: Subscriber) -> tuple[Match, ...]:
@@ -99,19 +103,32 @@ class Composer:
         self._frame = template.frame
         return template
 
-    def _set(self, digest: Digest, now: datetime) -> int:
-        """The outbox's copy of this digest's template: rendered, built and stored once; the
-        senders splice each subscriber's message from it."""
-        ledger = self.ledger
-        assert ledger is not None, "queue() needs a ledger to store the digest in"
+    def _set(self, digest: Digest) -> int:
+        """The outbox's copy of this digest's template: rendered and built once; the senders
+        splice each subscriber's message from it. Its id is provisional (negative) until the
+        batch of rows that first needs it stores both (`unsaved`)."""
 
         def build() -> int:
             # Built here, where there is time to spare while the senders send, and stored
             # with its splice points worked out, so that no sender builds it again.
             template = self._built(digest)
-            return ledger.outbox.add_set(template.to_compiled(), now)
+            self._provisional -= 1
+            self._unsaved[self._provisional] = template.to_compiled()
+            return self._provisional
 
         return self._cached(self._sets, self.renderer.template_key(digest), build)
+
+    def unsaved(self) -> dict[int, bytes]:
+        """The templates the rows queued so far need and the outbox lacks (given once)."""
+        out, self._unsaved = self._unsaved, {}
+        return out
+
+    def saved(self, ids: Mapping[int, int]) -> None:
+        """The outbox's ids for templates `unsaved` gave: the rows queued from now on carry
+        them."""
+        for key, set_id in self._sets.items():
+            if set_id in ids:
+                self._sets[key] = ids[set_id]
 
     def _cached(self, cache: OrderedDict[tuple[object, ...], T],
                 key: tuple[object, ...], build: Callable[[], T]) -> T:
@@ -141,15 +158,16 @@ class Composer:
 
     def queue(self, selection: Selection, run_date: date, now: datetime,
               envelope_from: str) -> Queued:
-        """The outbox row for this subscriber's message: its digest stored once per set, the
-        few values that make it theirs, its Message-ID fixed now. A sender builds the bytes."""
+        """The outbox row for this subscriber's message: its digest's template (stored once,
+        with the first batch of rows that needs it: `unsaved`), the few values that make it
+        theirs, its Message-ID fixed now. A sender builds the bytes."""
         sub = selection.subscriber
         token = unsubscribe_token(self.secret, sub.email, self.shared.list_id)
         url = self.unsubscribe_url.replace("{token}", token)
         digest = Digest(newsletter=self.newsletter, run_date=run_date, subscriber=sub,
                         matches=selection.matches, over_cap=selection.over_cap,
                         unsubscribe_url=url)
-        return Queued(set_id=self._set(digest, now), recipient=sub.email, name=sub.name,
+        return Queued(set_id=self._set(digest), recipient=sub.email, name=sub.name,
                       unsubscribe_url=url, token=token,
                       message_id=make_message_id(self.domain, now), subject="",
                       envelope_from=envelope_from,

@@ -383,7 +383,8 @@ def _compose(subscribers: tuple[Subscriber, ...], fetched: FetchResult, *, ledge
     def flush() -> None:
         nonlocal flushed, limit
         if batch:
-            ledger.outbox.add_many(batch, run_id=run_id, now=now)
+            composer.saved(ledger.outbox.add_many(batch, run_id=run_id, now=now,
+                                                  sets=composer.unsaved()))
             batch.clear()
             limit = min(limit * 2, BATCH)
         flushed = time.monotonic()

@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.dialects import sqlite
 
 from conftest import NOW
@@ -76,3 +77,27 @@ def test_the_claim_reads_index_ranges_not_the_queue(tmp_path: Path) -> None:
         # the only sorts allowed: the merge of the probes' single rows
         assert all("TEMP B-TREE" not in step for step in plan) or name.startswith("_FIRST"), \
             (name, plan)
+
+
+def test_a_batch_stores_the_templates_its_rows_need_with_them(
+        store_target: StoreTarget) -> None:
+    """The composer's templates go in with the first batch of rows that needs them (one
+    commit, not one per digest): the rows carry the stored ids, a template stored before
+    keeps its id, and a row naming a template nobody gave is refused with nothing written."""
+    with Ledger.open(store_target) as ledger:
+        run = ledger.start_run(NOW, date(2025, 6, 2), "x")
+        old = ledger.outbox.add_set(b"old", NOW)
+        ids = ledger.outbox.add_many([queued(1, -1), queued(2, old), queued(3, -2),
+                                      queued(4, -1)], run_id=run, now=NOW,
+                                     sets={-1: b"first", -2: b"second"})
+        assert sorted(ids) == [-2, -1] and len(set(ids.values()) | {old}) == 3
+        assert ledger.outbox.load_set(ids[-1]) == b"first"
+        assert ledger.outbox.load_set(ids[-2]) == b"second"
+        by_rcpt = {e.recipient: e.set_id for e in ledger.outbox.open_entries()}
+        assert by_rcpt == {"r1@example.org": ids[-1], "r2@example.org": old,
+                           "r3@example.org": ids[-2], "r4@example.org": ids[-1]}
+        with pytest.raises(ValueError, match="-3"):
+            ledger.outbox.add_many([queued(5, -3)], run_id=run, now=NOW,
+                                   sets={-4: b"other"})
+        assert len(ledger.outbox.open_entries()) == 4
+        assert ledger.conn.execute(text("SELECT count(*) FROM outbox_sets")).scalar() == 3

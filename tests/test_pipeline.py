@@ -347,3 +347,29 @@ def test_a_run_leaves_the_collector_as_it_found_it(tmp_path: Path,
     assert gc.get_freeze_count() == frozen
     gc.collect()
     assert gone == [True]
+
+
+def test_a_digest_whose_rows_span_batches_is_stored_once(
+        tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A digest's template goes into the outbox with the first batch that needs it; the rows
+    of later batches carry its stored id (batches of one and two rows here)."""
+    from digest_mailer import pipeline
+    from digest_mailer.store.outbox import Outbox
+
+    monkeypatch.setattr(pipeline, "FIRST_BATCH", 1)
+    monkeypatch.setattr(pipeline, "BATCH", 2)
+    stored: list[int] = []
+    add_many = Outbox.add_many
+
+    def counting(self: Outbox, rows: Any, **kw: Any) -> dict[int, int]:
+        stored.append(len(kw.get("sets") or {}))
+        return add_many(self, rows, **kw)
+
+    monkeypatch.setattr(Outbox, "add_many", counting)
+    people = [{"email": f"r{n}@example.org", "name": f"R{n}", "topics": ["diffusion"]}
+              for n in range(5)] + [{"email": "grace@example.org", "name": "Grace",
+                                     "topics": ["speech recognition"]}]
+    report = go(config_for(tmp_path, smtp_server, subscribers=people))
+    assert set(statuses(report).values()) == {Status.SENT}
+    assert sum(stored) == 2 and len(stored) >= 4  # two digests, each stored once
+    assert len(smtp_server.handler.received) == 6
