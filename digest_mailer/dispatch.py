@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from digest_mailer.delivery import Backend, BackendOptions, open_backend
-from digest_mailer.errors import DeliveryError
+from digest_mailer.errors import DeliveryError, StoreError
 from digest_mailer.lease import LeaseKeeper, LocalControl
 from digest_mailer.message import DkimSigner, MessageTemplate
 from digest_mailer.models import OutgoingMessage
@@ -277,6 +277,12 @@ class Sender:
                 continue
             try:
                 return entry, templates.message(entry, want_html=backend.dry_run)
+            except StoreError:
+                # The ledger failed while its template was read: not this message's fault,
+                # and a failed message is never tried again. The sender stops; the rows in
+                # its hand wait for the next one.
+                self._hand.insert(0, entry)
+                raise
             except Exception as e:  # anything wrong with one message fails it alone
                 logger.exception("%s: cannot build the message", entry.recipient)
                 outbox.failed(entry.id, now_utc(), f"cannot build the message: "

@@ -9,9 +9,12 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from conftest import ENV, SmtpServer, config_for, go
 from digest_mailer.config import load_config
 from digest_mailer.dispatch import Sender
+from digest_mailer.errors import StoreError
 from digest_mailer.models import Status
 from digest_mailer.senders import sender_tag
 from digest_mailer.worker import worker_spec
@@ -137,3 +140,33 @@ def test_a_run_whose_output_is_closed_ends_well(tmp_path: Path,
     assert conn.execute("SELECT outcome FROM runs").fetchall() == [("ok",)], done.stderr
     conn.close()
     assert len(smtp_server.handler.received) == 2
+
+
+def test_a_ledger_that_fails_while_a_message_is_built_fails_no_message(
+        tmp_path: Path, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture) -> None:
+    """CI, once: PostgreSQL shut down while a worker read a digest's template, and the worker
+    printed a traceback as for a message that cannot be built. The ledger's trouble is not
+    the message's: a message whose template cannot be read for it is not failed for good
+    (nothing retries a failed message), the sender stops with the store's one-line error,
+    and the rows wait for the next sender."""
+    path = config_for(tmp_path, smtp_server)
+    composed = go(path, compose_only=True)
+    assert [o.status for o in composed.outcomes].count(Status.PENDING) == 2
+    ledger = tmp_path / "state.sqlite3"
+    conn = sqlite3.connect(ledger)
+    with conn:  # what a sender reads to build each message is gone (a store that fails)
+        (run_id,) = conn.execute("SELECT max(owner_run) FROM outbox").fetchone()
+        conn.execute("DROP TABLE outbox_sets")
+    conn.close()
+    spec = replace(worker_spec(load_config(path), ENV), worker=False, run_id=run_id)
+    composed = threading.Event()
+    composed.set()  # the sender ends once the queue is empty
+    sender = Sender(spec, f"{sender_tag(spec)}t0", threading.Event(), composed)
+    with pytest.raises(StoreError, match="outbox_sets"):
+        sender.run()
+    assert smtp_server.handler.received == []
+    assert "cannot build the message" not in caplog.text
+    conn = sqlite3.connect(ledger)
+    states = [s for (s,) in conn.execute("SELECT state FROM outbox")]
+    conn.close()
+    assert sorted(states) == ["pending", "pending"]
