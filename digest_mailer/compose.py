@@ -15,9 +15,9 @@ from typing import TypeVar
 from digest_mailer.constants import WEEKDAYS
 from digest_mailer.message import (
     Frame,
+    MessageIds,
     MessageTemplate,
     Shared,
-    make_message_id,
     unsubscribe_token,
 )
 from digest_mailer.models import (
@@ -65,6 +65,7 @@ class Composer:
     _unsaved: dict[int, bytes] = field(default_factory=dict)
     _provisional: int = 0
     _frame: Frame | None = None  # the headers and MIME frame every digest of the run shares
+    _ids: MessageIds | None = None
 
     def ranked(self, sub: Subscriber) -> tuple[Match, ...]:
         """The subscriber's matches, best first, before the ledger's say (once per profile)."""
@@ -154,7 +155,13 @@ class Composer:
                         unsubscribe_url=url)
         return self._template(digest, now).personalize(
             email=sub.email, name=sub.name, unsubscribe_url=url, token=token,
-            message_id=make_message_id(self.domain, now), want_html=want_html)
+            message_id=self._message_id(now), want_html=want_html)
+
+    def _message_id(self, now: datetime) -> str:
+        ids = self._ids
+        if ids is None or ids.when != now:
+            ids = self._ids = MessageIds(self.domain, now)
+        return ids()
 
     def queue(self, selection: Selection, run_date: date, now: datetime,
               envelope_from: str) -> Queued:
@@ -168,8 +175,8 @@ class Composer:
                         matches=selection.matches, over_cap=selection.over_cap,
                         unsubscribe_url=url)
         return Queued(set_id=self._set(digest), recipient=sub.email, name=sub.name,
-                      unsubscribe_url=url, token=token,
-                      message_id=make_message_id(self.domain, now), subject="",
+                      unsubscribe_url=url, token=token, message_id=self._message_id(now),
+                      subject="",
                       envelope_from=envelope_from,
                       included=tuple(m.paper.id for m in selection.matches),
                       offered=tuple(selection.offered))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -41,7 +41,7 @@ def unsubscribe_token(secret: bytes, email: str, list_id_header: str | None = No
     what = email.lower()
     if list_id_header is not None:
         what = f"{list_ident(list_id_header)}\n{what}"
-    digest = hmac.new(secret, what.encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.digest(secret, what.encode("utf-8"), "sha256")
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
@@ -62,6 +62,28 @@ def list_unsubscribe(url: str, mailto: str | None, token: str) -> str:
 
 def make_message_id(domain: str, when: datetime) -> str:
     return f"<{when:%Y%m%d%H%M%S}.{secrets.token_hex(8)}@{domain}>"
+
+
+class MessageIds:
+    """Message-IDs for the messages of one run: as make_message_id's, from the system's
+    random source read 4 KB at a time (one read per id was a tenth of the composer's time
+    outside rendering at 10,000 subscribers)."""
+
+    _CHUNK = 4096
+
+    def __init__(self, domain: str, when: datetime) -> None:
+        self.domain, self.when = domain, when
+        self._prefix = f"<{when:%Y%m%d%H%M%S}."
+        self._suffix = f"@{domain}>"
+        self._pool = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        if self._at + 8 > len(self._pool):
+            self._pool, self._at = os.urandom(self._CHUNK), 0
+        raw = self._pool[self._at:self._at + 8]
+        self._at += 8
+        return f"{self._prefix}{raw.hex()}{self._suffix}"
 
 
 def list_id(newsletter: str, domain: str, explicit: str | None) -> str:

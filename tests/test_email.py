@@ -3,6 +3,9 @@ then parsed back with the email package."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -16,7 +19,7 @@ import pytest
 
 from conftest import ENV, NOW, REPO, SAMPLE, base_config, capture
 from digest_mailer.config import load_config
-from digest_mailer.message import unsubscribe_token
+from digest_mailer.message import MessageIds, fold, make_message_id, unsubscribe_token
 from digest_mailer.pipeline import RunOptions, run
 
 GOLDEN = REPO / "tests" / "golden"
@@ -264,3 +267,26 @@ def test_the_subject_is_folded_inside_its_value(sample_emails: dict[str, bytes])
         assert max(len(line) for line in field.split(b"\r\n")) <= 998
         parsed = message_from_bytes(field + b"\r\n", policy=policy.default)["Subject"]
         assert parsed == subject
+
+
+def test_an_unsubscribe_token_is_the_hmac_of_the_list_and_address() -> None:
+    """Links already sent stay valid: the token is HMAC-SHA256 over the list's id and the
+    lower-cased address, whatever computes it."""
+    want = hmac.new(ENV["DIGEST_UNSUBSCRIBE_SECRET"].encode(),
+                    b"daily-papers.example.org\nada@example.org", hashlib.sha256).digest()
+    assert base64.urlsafe_b64encode(want).rstrip(b"=").decode("ascii") == TOKEN
+    assert unsubscribe_token(b"k" * 16, "Ada@Example.org") == base64.urlsafe_b64encode(
+        hmac.new(b"k" * 16, b"ada@example.org", hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+def test_a_runs_message_ids_are_distinct_and_of_one_shape() -> None:
+    """A run draws its Message-IDs from the system's random source in chunks: thousands are
+    all distinct (several chunks), shaped as make_message_id's, which the fast path of the
+    header writer takes as they are."""
+    ids = MessageIds("example.org", NOW)
+    made = [ids() for _ in range(3000)]
+    assert len(set(made)) == 3000
+    shape = re.compile(rf"<{NOW:%Y%m%d%H%M%S}\.[0-9a-f]{{16}}@example\.org>")
+    assert all(shape.fullmatch(m) for m in made)
+    assert shape.fullmatch(make_message_id("example.org", NOW))
+    assert all(fold("Message-ID", m) == f"Message-ID: {m}\r\n".encode() for m in made[:50])
