@@ -149,6 +149,7 @@ class Sender:
         self._ctl: Any = None  # the ledger (the run's control row) or a worker's LocalControl
         self._keeper: LeaseKeeper | None = None
         self.blocked: str | None = None  # why it stopped, when the server cannot be used
+        self._store_failure: StoreError | None = None  # raised once the wire is clear
 
     def run(self) -> None:
         spec = self.spec
@@ -200,6 +201,8 @@ class Sender:
                 if flight.error is None:
                     flight.error = _step(backend.transfer)
             elif step == _STOP:
+                if self._store_failure is not None:
+                    raise self._store_failure
                 return
 
     def _holds(self) -> bool:
@@ -225,7 +228,7 @@ class Sender:
         """The next message to send, checked and built; or _STOP; or _IDLE when nothing is
         ready and `may_wait` is false (a message is on the wire to see to first)."""
         spec, outbox = self.spec, ledger.outbox
-        while self._going():
+        while self._going() and self._store_failure is None:
             now = time.time()
             if self._control is None or self._trouble or now - self._looked > CONTROL_EVERY:
                 self._control = self._ctl.run_control(spec.run_id)  # what others met
@@ -277,12 +280,18 @@ class Sender:
                 continue
             try:
                 return entry, templates.message(entry, want_html=backend.dry_run)
-            except StoreError:
-                # The ledger failed while its template was read: not this message's fault,
-                # and a failed message is never tried again. The sender stops; the rows in
-                # its hand wait for the next one.
-                self._hand.insert(0, entry)
-                raise
+            except StoreError as e:
+                if not outbox.sets_readable():
+                    # The ledger itself fails (its server gone, say): not this message's
+                    # fault, and a failed message is never tried again. The sender stops
+                    # once the message on the wire has its verdict recorded; the rows in its
+                    # hand wait for the next sender.
+                    self._hand.insert(0, entry)
+                    self._store_failure = e
+                    return _STOP
+                logger.error("%s: cannot read the message's digest: %s", entry.recipient, e)
+                outbox.failed(entry.id, now_utc(), f"cannot read its digest: {e}",
+                              attempt=False)  # this row's alone: the others go on
             except Exception as e:  # anything wrong with one message fails it alone
                 logger.exception("%s: cannot build the message", entry.recipient)
                 outbox.failed(entry.id, now_utc(), f"cannot build the message: "

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from digest_mailer.cron import missed_fire, next_fire, parse_cron
 from digest_mailer.errors import DigestMailerError, SourceError
+from digest_mailer.heap import tidy
 
 if TYPE_CHECKING:
     from digest_mailer.config import Config
@@ -60,7 +61,14 @@ class Daemon:
 
     def job(self) -> RunReport | None:
         """One scheduled run: a fresh config, and a few tries while the source is down or
-        empty. Nothing here raises: a failed run is logged and the schedule goes on."""
+        empty. Nothing here raises: a failed run is logged and the schedule goes on. After
+        it, what the run and the config it replaced left behind is collected."""
+        try:
+            return self._job()
+        finally:
+            tidy()
+
+    def _job(self) -> RunReport | None:
         if not self.lead():
             logger.info("another serve leads: it composes this run; this one only sends")
             return None

@@ -4,14 +4,17 @@ decides whether a message can be left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import ENV, SmtpServer, config_for, go
+from digest_mailer import dispatch
 from digest_mailer.config import load_config
 from digest_mailer.dispatch import Sender
 from digest_mailer.errors import StoreError
@@ -170,3 +173,38 @@ def test_a_ledger_that_fails_while_a_message_is_built_fails_no_message(
     states = [s for (s,) in conn.execute("SELECT state FROM outbox")]
     conn.close()
     assert sorted(states) == ["pending", "pending"]
+
+
+def test_a_ledger_that_fails_behind_a_message_on_the_wire_records_that_message_first(
+        tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next message is built while the server takes the one before: when the ledger
+    fails then, the message on the wire still gets its verdict read and recorded before the
+    sender stops, so it is not sent again under its Message-ID (review)."""
+    path = config_for(tmp_path, smtp_server)
+    composed = go(path, compose_only=True)
+    assert [o.status for o in composed.outcomes].count(Status.PENDING) == 2
+    ledger = tmp_path / "state.sqlite3"
+    conn = sqlite3.connect(ledger)
+    (run_id,) = conn.execute("SELECT max(owner_run) FROM outbox").fetchone()
+    conn.close()
+    built = dispatch._Templates.message
+
+    def then_the_ledger_fails(self: Any, entry: Any, want_html: bool) -> Any:
+        if entry.recipient != "ada@example.org":
+            with contextlib.closing(sqlite3.connect(ledger)) as c, c:
+                c.execute("DROP TABLE outbox_sets")
+        return built(self, entry, want_html)
+
+    monkeypatch.setattr(dispatch._Templates, "message", then_the_ledger_fails)
+    spec = replace(worker_spec(load_config(path), ENV), worker=False, run_id=run_id)
+    done = threading.Event()
+    done.set()
+    sender = Sender(spec, f"{sender_tag(spec)}t0", threading.Event(), done)
+    with pytest.raises(StoreError, match="outbox_sets"):
+        sender.run()
+    assert [m.rcpt_tos for m in smtp_server.handler.received] == [["ada@example.org"]]
+    with contextlib.closing(sqlite3.connect(ledger)) as c:
+        states = dict(c.execute("SELECT recipient, state FROM outbox").fetchall())
+        sent = [r for (r,) in c.execute("SELECT subscriber FROM deliveries")]
+    assert states == {"ada@example.org": "sent", "grace@example.org": "pending"}
+    assert sent == ["ada@example.org"]

@@ -7,7 +7,6 @@ papers it offered, so a crash never loses a delivery that happened nor records o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -31,7 +30,6 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from digest_mailer.errors import StoreError
 from digest_mailer.models import MessageState, Paper, RunState
@@ -40,7 +38,7 @@ from digest_mailer.store.db import Db
 from digest_mailer.store.engines import StoreTarget, make_engine
 from digest_mailer.store.outbox import Outbox
 from digest_mailer.store.ranges import read_sent_since, sent_since
-from digest_mailer.store.sql import insert_for
+from digest_mailer.store.sql import insert_for, one_of, values_of
 from digest_mailer.store.tables import (
     METADATA,
     deliveries,
@@ -86,14 +84,9 @@ class Offers:
 
 NO_OFFERS = Offers({}, frozenset())
 
-# Of the papers given: one statement with one parameter (the ids as a JSON array on SQLite,
-# an array on PostgreSQL), so it stays on the lean path whatever their number.
-_FIRST_SEEN = {
-    "sqlite": select(papers.c.id, papers.c.first_seen).where(papers.c.id.in_(
-        select(literal_column("value")).select_from(func.json_each(bindparam("ids"))))),
-    "postgresql": select(papers.c.id, papers.c.first_seen).where(papers.c.id == func.any(
-        bindparam("ids", type_=ARRAY(Text)))),
-}
+# Of the papers given.
+_FIRST_SEEN = {d: select(papers.c.id, papers.c.first_seen).where(where)
+               for d, where in one_of(papers.c.id, Text()).items()}
 _HELD = select(outbox.c.offered).where(outbox.c.subscriber == bindparam("s"),
                                        outbox.c.state.in_(_OPEN))
 _CONTROL = select(runs.c.hold_until, runs.c.trouble, runs.c.blocked, runs.c.cause).where(
@@ -335,10 +328,8 @@ class Ledger:
         """When the ledger first saw each of these papers (those it has seen)."""
         if not ids:
             return {}
-        wanted = list(ids)
-        rows = self._conn.hot(_FIRST_SEEN[self._conn.dialect],
-                              {"ids": json.dumps(wanted) if self._conn.dialect == "sqlite"
-                               else wanted})
+        dialect = self._conn.dialect
+        rows = self._conn.hot(_FIRST_SEEN[dialect], {"ids": values_of(dialect, list(ids))})
         return {pid: datetime.fromisoformat(stamp) for pid, stamp in rows}
 
     # -- suppressions ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    BigInteger,
     Executable,
     and_,
     bindparam,
@@ -32,9 +33,10 @@ from sqlalchemy import (
     update,
 )
 
+from digest_mailer.errors import StoreError
 from digest_mailer.models import MessageState, OutgoingMessage
 from digest_mailer.store.ranges import sent_since
-from digest_mailer.store.sql import insert_for
+from digest_mailer.store.sql import insert_for, one_of, values_of
 from digest_mailer.store.tables import OPEN_ROWS, deliveries, outbox, outbox_sets
 
 if TYPE_CHECKING:
@@ -53,8 +55,11 @@ _COLUMNS = (x.id, x.set_id, x.recipient, x.name, x.unsubscribe_url, x.token, x.m
 
 # The hot statements, built once (SQLAlchemy caches their SQL per dialect).
 _ADD = outbox.insert()
-_ADD_SET = outbox_sets.insert().values(created_at=bindparam("at"), template=bindparam("t")) \
-    .returning(outbox_sets.c.id)
+_ADD_SET = outbox_sets.insert().values(created_at=bindparam("at"), template=bindparam("t"))
+# The id by RETURNING on PostgreSQL; SQLite's driver gives it as lastrowid (RETURNING needs
+# SQLite 3.35).
+_ADD_SET_PG = _ADD_SET.returning(outbox_sets.c.id)
+_ANY_SET = select(outbox_sets.c.id).limit(1)
 _LOAD_SET = select(outbox_sets.c.template).where(outbox_sets.c.id == bindparam("i"))
 # Due: waiting and its time has come, or in the hands of a claimer whose lease ran out (it
 # died, or lost the ledger for a whole lease): the same row, the same Message-ID.
@@ -106,8 +111,9 @@ _FIRST_ANY, _CLAIM_ANY, _CLAIM_ANY_LOCKING = _claim_of(run=False)
 _RENEW = update(outbox).where(x.claimed_by == bindparam("by"),
                               x.state == State.SENDING.value).values(
     lease_until=bindparam("until"))
-_TAKE = update(outbox).where(x.id.in_(bindparam("ids", expanding=True))).values(
+_TAKE = {d: update(outbox).where(where).values(
     state=State.SENDING.value, claimed_by=bindparam("by"), lease_until=bindparam("until"))
+    for d, where in one_of(x.id, BigInteger()).items()}
 # Never a sent row: a sender whose lease ran out may report a refusal or a failure for a row
 # another sender has sent meanwhile, and a sent message turned deferred would go out again.
 _CLOSE = update(outbox).where(x.id == bindparam("i"), x.state != State.SENT.value).values(
@@ -182,6 +188,15 @@ class Outbox:
         packed = _pack(template)  # before the write lock: senders wait while anyone holds it
         with self._ledger.transaction() as db:
             return _insert_set(db, packed, now.isoformat())
+
+    def sets_readable(self) -> bool:
+        """Whether the digests' templates can be read at all (one row): a sender that cannot
+        read one message's tells the ledger's failure from that row's."""
+        try:
+            self._ledger.conn.hot(_ANY_SET, {}).fetchone()
+        except StoreError:
+            return False
+        return True
 
     def load_set(self, set_id: int) -> bytes | None:
         row = self._ledger.conn.hot(_LOAD_SET, {"i": set_id}).fetchone()
@@ -266,8 +281,8 @@ class Outbox:
                 return []
             rows = db.hot(stmt, {**params, "first": first[0], "set": first[1]}).fetchall()
             if rows:
-                db.execute(_TAKE, {"ids": [r[0] for r in rows], "by": sender,
-                                   "until": now + lease})
+                db.hot(_TAKE[db.dialect], {"ids": values_of(db.dialect, [r[0] for r in rows]),
+                                           "by": sender, "until": now + lease})
         return [_entry(r) for r in rows]
 
     def renew(self, sender: str, until: float) -> int:
@@ -434,7 +449,8 @@ def _pack(template: bytes) -> bytes:
 
 
 def _insert_set(db: Db, packed: bytes, stamp: str) -> int:
-    return int(db.hot(_ADD_SET, {"at": stamp, "t": packed}).fetchone()[0])
+    stmt = _ADD_SET_PG if db.dialect == "postgresql" else _ADD_SET
+    return int(db.hot(stmt, {"at": stamp, "t": packed}).inserted or 0)
 
 
 _DELIVERIES = {d: insert_for(d, deliveries).on_conflict_do_nothing(
