@@ -7,6 +7,7 @@ import re
 import sqlite3
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,29 @@ def test_the_migration_lock_holds_through_the_look_at_the_schema(pg_server: str)
         for t in threads:
             t.join(60)
         assert errors == [] and not any(t.is_alive() for t in threads)
+
+
+def test_a_ledger_created_by_another_while_this_one_looks_is_not_backed_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI, once: a first run's 20 concurrent unsubscribe clicks each opened the new ledger;
+    one read the schema number before another's creation committed and the tables after it,
+    took the ledger for an old one to back up and upgrade, and failed writing the backup
+    beside another's. The reads are ordered so that a creation between them looks new."""
+    from digest_mailer.store.db import Db
+
+    path = tmp_path / "state.sqlite3"
+    read = Db.driver_sql
+    created: list[bool] = []
+
+    def then_another_creates_it(self: Db, sql: str) -> Any:
+        rows = read(self, sql)
+        if sql == "PRAGMA user_version" and not created:
+            created.append(True)
+            Ledger.open(path).close()  # another process, between this one's reads
+        return rows
+
+    monkeypatch.setattr(Db, "driver_sql", then_another_creates_it)
+    with Ledger.open(path) as ledger:
+        ledger.start_run(NOW, date(2025, 6, 2), "x")
+    assert created == [True]
+    assert sorted(p.name for p in tmp_path.iterdir() if ".bak" in p.name) == []

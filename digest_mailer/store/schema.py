@@ -13,7 +13,9 @@ its down_revision to HEAD below, then set HEAD to it; test_migrations checks HEA
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -76,12 +78,18 @@ def known_revisions() -> set[str]:
 
 def inspect_schema(db: Db) -> Schema:
     try:
-        version = int(db.driver_sql("PRAGMA user_version").scalar()) if db.dialect == "sqlite" \
-            else 0
+        # The tables first, the schema number last: outside a transaction these are separate
+        # reads, and another process may create or upgrade the ledger between them. Read in
+        # this order, that gives at worst an old view of the tables with a new number, which
+        # the upgrade rechecks under the write lock; the other order gave a current ledger
+        # with an old number, which a first run's 20 concurrent clicks each took for one to
+        # back up and upgrade (CI, once: two backups to one name, a disk I/O error).
         tables = set(inspect(db.conn).get_table_names())
         revision = None
         if "alembic_version" in tables:
             revision = db.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        version = int(db.driver_sql("PRAGMA user_version").scalar()) if db.dialect == "sqlite" \
+            else 0
     except StoreError as e:
         raise StoreError(f"{db.label}: not a digest-mailer ledger, or a damaged one "
                          f"({e.__cause__ or e})", hint=damaged_hint(db.label)) from e
@@ -123,7 +131,8 @@ def sqlite_backup(db: Db, dest: Path) -> None:
     go on writing meanwhile), written to a temporary name and renamed when complete."""
     raw = db.raw
     assert isinstance(raw, sqlite3.Connection)
-    partial = dest.with_name(dest.name + ".partial")
+    # Its own partial file: two processes upgrading at once would write one file together.
+    partial = dest.with_name(f"{dest.name}.{os.getpid()}-{threading.get_ident()}.partial")
     try:
         partial.unlink(missing_ok=True)
         with sqlite3.connect(partial) as copy:
