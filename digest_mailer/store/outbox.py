@@ -443,7 +443,7 @@ class Outbox:
 
 
 def _pack(template: bytes) -> bytes:
-    # Level 1: a third of level 6's time for a template of 50 KB, 8.4 KB instead of 6.4 (the
+    # Level 1: half of level 6's time for a template of 50 KB, 8.4 KB instead of 6.4 (the
     # rows live until the run's end); it is the composer's busiest work after rendering.
     return zlib.compress(template, 1)
 
