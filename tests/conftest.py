@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -402,3 +403,16 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
     server = request.getfixturevalue("pg_server")
     with fresh_pg_database(server) as url:
         yield StoreTarget.parse(url)
+
+
+class _Node:
+    other: _Node | None = None
+
+
+def waiting_garbage() -> list[bool]:
+    """A cycle nothing refers to: only the collector frees it; the list says when it has."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone: list[bool] = []
+    weakref.finalize(a, gone.append, True)
+    return gone

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
@@ -25,6 +24,7 @@ from conftest import (
     local_smtp,
     statuses,
     toml_text,
+    waiting_garbage,
 )
 from digest_mailer.config import load_config
 from digest_mailer.errors import DigestMailerError, SourceError
@@ -314,19 +314,6 @@ def test_the_report_names_the_first_skipped_items_and_counts_the_rest() -> None:
     assert lines[2 + SHOWN_REASONS] == f"  ... and {250 - SHOWN_REASONS} more skipped"
 
 
-class _Node:
-    other: _Node | None = None
-
-
-def _waiting_garbage() -> list[bool]:
-    """A cycle nothing refers to: only the collector frees it; the list says when it has."""
-    a, b = _Node(), _Node()
-    a.other, b.other = b, a
-    gone: list[bool] = []
-    weakref.finalize(a, gone.append, True)
-    return gone
-
-
 def test_a_run_leaves_the_collector_as_it_found_it(tmp_path: Path,
                                                    smtp_server: SmtpServer) -> None:
     """A run keeps what existed when it began out of the collector's way (heap.settled), and
@@ -335,13 +322,13 @@ def test_a_run_leaves_the_collector_as_it_found_it(tmp_path: Path,
     path = config_for(tmp_path, smtp_server)
     gc.collect()
     frozen = gc.get_freeze_count()
-    gone = _waiting_garbage()
+    gone = waiting_garbage()
     assert statuses(go(path))["ada@example.org"] is Status.SENT
     assert gc.get_freeze_count() == frozen
     gc.collect()
     assert gone == [True]
 
-    gone = _waiting_garbage()
+    gone = waiting_garbage()
     with pytest.raises(DigestMailerError):
         go(path, source=str(tmp_path / "no-such-feed.json"))
     assert gc.get_freeze_count() == frozen

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text
+from conftest import ENV, SmtpServer, base_config, local_smtp, toml_text, waiting_garbage
 from digest_mailer.config import Config
 from digest_mailer.errors import SourceError
 from digest_mailer.heap import settled
@@ -156,27 +155,18 @@ def test_serve_process_sends_once_and_stops_cleanly_on_sigterm(
         assert len(ledger.runs()) >= 3
 
 
-class _Node:
-    other: _Node | None = None
-
-
 def test_garbage_waiting_when_a_scheduled_run_begins_is_freed_after_it(
         tmp_path: Path) -> None:
     """A run freezes what exists when it begins (heap.settled), garbage included; `serve`
     collects after each run, or that garbage would outlive every later run (review: an idle
     process may reach no full collection before its next run freezes it again)."""
-    gone: list[bool] = []
-
     def run(config: Config, stop: threading.Event) -> RunReport:
         with settled():
             return report(5)
 
     gc.disable()  # only the collections the code asks for
     try:
-        a, b = _Node(), _Node()
-        a.other, b.other = b, a
-        weakref.finalize(a, gone.append, True)
-        del a, b
+        gone = waiting_garbage()
         assert daemon(write(tmp_path), run).job() == report(5)  # type: ignore[arg-type]
         assert gone == [True]
     finally:
